@@ -1,0 +1,24 @@
+"""Entry-point plumbing shared by every ``python -m reclm_jax.<stage>`` command."""
+
+from __future__ import annotations
+
+import sys
+from typing import Callable
+
+from reclm_jax.errors import UserError
+
+
+def run_main(main: Callable[[], int | None]) -> None:
+    """Runs ``main`` and turns user mistakes into one ``error:`` line on stderr with exit code 2.
+
+    Ctrl-C exits with 130 and a short note instead of a traceback; real bugs keep their traceback.
+    """
+    try:
+        code = main()
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        raise SystemExit(130) from None
+    raise SystemExit(code or 0)
