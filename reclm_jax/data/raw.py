@@ -165,6 +165,7 @@ def load_raw(path: str | Path, item_index: str = "title", require_ranking_candid
 
     meta_obj = raw["meta.pickle"]
     meta: dict[str, dict[str, Any]] = {}
+    meta_ids: set[str] = set()  # every id meta names, even with a malformed entry (reported once, not per use)
     if not isinstance(meta_obj, dict):
         problems.append(f"meta.pickle: must hold a dict, got {type(meta_obj).__name__}")
     else:
@@ -173,6 +174,7 @@ def load_raw(path: str | Path, item_index: str = "title", require_ranking_candid
             if not isinstance(k, (str, int)) or isinstance(k, bool):
                 problems.append(f"meta.pickle: key {k!r} must be a str or int id, got {type(k).__name__}")
                 continue
+            meta_ids.add(str(k))
             if not isinstance(v, dict):
                 problems.append(f"meta.pickle: value of key {k!r} must be a dict of fields, got {type(v).__name__}")
                 continue
@@ -187,12 +189,12 @@ def load_raw(path: str | Path, item_index: str = "title", require_ranking_candid
             problems.append(f"meta.pickle: {len(missing_field)} item(s) lack the item-index field {item_index!r} "
                             f"(first: {missing_field[0]!r}); choose another --item_index or add the field")
 
-    if meta:
+    if meta_ids:
         for fname, d in (("sequential.pickle", sequential), ("category.pickle", category2item),
                          ("ranking_candidate.pickle", ranking)):
             if not d:
                 continue
-            unknown = [(k, i) for k, ids in d.items() for i in ids if i not in meta]
+            unknown = [(k, i) for k, ids in d.items() for i in ids if i not in meta_ids]
             if unknown:
                 k, i = unknown[0]
                 problems.append(f"{fname}: {len(unknown)} item id(s) missing from meta.pickle "
@@ -213,7 +215,8 @@ def load_raw(path: str | Path, item_index: str = "title", require_ranking_candid
             problems.append(f"category.pickle: {len(empty)} empty categor{'y' if len(empty) == 1 else 'ies'} "
                             f"(first: {empty[0]!r})")
     if ranking is not None and sequential is not None:
-        unknown_users = [u for u in ranking if u not in sequential]
+        seq_users = {str(k) for k in raw["sequential.pickle"]}  # malformed users were reported already
+        unknown_users = [u for u in ranking if u not in seq_users]
         if unknown_users:
             problems.append(f"ranking_candidate.pickle: {len(unknown_users)} user(s) not in sequential.pickle "
                             f"(first: {unknown_users[0]!r})")

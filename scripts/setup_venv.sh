@@ -1,0 +1,32 @@
+# Sourced by the other scripts: makes sure .venv exists and holds reclm-jax (editable) with the given extras.
+# Usage: source scripts/setup_venv.sh [extra]
+# Idempotent: re-installs only when pyproject.toml or the extras changed since the last successful install.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+EXTRA="${1:-}"
+PYTHON="${PYTHON:-python3}"
+VENV="$ROOT/.venv"
+
+if ! "$PYTHON" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else 1)' 2>/dev/null; then
+  echo "error: reclm-jax needs Python >= 3.10 (found: $("$PYTHON" --version 2>&1)); set PYTHON=/path/to/python3.1x" >&2
+  exit 2
+fi
+if [ ! -x "$VENV/bin/python" ]; then
+  echo "[setup] creating $VENV"
+  "$PYTHON" -m venv "$VENV"
+  "$VENV/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip
+fi
+STAMP="$VENV/.reclm_jax_installed${EXTRA:+_$EXTRA}"
+WANT="$(cat "$ROOT/pyproject.toml" | sha256sum | cut -d' ' -f1) ${EXTRA}"
+if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$WANT" ]; then
+  if [ "$EXTRA" = "test" ] && ! "$VENV/bin/python" -c 'import torch' 2>/dev/null; then
+    # torch is only a test/baseline dependency. Name the CPU build explicitly: a bare 'torch' requirement can
+    # resolve to a multi-GB CUDA build. Override with TORCH_SPEC (e.g. TORCH_SPEC='torch==2.5.1').
+    echo "[setup] installing ${TORCH_SPEC:-torch==2.13.0} (tests only)"
+    "$VENV/bin/python" -m pip install -q --disable-pip-version-check "${TORCH_SPEC:-torch==2.13.0}"
+  fi
+  echo "[setup] installing reclm-jax${EXTRA:+[$EXTRA]} into $VENV (first run takes a minute)"
+  "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e "$ROOT${EXTRA:+[$EXTRA]}"
+  echo "$WANT" > "$STAMP"
+fi
+export PATH="$VENV/bin:$PATH"

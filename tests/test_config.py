@@ -1,0 +1,123 @@
+"""The config system: YAML + dotted overrides into frozen dataclasses, with errors that name the key."""
+
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+import sys
+import textwrap
+from typing import Literal, Optional
+
+import pytest
+import yaml
+
+from reclm_jax.config import load_config, parse_stage_args, save_config
+from reclm_jax.errors import UserError
+
+
+@dataclasses.dataclass(frozen=True)
+class Train:
+    lr: float = 1e-3
+    epochs: int = 3
+    tasks: tuple[str, ...] = ("SFTSeqRec",)
+    schedule: Literal["linear", "poly"] = "poly"
+    warmup: Optional[int] = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+    data_path: str
+    output_dir: str = "runs/x"
+    seed: int = 0
+    train: Train = Train()
+    use_lora: bool = True
+
+
+def write(tmp_path, text):
+    p = tmp_path / "c.yaml"
+    p.write_text(textwrap.dedent(text))
+    return p
+
+
+def test_yaml_then_overrides_win(tmp_path):
+    p = write(tmp_path, """
+        data_path: data/ml1m
+        train:
+          lr: 2e-4
+          tasks: [SFTSeqRec, SFTControlRec]
+    """)
+    cfg = load_config(Stage, p, ["train.lr=1e-4", "seed=7", "train.warmup=10", "output_dir=${data_path}/out"])
+    assert cfg.train.lr == pytest.approx(1e-4) and isinstance(cfg.train.lr, float)
+    assert cfg.seed == 7 and cfg.train.warmup == 10
+    assert cfg.train.tasks == ("SFTSeqRec", "SFTControlRec")
+    assert cfg.output_dir == "data/ml1m/out"  # interpolation resolved
+    assert cfg.train.epochs == 3  # default kept
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.seed = 1  # type: ignore[misc]
+
+
+def test_yaml_1_1_float_strings_and_int_to_float(tmp_path):
+    p = write(tmp_path, "data_path: d\ntrain: {lr: 1e-3}\n")  # PyYAML reads 1e-3 as a string
+    assert load_config(Stage, p).train.lr == pytest.approx(1e-3)
+    assert load_config(Stage, p, ["train.lr=1"]).train.lr == 1.0
+
+
+@pytest.mark.parametrize("overrides,expected", [
+    (["train.lrr=1"], "unknown key 'train.lrr'; valid keys under 'train': lr, epochs, tasks, schedule, warmup"),
+    (["sed=1"], "unknown key 'sed'; valid keys: data_path, output_dir, seed, train, use_lora"),
+    (["seed=abc"], "key 'seed' expects int, got 'abc'"),
+    (["train.lr=fast"], "key 'train.lr' expects float, got 'fast'"),
+    (["use_lora=maybe"], "key 'use_lora' expects bool, got 'maybe'"),
+    (["train.schedule=cosine"], "key 'train.schedule' expects one of 'linear', 'poly', got 'cosine'"),
+    (["train.tasks=SFTSeqRec"], "key 'train.tasks' expects list of str, got 'SFTSeqRec'"),
+    (["train=5"], "'train' must be a mapping, got 5"),
+    (["seed"], "bad override 'seed': expected key=value"),
+])
+def test_bad_values_name_the_key(tmp_path, overrides, expected):
+    p = write(tmp_path, "data_path: d\n")
+    with pytest.raises(UserError) as e:
+        load_config(Stage, p, overrides)
+    assert expected in str(e.value)
+
+
+def test_missing_required_and_missing_file(tmp_path):
+    with pytest.raises(UserError, match="missing required key 'data_path'"):
+        load_config(Stage, None, ["seed=1"])
+    with pytest.raises(UserError, match="config file not found"):
+        load_config(Stage, tmp_path / "nope.yaml")
+    with pytest.raises(UserError, match="not valid YAML"):
+        load_config(Stage, write(tmp_path, "a: [1, 2\n"))
+    with pytest.raises(UserError, match="top level must be a mapping"):
+        load_config(Stage, write(tmp_path, "- 1\n- 2\n"))
+
+
+def test_save_config_round_trips(tmp_path):
+    cfg = load_config(Stage, None, ["data_path=d", "train.tasks=[A,B]", "train.lr=0.5"])
+    path = save_config(cfg, tmp_path / "run")
+    assert yaml.safe_load(path.read_text())["train"]["tasks"] == ["A", "B"]
+    assert load_config(Stage, path) == cfg
+
+
+def test_parse_stage_args():
+    assert parse_stage_args(["--config", "a.yaml", "x.y=1", "z=2"]) == ("a.yaml", ["x.y=1", "z=2"])
+    assert parse_stage_args(["--config=a.yaml"]) == ("a.yaml", [])
+    with pytest.raises(UserError, match="unexpected argument '--lr'"):
+        parse_stage_args(["--lr", "1"])
+
+
+def test_cli_user_error_is_one_line_exit_2(tmp_path):
+    code = textwrap.dedent("""
+        import dataclasses
+        from reclm_jax.cli import run_main
+        from reclm_jax.config import load_config, parse_stage_args
+        @dataclasses.dataclass(frozen=True)
+        class C:
+            data_path: str = "d"
+        def main():
+            path, ov = parse_stage_args()
+            load_config(C, path, ov)
+        run_main(main)
+    """)
+    r = subprocess.run([sys.executable, "-c", code, "nope=1"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2
+    assert r.stderr.strip() == "error: <defaults> (with command-line overrides): unknown key 'nope'; valid keys: data_path"
