@@ -11,10 +11,19 @@ if ! "$PYTHON" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else 1)
   echo "error: reclm-jax needs Python >= 3.10 (found: $("$PYTHON" --version 2>&1)); set PYTHON=/path/to/python3.1x" >&2
   exit 2
 fi
+LOG="$VENV/pip-install.log"
+pip_quiet() {  # pip's own chatter goes to a log; it is shown only if the install fails
+  if ! "$VENV/bin/python" -m pip install -q --disable-pip-version-check "$@" >>"$LOG" 2>&1; then
+    echo "error: pip install $* failed; the end of $LOG:" >&2
+    grep -v 'WARNING: Location' "$LOG" | tail -n 25 >&2
+    exit 1
+  fi
+}
 if [ ! -x "$VENV/bin/python" ]; then
   echo "[setup] creating $VENV"
   "$PYTHON" -m venv "$VENV"
-  "$VENV/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip
+  : >"$LOG"
+  pip_quiet --upgrade pip
 fi
 STAMP="$VENV/.reclm_jax_installed${EXTRA:+_$EXTRA}"
 WANT="$(cat "$ROOT/pyproject.toml" | sha256sum | cut -d' ' -f1) ${EXTRA}"
@@ -23,10 +32,10 @@ if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$WANT" ]; then
     # torch is only a test/baseline dependency. Name the CPU build explicitly: a bare 'torch' requirement can
     # resolve to a multi-GB CUDA build. Override with TORCH_SPEC (e.g. TORCH_SPEC='torch==2.5.1').
     echo "[setup] installing ${TORCH_SPEC:-torch==2.13.0} (tests only)"
-    "$VENV/bin/python" -m pip install -q --disable-pip-version-check "${TORCH_SPEC:-torch==2.13.0}"
+    pip_quiet "${TORCH_SPEC:-torch==2.13.0}"
   fi
   echo "[setup] installing reclm-jax${EXTRA:+[$EXTRA]} into $VENV (first run takes a minute)"
-  "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e "$ROOT${EXTRA:+[$EXTRA]}"
+  pip_quiet -e "$ROOT${EXTRA:+[$EXTRA]}"
   echo "$WANT" > "$STAMP"
 fi
 export PATH="$VENV/bin:$PATH"
