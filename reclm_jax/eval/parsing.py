@@ -1,0 +1,51 @@
+"""Generated text -> list of titles (sections 2.5 and 12.3).
+
+- ``parse_list``: fine-tuned models (validation, RL, test): strip, split on newlines, strip each line, remove one
+  leading ``"<n>. "`` (with ``idx``). Empty lines are dropped (the original kept them as empty titles).
+- ``parse_general_llm``: general LLMs (GPT-3.5, base chat models): one pair of surrounding quotes removed, only
+  lines starting with ``<n>.`` kept, the index removed, the category annotation (the last ``(...)``, ``[...]``
+  or ``, ...`` segment, but never a bare ``(year)`` ending a title) removed for tasks other than SFTTestSeqRec,
+  per-title quotes stripped, empty lines dropped, cut to ``item_count``.
+"""
+
+from __future__ import annotations
+
+import re
+
+from reclm_jax.data.templates import remove_index
+
+_STARTS_WITH_INDEX = re.compile(r"^(\d+)\. *")
+# The last "(...)", "[...]" or ", ..." segment; the original's greedy pattern cut from the *first* bracket,
+# which also removed the year inside a title.
+_ANNOTATION = re.compile(r" *(\([^()]*\)|\[[^\[\]]*\]|,[^,]*)$")
+_YEAR = re.compile(r" *\(\d{4}\)")
+
+
+def _drop_annotation(title: str) -> str:
+    m = _ANNOTATION.search(title)
+    if m is None or _YEAR.fullmatch(m.group(0)):
+        return title
+    return title[:m.start()]
+
+
+def parse_list(text: str, idx: bool = True) -> list[str]:
+    lines = [line.strip() for line in text.strip().split("\n")]
+    if idx:
+        lines = [remove_index(line).strip() for line in lines]
+    return [line for line in lines if line]
+
+
+def _unquote(s: str) -> str:
+    if len(s) >= 2 and s[0] == s[-1] and s[0] in "'\"":
+        return s[1:-1]
+    return s
+
+
+def parse_general_llm(text: str, task: str, item_count: int) -> list[str]:
+    raw = _unquote(text.strip())
+    lines = [line.strip() for line in raw.split("\n")]
+    titles = [remove_index(line).strip() for line in lines if _STARTS_WITH_INDEX.match(line)]
+    if task != "SFTTestSeqRec":
+        titles = [_drop_annotation(t) for t in titles]
+    titles = [_unquote(t).strip() for t in titles if t]
+    return [t for t in titles if t][:item_count]

@@ -1,0 +1,98 @@
+"""Metrics on hand-made outputs, checked against values computed by hand from section 11."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from reclm_jax.data.item_index import ItemIndex
+from reclm_jax.eval.metrics import Metrics
+from reclm_jax.eval.parsing import parse_general_llm, parse_list
+
+INDEX = ItemIndex(["a", "b", "c", "d"], ["Alpha (1)", "Beta (2)", "Gamma (3)", "Delta (4)"], "title")
+CATS = {"X": ["a", "b"], "Y": ["c"]}
+
+
+def test_seqrec_duplicates_unknown_wrong_count_and_empty():
+    m = Metrics(["SFTTestSeqRec"], INDEX, CATS)
+    f = {"item_count": 3, "sub_sequential": ["b"], "target_category": "X"}
+    # 4 lines for k=3 (wrong count); cut to 3: Alpha, Unknown, Alpha (a repeat).
+    row = m.add_sample("SFTTestSeqRec", f, ["Alpha (1)", "Totally Unknown", "Alpha (1)", "Beta (2)"], "Alpha (1)",
+                       vague_mapping=False)
+    assert row["CorrectCount"] == 0 and row["NonExistRate"] == 1 and row["RepeatRate"] == 1
+    assert row["InHistoryRate"] == 0 and row["TargetCategoryRate"] == 2 and row["NDCG"] == 1.0
+    m.add_sample("SFTTestSeqRec", f, [], "Alpha (1)")  # empty output: a failure, still counted
+    r = m.results()["SFTTestSeqRec"]
+    assert r["Count"] == 2 and r["NonExistRate"] == 0.5 and r["RepeatRate"] == 0.5 and r["CorrectCount"] == 0
+    assert r["Recall"] == 0.5 and r["MRR"] == 0.5 and r["NDCG"] == 0.5 and r["TargetCategoryRate"] == 1.0
+    assert r["EmptyRate"] == 0.5
+    ratio = m.ratios()["SFTTestSeqRec"]
+    assert ratio["NonExistRatio"] == pytest.approx((1 / 3) / 2) and ratio["TargetCategoryRatio"] == pytest.approx(1 / 3)
+    skip = Metrics(["SFTTestSeqRec"], INDEX, CATS, skip_empty=True)  # the original test client
+    skip.add_sample("SFTTestSeqRec", f, ["Gamma (3)", "Beta (2)", "Alpha (1)"], "Alpha (1)")
+    assert skip.add_sample("SFTTestSeqRec", f, [], "Alpha (1)") is None
+    r = skip.results()["SFTTestSeqRec"]
+    assert r["Count"] == 1 and r["CorrectCount"] == 1 and r["InHistoryRate"] == 1
+    assert r["MRR"] == pytest.approx(1 / 3) and r["NDCG"] == pytest.approx(1 / math.log2(4))
+
+
+def test_fuzzy_mapping_applies_before_lookup():
+    m = Metrics(["SFTTestSeqRec"], INDEX, CATS)
+    f = {"item_count": 2, "sub_sequential": [], "target_category": "Y"}
+    row = m.add_sample("SFTTestSeqRec", f, ["Gamma (3", "Betta (2)"], "Gamma (3)")  # vague mapping on
+    assert row["NonExistRate"] == 0 and row["Recall"] == 1 and row["TargetCategoryRate"] == 1
+    row = m.add_sample("SFTTestSeqRec", f, ["Gamma (3", "Betta (2)"], "Gamma (3)", vague_mapping=False)
+    assert row["NonExistRate"] == 2 and "Recall" not in row
+
+
+def test_category_rate_and_sr_baselines():
+    f = {"item_count": 3, "sub_sequential": [], "target_category": "X", "category_count": 1,
+         "SeqRec_Result": ["a", "b", "c", "d"]}
+    out = ["Alpha (1)", "Gamma (3)", "Nope"]  # in X: 1, non-existent: 1
+    lp = Metrics(["SFTTestPersonalCategoryRateLP1_20"], INDEX, CATS)
+    row = lp.add_sample("SFTTestPersonalCategoryRateLP1_20", f, out, "Gamma (3)", vague_mapping=False)
+    assert row["TargetCategoryRate"] == 1 and row["CategoryRateCorrect"] == 0  # 1 + 1 non-existent > 1
+    assert row["SRTargetCategoryRate"] == 2 and row["SRCategoryRateCorrect"] == 0
+    assert row["NDCG"] == pytest.approx(1 / math.log2(3))
+    mp = Metrics([], INDEX, CATS)
+    row = mp.add_sample("SFTTestPersonalCategoryRateMP_30", f, out, "Gamma (3)", vague_mapping=False)
+    assert row["CategoryRateCorrect"] == 1 and row["SRCategoryRateCorrect"] == 1  # 1 >= 1, 2 >= 1
+    ep = {**f, "category_count": 2}
+    row = mp.add_sample("RLPersonalCategoryRateEP_50", ep, out, "Gamma (3)", list_reward=4.0, vague_mapping=False)
+    assert row["CategoryRateCorrect"] == 1 and row["SRCategoryRateCorrect"] == 1 and row["RewardSum"] == 4.0
+    row = mp.add_sample("SFTTestPersonalCategoryRateEP_30", {**f, "category_count": 3}, out, "x",
+                        vague_mapping=False)
+    assert row["CategoryRateCorrect"] == 0 and row["SRCategoryRateCorrect"] == 0  # |1-3| > 1; SR uses ==
+    row = lp.add_sample("SFTTestPersonalCategoryRateLP1_20", {**f, "category_count": 5}, [], "x")
+    assert row["CategoryRateCorrect"] == 0  # an empty list does not satisfy "less than"
+
+
+def test_not_in_candidate_exact_and_original_substring():
+    f = {"item_count": 3, "sub_sequential": [], "target_category": "Y", "candidate_items": ["a", "b"],
+         "candidate_titles": "'Alpha (1)', 'Beta (2)'"}
+    out = ["Alpha (1)", "Gamma (3)", "Alpha"]
+    exact = Metrics(["SFTTestSeqRanking"], INDEX, CATS).add_sample("SFTTestSeqRanking", f, out, "Beta (2)",
+                                                                   vague_mapping=False)
+    assert exact["NotInCandidateRate"] == 2
+    original = Metrics(["SFTTestSeqRanking"], INDEX, CATS, candidate_substring=True)
+    assert original.add_sample("SFTTestSeqRanking", f, out, "Beta (2)", vague_mapping=False)[
+        "NotInCandidateRate"] == 1  # "Alpha" is a substring of the joined string
+
+
+def test_table_lists_tasks_and_metrics():
+    m = Metrics(["SFTTestSeqRec", "SFT+TestPersonalControlRec"], INDEX, CATS)
+    m.add_sample("SFTTestSeqRec", {"item_count": 1, "target_category": "X"}, ["Alpha (1)"], "Alpha (1)")
+    text = m.table()
+    assert "SFT+TestPersonalControlRec" in text and "SRTargetCategoryRate" in text and "NonExistRatio" in text
+
+
+def test_parse_fine_tuned_and_general_outputs():
+    assert parse_list(" 1. Alpha (1)\n 2. Beta (2)\n\n3.Gamma (3)\n") == ["Alpha (1)", "Beta (2)", "Gamma (3)"]
+    assert parse_list("Alpha\n Beta", idx=False) == ["Alpha", "Beta"]
+    assert parse_list("") == []
+    text = ('"Here you go:\n1. \'Heat (1995)\' (Crime)\n2. Fargo (1996) [Drama]\nSure!\n3. Casino (1995), Crime\n'
+            '4. Toy Story (1995)\n5. Babe (1995)"')
+    assert parse_general_llm(text, "SFT+TestPersonalControlRec", 4) == ["Heat (1995)", "Fargo (1996)",
+                                                                        "Casino (1995)", "Toy Story (1995)"]
+    assert parse_general_llm("1. Alpha (1)\n2. Beta (2)", "SFTTestSeqRec", 10) == ["Alpha (1)", "Beta (2)"]
