@@ -1,0 +1,89 @@
+"""Quick check by hand: ``python -m reclm_jax.generate --model DIR --prompt TEXT [--chat] [--max-new-tokens N] [--json]``.
+
+Prints the completion; with ``--json`` a JSON object with the prompt ids, generated ids and text.
+Greedy by default; ``--temperature``/``--top-k``/``--top-p`` sample. ``--adapter CKPT`` applies a saved LoRA.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from reclm_jax.cli import run_main
+from reclm_jax.errors import UserError
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m reclm_jax.generate", description=__doc__.splitlines()[0])
+    p.add_argument("--model", required=True, help="HF Llama folder (config.json, safetensors, tokenizer)")
+    p.add_argument("--prompt", required=True, help="prompt text (a user message with --chat)")
+    p.add_argument("--chat", action="store_true", help="wrap the prompt with the tokenizer's chat template")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--adapter", default=None, help="adapter checkpoint directory to apply")
+    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="compute dtype")
+    p.add_argument("--json", action="store_true", help="print prompt ids, generated ids and text as JSON")
+    return p.parse_args(argv)
+
+
+def stop_ids(tokenizer, model_dir: Path) -> list[int]:
+    """EOS ids from generation_config.json, config.json and the tokenizer (ChatML's <|im_end|> included)."""
+    ids: list[int] = []
+    for name in ("generation_config.json", "config.json"):
+        f = model_dir / name
+        if f.is_file():
+            eos = json.loads(f.read_text()).get("eos_token_id")
+            ids += eos if isinstance(eos, list) else ([eos] if eos is not None else [])
+    if tokenizer.eos_token_id is not None:
+        ids.append(tokenizer.eos_token_id)
+    return sorted(set(int(i) for i in ids))
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    model_dir = Path(args.model)
+    if not model_dir.is_dir():
+        raise UserError(f"--model {model_dir}: no such directory")
+    if args.max_new_tokens < 1:
+        raise UserError("--max-new-tokens must be at least 1")
+    from transformers import AutoTokenizer
+
+    from reclm_jax.models.adapter_io import load_adapter
+    from reclm_jax.models.generation import SamplingConfig, generate
+    from reclm_jax.models.hf_loading import load_llama
+
+    try:
+        tok = AutoTokenizer.from_pretrained(model_dir)
+    except (OSError, ValueError) as e:
+        raise UserError(f"--model {model_dir}: cannot load its tokenizer ({e})") from None
+    if args.chat:
+        if not tok.chat_template:
+            raise UserError(f"--chat: the tokenizer in {model_dir} has no chat template")
+        ids = tok.apply_chat_template([{"role": "user", "content": args.prompt}], add_generation_prompt=True,
+                                      tokenize=True, return_dict=False)
+        ids = list(ids["input_ids"] if isinstance(ids, dict) else ids)
+    else:
+        ids = tok(args.prompt, add_special_tokens=True)["input_ids"]
+    if not ids:
+        raise UserError("--prompt is empty after tokenisation")
+    model = load_llama(model_dir, dtype=args.dtype)
+    adapter = load_adapter(args.adapter, model) if args.adapter else None
+    pad = tok.pad_token_id if tok.pad_token_id is not None else (model.config.pad_token_id or 0)
+    result = generate(model, [ids], max_new_tokens=args.max_new_tokens, pad_id=pad,
+                      stop_ids=stop_ids(tok, model_dir)[:8], adapter=adapter, seed=args.seed,
+                      sampling=SamplingConfig(args.temperature, args.top_k, args.top_p))
+    new = result.token_lists()[0]
+    text = tok.decode(new, skip_special_tokens=True)
+    if args.json:
+        print(json.dumps({"prompt_ids": ids, "generated_ids": new, "text": text}, ensure_ascii=False))
+    else:
+        print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)

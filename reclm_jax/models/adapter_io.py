@@ -1,0 +1,163 @@
+"""Saving and loading one LoRA adapter (plus optionally fully tuned weights such as ``lm_head``).
+
+Checkpoint format: a directory holding
+
+- ``lora_adapter.json``: ``{"format": "reclm_jax.lora", "version": 1, "name", "rank", "alpha", "dropout",
+  "targets", "init", "modules": [dotted module names], "full_tune": [HF tensor names], "base_model"}``
+- ``lora_adapter.safetensors``: ``<module>.lora_A.weight`` [r, in] and ``<module>.lora_B.weight`` [out, r]
+  in float32 (PEFT's orientation, so a PEFT export is a rename), and each ``full_tune`` tensor under its HF
+  name and HF orientation (``lm_head.weight`` [vocab, hidden]).
+
+The directory is written under a temporary name and renamed at the end, so a crash never leaves a
+complete-looking checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from pathlib import Path
+
+import jax
+import numpy as np
+from flax import nnx
+from jax.sharding import NamedSharding
+
+from reclm_jax.errors import UserError
+from reclm_jax.models.hf_loading import hf_key, read_safetensors_header
+from reclm_jax.models.lora import LoraConfig, add_lora, adapter_modules, untie_lm_head
+from reclm_jax.models.safetensors_writer import TensorSpec, write_safetensors
+from reclm_jax.models.sharding import path_name
+
+ADAPTER_JSON = "lora_adapter.json"
+ADAPTER_WEIGHTS = "lora_adapter.safetensors"
+FORMAT = "reclm_jax.lora"
+
+
+def _host(x) -> np.ndarray:
+    return np.asarray(jax.device_get(x))
+
+
+def full_tune_params(model: nnx.Module, prefixes: tuple[str, ...]) -> dict[str, tuple[str, bool, nnx.Variable]]:
+    """HF name -> (dotted NNX path, transposed?, variable) of base parameters under ``prefixes``."""
+    out = {}
+    for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
+        name = path_name(path)
+        if ".lora." in name or not any(name.startswith(p) for p in prefixes):
+            continue
+        key, transpose = hf_key(path)
+        out[key] = (name, transpose, var)
+    return out
+
+
+def save_adapter(path: str | Path, model: nnx.Module, name: str = "default", *, config: LoraConfig | None = None,
+                 full_tune: tuple[str, ...] = (), base_model: str | None = None) -> Path:
+    """Writes adapter ``name`` of ``model`` (and the base weights under ``full_tune`` prefixes) to ``path``."""
+    path = Path(path)
+    mods = adapter_modules(model, name)
+    first = next(iter(mods.values()))
+    rank = first.lora[name]["a"][...].shape[1]
+    scale, dropout = first.adapters[name]
+    cfg = config or LoraConfig(rank=rank, alpha=scale * rank, dropout=dropout, targets=tuple(mods))
+    specs = []
+    for mod, lin in mods.items():
+        a, b = lin.lora[name]["a"], lin.lora[name]["b"]
+        specs.append(TensorSpec(f"{mod}.lora_A.weight", a[...].shape[::-1], np.dtype(np.float32),
+                                lambda a=a: _host(a[...]).T.astype(np.float32)))
+        specs.append(TensorSpec(f"{mod}.lora_B.weight", b[...].shape[::-1], np.dtype(np.float32),
+                                lambda b=b: _host(b[...]).T.astype(np.float32)))
+    full = full_tune_params(model, full_tune)
+    if full_tune and not full:
+        raise UserError(f"full_tune {list(full_tune)} matches no base parameter (tied lm_head? untie it first)")
+    for key, (_, transpose, var) in full.items():
+        shape = var[...].shape[::-1] if transpose else var[...].shape
+        specs.append(TensorSpec(key, tuple(shape), np.dtype(np.float32),
+                                lambda v=var, t=transpose: (_host(v[...]).T if t else _host(v[...])).astype(np.float32)))
+    meta = {"format": FORMAT, "version": 1, "name": name, **dataclasses.asdict(cfg), "modules": list(mods),
+            "full_tune": sorted(full), "base_model": base_model}
+    meta["targets"] = list(cfg.targets)
+
+    tmp = path.with_name(path.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    write_safetensors(tmp / ADAPTER_WEIGHTS, specs)
+    (tmp / ADAPTER_JSON).write_text(json.dumps(meta, indent=2))
+    _replace_dir(tmp, path)
+    return path
+
+
+def _replace_dir(tmp: Path, final: Path) -> None:
+    old = final.with_name(final.name + ".old")
+    if final.exists():
+        if old.exists():
+            shutil.rmtree(old)
+        final.rename(old)
+    tmp.rename(final)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+def read_adapter_meta(path: str | Path) -> dict:
+    """The parsed ``lora_adapter.json`` of an adapter checkpoint (``UserError`` if it is not one)."""
+    f = Path(path) / ADAPTER_JSON
+    if not f.is_file():
+        raise UserError(f"{path}: not a reclm-jax adapter checkpoint (no {ADAPTER_JSON})")
+    try:
+        meta = json.loads(f.read_text())
+    except json.JSONDecodeError as e:
+        raise UserError(f"{f}: not valid JSON ({e.msg})") from None
+    if meta.get("format") != FORMAT:
+        raise UserError(f"{f}: 'format' is {meta.get('format')!r}, expected {FORMAT!r}")
+    return meta
+
+
+def adapter_config(meta: dict) -> LoraConfig:
+    fields = {f.name for f in dataclasses.fields(LoraConfig)}
+    kwargs = {k: v for k, v in meta.items() if k in fields}
+    kwargs["targets"] = tuple(kwargs.get("targets", ()))
+    return LoraConfig(**kwargs)
+
+
+def load_adapter(path: str | Path, model: nnx.Module, name: str | None = None) -> str:
+    """Attaches the adapter saved at ``path`` to ``model`` (as ``name``, default its saved name) and loads
+    any fully tuned weights into the base. Returns the adapter name."""
+    path = Path(path)
+    meta = read_adapter_meta(path)
+    name = name or meta["name"]
+    weights_file = path / ADAPTER_WEIGHTS
+    if not weights_file.is_file():
+        raise UserError(f"{path}: missing {ADAPTER_WEIGHTS}")
+    refs = read_safetensors_header(weights_file)
+    cfg = adapter_config(meta)
+    add_lora(model, cfg, name, modules=list(meta["modules"]))
+    mods = adapter_modules(model, name)
+    for mod, lin in mods.items():
+        for part, suffix in (("a", "lora_A"), ("b", "lora_B")):
+            key = f"{mod}.{suffix}.weight"
+            if key not in refs:
+                raise UserError(f"{weights_file}: missing tensor {key}")
+            var = lin.lora[name][part]
+            _assign(var, refs[key].memmap().T, weights_file, key)
+    if meta.get("full_tune"):
+        if any(k.startswith("lm_head") for k in meta["full_tune"]):
+            untie_lm_head(model)
+        full = full_tune_params(model, tuple(k.rsplit(".", 1)[0] for k in meta["full_tune"]))
+        for key in meta["full_tune"]:
+            if key not in refs or key not in full:
+                raise UserError(f"{weights_file}: full-tuned tensor {key} is missing here or in the model")
+            _, transpose, var = full[key]
+            arr = refs[key].memmap()
+            _assign(var, arr.T if transpose else arr, weights_file, key)
+    return name
+
+
+def _assign(var: nnx.Variable, value: np.ndarray, file: Path, key: str) -> None:
+    old = var[...]
+    if tuple(value.shape) != tuple(old.shape):
+        raise UserError(f"{file}: tensor {key} has shape {list(value.shape)}, the model needs {list(old.shape)}")
+    new = np.asarray(value, dtype=old.dtype)
+    sharding = getattr(old, "sharding", None)
+    var.set_value(jax.device_put(new, sharding) if isinstance(sharding, NamedSharding) else jax.numpy.asarray(new))
+

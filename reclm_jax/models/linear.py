@@ -1,0 +1,90 @@
+"""A dense layer that can carry several named LoRA adapters, of which one (or none) is used per call.
+
+The frozen kernel is stored ``[in, out]``; adapter ``name`` adds ``scale * dropout(x) @ A @ B`` with
+A ``[in, r]`` and B ``[r, out]`` (both ``LoRAParam``, so filters can pick exactly what trains). Which
+adapter runs is a plain call argument, so one frozen backbone serves an actor, a critic and the reference
+policy (``adapter=None``) inside the same jitted function.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+
+class LoRAParam(nnx.Param):
+    """A LoRA factor (A or B); a distinct type so ``nnx.split(model, LoRAParam, ...)`` separates them."""
+
+
+def normal_init(std: float = 0.02):
+    def init(key, shape, dtype):
+        return (jax.random.normal(key, shape, jnp.float32) * std).astype(dtype)
+
+    return init
+
+
+class Linear(nnx.Module):
+    """``y = x @ kernel (+ bias) (+ LoRA of the active adapter)``.
+
+    ``kernel`` may be absent (``with_kernel=False``): the tied ``lm_head`` then receives the embedding
+    matrix as ``kernel=`` at call time but still owns its own LoRA adapters.
+    """
+
+    def __init__(self, in_features: int, out_features: int, *, use_bias: bool = False, param_dtype=jnp.float32,
+                 dtype=jnp.float32, with_kernel: bool = True, uid: int = 0, rngs: nnx.Rngs):
+        self.in_features = in_features
+        self.out_features = out_features
+        self.dtype = dtype
+        self.uid = uid  # folds into the dropout key so each layer draws its own mask
+        # nnx.data: the attribute stays a data slot even while None (untie_lm_head fills it later).
+        self.kernel = nnx.data(nnx.Param(normal_init()(rngs.params(), (in_features, out_features), param_dtype))
+                               if with_kernel else None)
+        self.bias = nnx.data(nnx.Param(jnp.zeros((out_features,), param_dtype)) if use_bias else None)
+        self.lora = nnx.Dict()
+        # ((name, scale, dropout rate), ...): static (part of the graphdef, which jit hashes), so a tuple.
+        self.lora_meta: tuple = ()
+
+    @property
+    def adapters(self) -> dict[str, tuple[float, float]]:
+        """name -> (scale, dropout rate) of every attached adapter."""
+        return {n: (s, d) for n, s, d in self.lora_meta}
+
+    def add_adapter(self, name: str, rank: int, scale: float, dropout: float, a_init: jnp.ndarray,
+                    param_dtype=None) -> None:
+        """Attaches adapter ``name`` with A = ``a_init`` [in, r] and B = 0 [r, out]."""
+        if a_init.shape != (self.in_features, rank):
+            raise ValueError(f"LoRA A must be {(self.in_features, rank)}, got {a_init.shape}")
+        dt = param_dtype or a_init.dtype
+        self.lora[name] = nnx.Dict(a=LoRAParam(a_init.astype(dt)),
+                                   b=LoRAParam(jnp.zeros((rank, self.out_features), dt)))
+        self.lora_meta = self.lora_meta + ((name, float(scale), float(dropout)),)
+
+    def remove_adapter(self, name: str) -> None:
+        del self.lora[name]
+        self.lora_meta = tuple(m for m in self.lora_meta if m[0] != name)
+
+    def lora_delta(self, name: str) -> jnp.ndarray:
+        """``scale * A @ B`` in float32 [in, out]: what merging adds to the kernel."""
+        scale, _ = self.adapters[name]
+        ad = self.lora[name]
+        return scale * (ad["a"][...].astype(jnp.float32) @ ad["b"][...].astype(jnp.float32))
+
+    def __call__(self, x: jnp.ndarray, *, adapter: str | None = None, dropout_rng: jax.Array | None = None,
+                 kernel: jnp.ndarray | None = None) -> jnp.ndarray:
+        """x [..., in] -> [..., out] in the compute dtype."""
+        x = x.astype(self.dtype)
+        w = self.kernel[...] if kernel is None else kernel
+        y = x @ w.astype(self.dtype)
+        if self.bias is not None:
+            y = y + self.bias[...].astype(self.dtype)
+        if adapter is not None and adapter in self.adapters:
+            scale, rate = self.adapters[adapter]
+            ad = self.lora[adapter]
+            h = x
+            if rate > 0.0 and dropout_rng is not None:
+                keep = jax.random.bernoulli(jax.random.fold_in(dropout_rng, self.uid), 1.0 - rate, x.shape)
+                h = jnp.where(keep, x / (1.0 - rate), 0).astype(self.dtype)
+            y = y + (h @ ad["a"][...].astype(self.dtype)) @ ad["b"][...].astype(self.dtype) * jnp.asarray(
+                scale, self.dtype)
+        return y

@@ -1,0 +1,205 @@
+"""Llama-family decoder (Llama-2, Llama-3.x, SmolLM2) as Flax NNX modules.
+
+Attribute names mirror HF's module tree (``model.layers.0.self_attn.q_proj``), so a parameter's dotted NNX
+path *is* its HF name up to ``kernel`` (stored transposed, ``[in, out]``) versus ``weight``. Norms and the
+softmax run in float32; matmuls run in ``cfg.dtype``. Attention goes through
+``jax.nn.dot_product_attention`` so GPUs can pick a fused kernel.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from reclm_jax.models.kv_cache import KVCache
+from reclm_jax.models.linear import Linear, normal_init
+from reclm_jax.models.llama_config import LlamaConfig
+from reclm_jax.models.rope import apply_rope, inverse_frequencies, rope_angles
+from reclm_jax.models.sharding import constrain
+
+
+class ModelOutput(NamedTuple):
+    logits: jnp.ndarray  # [B, T, vocab] in the compute dtype
+    hidden: jnp.ndarray  # [B, T, hidden] after the final norm, compute dtype
+    cache: KVCache | None  # the updated cache when one was passed in
+
+
+class RMSNorm(nnx.Module):
+    def __init__(self, dim: int, eps: float, param_dtype, dtype):
+        self.weight = nnx.Param(jnp.ones((dim,), param_dtype))
+        self.eps = eps
+        self.dtype = dtype
+
+    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+        xf = x.astype(jnp.float32)
+        xf = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + self.eps)
+        # As transformers: normalise in fp32, cast back, then scale.
+        return self.weight[...].astype(self.dtype) * xf.astype(self.dtype)
+
+
+class Embedding(nnx.Module):
+    def __init__(self, vocab: int, dim: int, param_dtype, dtype, rngs: nnx.Rngs):
+        self.weight = nnx.Param(normal_init()(rngs.params(), (vocab, dim), param_dtype))
+        self.dtype = dtype
+
+    def __call__(self, tokens: jnp.ndarray) -> jnp.ndarray:
+        return jnp.take(self.weight[...], tokens, axis=0).astype(self.dtype)
+
+
+class Attention(nnx.Module):
+    def __init__(self, cfg: LlamaConfig, layer: int, rngs: nnx.Rngs):
+        pd, dt = cfg.jnp_param_dtype, cfg.jnp_dtype
+        d, h = cfg.hidden_size, cfg.head_dim
+
+        def lin(i, o, slot):
+            return Linear(i, o, use_bias=cfg.attention_bias, param_dtype=pd, dtype=dt, uid=layer * 8 + slot,
+                          rngs=rngs)
+
+        self.q_proj = lin(d, cfg.num_heads * h, 0)
+        self.k_proj = lin(d, cfg.num_kv_heads * h, 1)
+        self.v_proj = lin(d, cfg.num_kv_heads * h, 2)
+        self.o_proj = lin(cfg.num_heads * h, d, 3)
+        self.num_heads, self.num_kv_heads, self.head_dim = cfg.num_heads, cfg.num_kv_heads, h
+
+    def __call__(self, x, cos, sin, mask, kv=None, end=None, adapter=None, rng=None):
+        """x [B, T, D]; mask bool [B, 1, T, S]; kv = (keys, values) [B, S, K, H] or None.
+
+        Returns (out [B, T, D], new (keys, values) or None)."""
+        b, t, _ = x.shape
+        kw = dict(adapter=adapter, dropout_rng=rng)
+        q = self.q_proj(x, **kw).reshape(b, t, self.num_heads, self.head_dim)
+        k = self.k_proj(x, **kw).reshape(b, t, self.num_kv_heads, self.head_dim)
+        v = self.v_proj(x, **kw).reshape(b, t, self.num_kv_heads, self.head_dim)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        q = constrain(q, "batch", None, "tp", None)
+        new_kv = None
+        if kv is not None:
+            ck, cv = kv
+            ck = jax.lax.dynamic_update_slice(ck, k.astype(ck.dtype), (0, end, 0, 0))
+            cv = jax.lax.dynamic_update_slice(cv, v.astype(cv.dtype), (0, end, 0, 0))
+            new_kv = (ck, cv)
+            k, v = ck.astype(q.dtype), cv.astype(q.dtype)
+        out = jax.nn.dot_product_attention(q, k, v, mask=mask, scale=1.0 / math.sqrt(self.head_dim))
+        out = out.reshape(b, t, self.num_heads * self.head_dim)
+        return self.o_proj(out, **kw), new_kv
+
+
+class MLP(nnx.Module):
+    def __init__(self, cfg: LlamaConfig, layer: int, rngs: nnx.Rngs):
+        pd, dt = cfg.jnp_param_dtype, cfg.jnp_dtype
+        d, f = cfg.hidden_size, cfg.intermediate_size
+
+        def lin(i, o, slot):
+            return Linear(i, o, use_bias=cfg.mlp_bias, param_dtype=pd, dtype=dt, uid=layer * 8 + slot, rngs=rngs)
+
+        self.gate_proj = lin(d, f, 4)
+        self.up_proj = lin(d, f, 5)
+        self.down_proj = lin(f, d, 6)
+
+    def __call__(self, x, adapter=None, rng=None):
+        kw = dict(adapter=adapter, dropout_rng=rng)
+        h = jax.nn.silu(self.gate_proj(x, **kw)) * self.up_proj(x, **kw)
+        h = constrain(h, "batch", None, "tp")
+        return self.down_proj(h, **kw)
+
+
+class DecoderLayer(nnx.Module):
+    def __init__(self, cfg: LlamaConfig, layer: int, rngs: nnx.Rngs):
+        pd, dt = cfg.jnp_param_dtype, cfg.jnp_dtype
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, pd, dt)
+        self.self_attn = Attention(cfg, layer, rngs)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, pd, dt)
+        self.mlp = MLP(cfg, layer, rngs)
+
+    def __call__(self, x, cos, sin, mask, kv=None, end=None, adapter=None, rng=None):
+        attn, new_kv = self.self_attn(self.input_layernorm(x), cos, sin, mask, kv, end, adapter, rng)
+        x = x + attn
+        x = x + self.mlp(self.post_attention_layernorm(x), adapter, rng)
+        return constrain(x, "batch", None, None), new_kv
+
+
+class LlamaModel(nnx.Module):
+    def __init__(self, cfg: LlamaConfig, rngs: nnx.Rngs):
+        self.embed_tokens = Embedding(cfg.vocab_size, cfg.hidden_size, cfg.jnp_param_dtype, cfg.jnp_dtype, rngs)
+        self.layers = nnx.List([DecoderLayer(cfg, i, rngs) for i in range(cfg.num_layers)])
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, cfg.jnp_param_dtype, cfg.jnp_dtype)
+
+
+class LlamaForCausalLM(nnx.Module):
+    """The full causal LM. Call it with token ids; see ``__call__`` for shapes."""
+
+    def __init__(self, cfg: LlamaConfig, rngs: nnx.Rngs):
+        self.config = cfg
+        self.model = LlamaModel(cfg, rngs)
+        # Tied models keep an lm_head without a kernel: it reads the embedding but can own LoRA adapters.
+        self.lm_head = Linear(cfg.hidden_size, cfg.vocab_size, param_dtype=cfg.jnp_param_dtype, dtype=cfg.jnp_dtype,
+                              with_kernel=not cfg.tie_word_embeddings, uid=(cfg.num_layers + 1) * 8, rngs=rngs)
+
+    def __call__(self, tokens: jnp.ndarray, *, attention_mask: jnp.ndarray | None = None,
+                 positions: jnp.ndarray | None = None, cache: KVCache | None = None, adapter: str | None = None,
+                 dropout_rng: jax.Array | None = None) -> ModelOutput:
+        """Runs the decoder.
+
+        tokens: int32 [B, T]. attention_mask: [B, T], 1/True for real tokens, 0 for padding (default all
+        real). positions: int32 [B, T]; default ``cumsum(mask) - 1`` (right for left padding) or, with a
+        cache, continuing from the tokens already cached. cache: a ``KVCache``; the T new tokens are written
+        at slots ``[cache.end, cache.end + T)``. adapter: name of the LoRA adapter to apply (None = base
+        weights). dropout_rng: enables LoRA dropout.
+        """
+        cfg = self.config
+        b, t = tokens.shape
+        mask_in = jnp.ones((b, t), bool) if attention_mask is None else attention_mask.astype(bool)
+        if cache is None:
+            if positions is None:
+                positions = jnp.maximum(jnp.cumsum(mask_in, axis=1) - 1, 0)
+            q_slot = jnp.arange(t)
+            key_valid = mask_in
+            k_slot = jnp.arange(t)
+            end = None
+        else:
+            end = cache.end
+            valid = jax.lax.dynamic_update_slice(cache.valid, mask_in, (0, end))
+            if positions is None:
+                before = jnp.sum(cache.valid, axis=1, keepdims=True)
+                positions = jnp.maximum(before + jnp.cumsum(mask_in, axis=1) - 1, 0)
+            q_slot = end + jnp.arange(t)
+            key_valid = valid
+            k_slot = jnp.arange(cache.size)
+        causal = k_slot[None, :] <= q_slot[:, None]  # [T, S]
+        mask = (causal[None] & key_valid[:, None, :]) | (k_slot[None, None, :] == q_slot[None, :, None])
+        mask = mask[:, None]  # [B, 1, T, S]; a padding query attends only to itself (never an empty row)
+        cos, sin = rope_angles(positions, inverse_frequencies(cfg))  # constants, not parameters
+
+        x = constrain(self.model.embed_tokens(tokens), "batch", None, None)
+        new_keys, new_values = [], []
+        for i, layer in enumerate(self.model.layers):
+            kv = None if cache is None else (cache.keys[i], cache.values[i])
+            if cfg.remat and cache is None:
+                x, _ = _remat_layer(layer, x, cos, sin, mask, adapter, dropout_rng)
+            else:
+                x, new_kv = layer(x, cos, sin, mask, kv, end, adapter, dropout_rng)
+                if new_kv is not None:
+                    new_keys.append(new_kv[0])
+                    new_values.append(new_kv[1])
+        hidden = self.model.norm(x)
+        kernel = self.model.embed_tokens.weight[...].T if cfg.tie_word_embeddings else None
+        logits = self.lm_head(hidden, adapter=adapter, dropout_rng=dropout_rng, kernel=kernel)
+        logits = constrain(logits, "batch", None, "tp")
+        new_cache = None
+        if cache is not None:
+            new_cache = KVCache(tuple(new_keys), tuple(new_values), valid, end + t)
+        return ModelOutput(logits, hidden, new_cache)
+
+
+def _remat_layer(layer, x, cos, sin, mask, adapter, rng):
+    """One decoder layer under ``jax.checkpoint``: its activations are recomputed in the backward pass."""
+    graphdef, state = nnx.split(layer)
+
+    def run(state, x, cos, sin, mask, rng):
+        return nnx.merge(graphdef, state)(x, cos, sin, mask, None, None, adapter, rng)
+
+    return jax.checkpoint(run)(state, x, cos, sin, mask, rng)

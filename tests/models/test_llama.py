@@ -1,0 +1,53 @@
+"""Logit and greedy-generation parity with transformers.LlamaForCausalLM on the three tiny model shapes."""
+
+import numpy as np
+import pytest
+import torch
+import transformers
+
+from reclm_jax.models.generation import generate
+from reclm_jax.models.hf_loading import load_llama
+
+VARIANTS = ("llama2", "llama3", "smollm2")
+
+
+def torch_model(d):
+    return transformers.LlamaForCausalLM.from_pretrained(d, dtype=torch.float32).eval()
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_logits_and_greedy_match_transformers(tiny_llama_factory, variant):
+    d = tiny_llama_factory(variant)
+    model = load_llama(d, progress=False)
+    ref = torch_model(d)
+    rng = np.random.default_rng(0)
+    # 300 positions: past llama3's original_max_position_embeddings (256), so the scaled band matters.
+    tokens = rng.integers(4, 500, (2, 300))
+    mask = np.ones_like(tokens)
+    mask[1, :37] = 0  # left padding in the second row
+    ours = np.asarray(model(tokens, attention_mask=mask).logits)
+    with torch.no_grad():
+        pos = torch.tensor(np.maximum(mask.cumsum(1) - 1, 0))
+        theirs = ref(torch.tensor(tokens), attention_mask=torch.tensor(mask), position_ids=pos).logits.numpy()
+    real = mask.astype(bool)
+    assert np.abs(ours[real] - theirs[real]).max() <= 1e-4
+
+    prompts = [rng.integers(4, 500, n).tolist() for n in (7, 19)]
+    got = generate(model, prompts, max_new_tokens=32, pad_id=3).token_lists()
+    for p, g in zip(prompts, got):
+        with torch.no_grad():
+            out = ref.generate(torch.tensor([p]), max_new_tokens=32, do_sample=False, eos_token_id=None,
+                               pad_token_id=3)
+        assert g == out[0, len(p):].tolist()
+
+
+def test_remat_and_bf16_run_close(tiny_llama_factory):
+    d = tiny_llama_factory("smollm2")
+    tokens = np.random.default_rng(1).integers(4, 500, (2, 16))
+    base = np.asarray(load_llama(d, progress=False)(tokens).logits)
+    remat = np.asarray(load_llama(d, remat=True, progress=False)(tokens).logits)
+    np.testing.assert_allclose(remat, base, atol=1e-6)
+    bf16 = load_llama(d, param_dtype="bfloat16", dtype="bfloat16", progress=False)
+    assert bf16.model.layers[0].mlp.up_proj.kernel[...].dtype == np.dtype("bfloat16")
+    out = np.asarray(bf16(tokens).logits, np.float32)
+    assert np.abs(out - base).max() < 0.05 * np.abs(base).max()
