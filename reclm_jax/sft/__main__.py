@@ -1,0 +1,24 @@
+"""``python -m reclm_jax.sft --config configs/sft_X.yaml key=value ...``: LoRA SFT (see ``trainer.py``)."""
+
+from __future__ import annotations
+
+from reclm_jax.cli import run_main
+from reclm_jax.config import load_config, parse_stage_args
+from reclm_jax.sft.config import SFTConfig
+from reclm_jax.sft.report import before_after_table
+
+
+def main() -> int:
+    path, overrides = parse_stage_args(prog="python -m reclm_jax.sft")
+    cfg = load_config(SFTConfig, path, overrides)
+    from reclm_jax.sft.trainer import SFTTrainer  # imports jax: after the config is known to be valid
+
+    summary = SFTTrainer(cfg).run()
+    print(f"\nSFT finished: {summary['steps']} steps, adapter in {cfg.output_dir}/adapter")
+    if "after" in summary:
+        print(before_after_table(summary.get("before"), summary["after"]))
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)

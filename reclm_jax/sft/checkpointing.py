@@ -1,0 +1,46 @@
+"""Orbax checkpoints of a training run: trainable params, optimiser state, RNG, step, data-iterator state.
+
+Orbax writes each step into a temporary folder and renames it when complete, so a run killed at any moment
+leaves the previous checkpoint as the latest one. ``keep`` bounds how many are kept.
+
+Layout: ``<dir>/<step>/state`` (array pytree) and ``<dir>/<step>/meta`` (JSON: data state, counters).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+
+class CheckpointStore:
+    """Saves and restores the complete training state; one instance per run directory."""
+
+    def __init__(self, directory: str | Path, keep: int = 3):
+        self.directory = Path(directory).absolute()
+        options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=False)
+        self._manager = ocp.CheckpointManager(self.directory, options=options)
+
+    def latest_step(self) -> int | None:
+        return self._manager.latest_step()
+
+    def all_steps(self) -> list[int]:
+        return list(self._manager.all_steps())
+
+    def save(self, step: int, state: Any, meta: dict) -> None:
+        """``state``: pytree of arrays (params, optimiser state, raw RNG key data); ``meta``: JSON-able dict."""
+        self._manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                         meta=ocp.args.JsonSave(meta)), force=True)
+        self._manager.wait_until_finished()
+
+    def restore(self, step: int, like: Any) -> tuple[Any, dict]:
+        """(state, meta) of ``step``; ``like`` is a pytree with the target structure, shardings and dtypes."""
+        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
+        out = self._manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
+                                                                  meta=ocp.args.JsonRestore()))
+        return out["state"], out["meta"]
+
+    def close(self) -> None:
+        self._manager.close()

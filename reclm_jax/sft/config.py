@@ -1,0 +1,91 @@
+"""The SFT stage's configuration (frozen dataclasses; YAML + overrides are read in ``reclm_jax.sft.__main__``)."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+from reclm_jax.models.lora import ALL_LINEARS
+from reclm_jax.models.sharding import MeshConfig
+from reclm_jax.sft.optim import OptimConfig
+
+# The original's defaults: every linear layer, lm_head included.
+DEFAULT_TARGETS = ALL_LINEARS + ("lm_head",)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSettings:
+    path: str = ""  # local HF Llama folder; "" = the embedded SmolLM2-135M-Instruct (fetched and cached)
+    param_dtype: str = "bfloat16"  # frozen base weights
+    dtype: str = "bfloat16"  # compute dtype (LoRA params and optimiser state stay float32)
+    remat: bool = False  # recompute each block's activations in the backward pass (saves memory)
+
+
+@dataclasses.dataclass(frozen=True)
+class LoraSettings:
+    rank: int = 16
+    alpha: float = 8.0
+    dropout: float = 0.1
+    targets: tuple[str, ...] = DEFAULT_TARGETS
+    init: Literal["orthogonal", "kaiming"] = "orthogonal"
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSettings:
+    train_tasks: tuple[str, ...] = ("SFTSeqRec", "SFTPersonalControlRec", "SFTControlRec_re",
+                                    "SFTPersonalCategoryRate")
+    val_tasks: tuple[str, ...] = ("SFTTestSeqRec", "SFT+TestPersonalControlRec", "SFT-TestPersonalControlRec")
+    item_index: str = "title64_t"
+    chat_template: Literal["llama-2", "hf", "none"] = "hf"
+    topk: int = 10
+    candidate_num: int = 10
+    val_num_per_task: int = 320
+    share_chat_gpt_ratio: float = 0.0
+    share_chat_gpt_path: str = ""
+    keep_held_out: bool = False  # True reproduces the original (val/test targets may appear in train labels)
+    train_data_file: str = ""  # static mode: SFT_dataset_train.pickle from `python -m reclm_jax.data.process`
+    val_data_file: str = ""
+    max_prompt_length: int = 512
+    max_output_length: int = 512
+    prompt_buckets: tuple[int, ...] = (128, 256, 384, 512)
+    output_buckets: tuple[int, ...] = (64, 128, 256, 512)
+    chunk: int = 256  # samples built per batched teacher call
+
+
+@dataclasses.dataclass(frozen=True)
+class TeacherSettings:
+    checkpoint: str = ""  # a teacher training run's output_dir (in-process teacher)
+    port: int = 0  # or an HTTP teacher service (`python -m reclm_jax.teacher.serve`) on this port
+    backup_ip: str = "127.0.0.1"  # comma-separated hosts, tried in order
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainSettings:
+    epochs: int = 1
+    max_steps: int = -1  # stop after this many optimiser steps (-1: run all epochs)
+    time_budget_s: float = 0.0  # stop cleanly (checkpoint, validate, save) after this many seconds; 0 = none
+    batch_size: int = 8  # rows per micro-batch (global, split over the mesh's data axes)
+    grad_accum: int = 1  # micro-batches per optimiser step
+    loss_weighting: Literal["sequence", "token"] = "sequence"
+    seed: int = 0
+    log_every: int = 10
+    val_every: int = 0  # optimiser steps between validations; 0 = at the end of every epoch
+    val_before: bool = True  # validate the base model first (the "before" column)
+    val_batch_size: int = 16
+    val_max_new_tokens: int = 160
+    save_every: int = 100  # optimiser steps between checkpoints (and at the end)
+    keep_checkpoints: int = 3
+
+
+@dataclasses.dataclass(frozen=True)
+class SFTConfig:
+    data_path: str
+    output_dir: str
+    resume: bool = False  # continue from output_dir's latest checkpoint
+    model: ModelSettings = ModelSettings()
+    lora: LoraSettings = LoraSettings()
+    optim: OptimConfig = OptimConfig()
+    data: DataSettings = DataSettings()
+    teacher: TeacherSettings = TeacherSettings()
+    train: TrainSettings = TrainSettings()
+    mesh: MeshConfig = MeshConfig()

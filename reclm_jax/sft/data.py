@@ -1,0 +1,138 @@
+"""Wires the task layer into the SFT trainer: tokenizer, task context, teacher, train batches, val samples.
+
+Train batches come from the dynamic grain pipeline (samples regenerated every epoch from (seed, epoch, index))
+or, with ``data.train_data_file``, from a stored ``SFT_dataset_train.pickle``. A step consumes ``grad_accum``
+micro-batches; they are stacked into [A, B, T] arrays, right-padded to their longest bucket (padding is masked,
+so the loss does not change).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from reclm_jax.data.chat import ChatFormat
+from reclm_jax.data.item_index import ItemIndex, load_dataset
+from reclm_jax.data.pipeline import PipelineConfig, epoch_iterator, load_static, static_epoch_iterator
+from reclm_jax.data.samples import SampleBuilder
+from reclm_jax.data.tasks import TaskContext, TaskSettings
+from reclm_jax.data.tasks.share_chat_gpt import load_share_chat
+from reclm_jax.errors import UserError
+from reclm_jax.sft.config import SFTConfig
+
+FALLBACK_EOS = "</s>"
+
+
+def load_tokenizer(model_dir: str | Path):
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(str(model_dir))
+    except (OSError, ValueError) as e:
+        raise UserError(f"{model_dir}: cannot load its tokenizer ({e})") from None
+
+
+def make_teacher(cfg: SFTConfig):
+    """The in-process teacher, the HTTP client, or None (static data needs none)."""
+    t = cfg.teacher
+    if t.checkpoint:
+        from reclm_jax.teacher.teacher import Teacher
+
+        return Teacher.from_checkpoint(t.checkpoint, cfg.data_path)
+    if t.port:
+        from reclm_jax.teacher.client import TeacherClient
+
+        hosts = [h.strip() for h in t.backup_ip.split(",") if h.strip()]
+        return TeacherClient(port=t.port, backup_ip=hosts if len(hosts) > 1 else hosts[0])
+    return None
+
+
+def build_context(cfg: SFTConfig, tokenizer: Any) -> tuple[TaskContext, ItemIndex]:
+    d = cfg.data
+    raw, index = load_dataset(cfg.data_path, d.item_index, tokenizer)
+    settings = TaskSettings(topk=d.topk, candidate_num=d.candidate_num, val_num_per_task=d.val_num_per_task,
+                            share_chat_gpt_ratio=d.share_chat_gpt_ratio, max_token_length=d.max_prompt_length,
+                            exclude_held_out=not d.keep_held_out)
+    share = load_share_chat(d.share_chat_gpt_path, tokenizer) if d.share_chat_gpt_path else None
+    if "ShareChatGPT" in d.train_tasks and share is None:
+        raise UserError("data.train_tasks has ShareChatGPT but data.share_chat_gpt_path is empty")
+    eos = tokenizer.eos_token or FALLBACK_EOS
+    return TaskContext(raw, index, settings, ChatFormat(d.chat_template, tokenizer), eos, share_chat=share), index
+
+
+class SFTData:
+    """Train batches and validation samples for one run."""
+
+    def __init__(self, cfg: SFTConfig, tokenizer: Any):
+        self.cfg = cfg
+        self.tokenizer = tokenizer
+        d = cfg.data
+        self.pipeline = PipelineConfig(batch_size=cfg.train.batch_size, max_prompt_length=d.max_prompt_length,
+                                       max_output_length=d.max_output_length, prompt_buckets=d.prompt_buckets,
+                                       output_buckets=d.output_buckets)
+        self.ctx, self.index = build_context(cfg, tokenizer)
+        self.static = load_static(d.train_data_file) if d.train_data_file else None
+        needs_teacher = self.static is None or not d.val_data_file
+        self.teacher = make_teacher(cfg) if needs_teacher else None
+        if needs_teacher and self.teacher is None:
+            raise UserError("dynamic SFT data needs a teacher: set teacher.checkpoint (a teacher run folder) or "
+                            "teacher.port, or give data.train_data_file and data.val_data_file")
+        self.builder = None if self.static is not None else SampleBuilder(
+            self.ctx, list(d.train_tasks), "train", self.teacher, cfg.train.seed)
+
+    def samples_per_epoch(self) -> int:
+        import jax
+
+        n = len(self.static[0]) if self.static is not None else len(self.builder)
+        return n // jax.process_count()
+
+    def steps_per_epoch(self) -> int:
+        t = self.cfg.train
+        return self.samples_per_epoch() // (t.batch_size * t.grad_accum)
+
+    def epoch_batches(self, epoch: int):
+        """A checkpointable iterator over this process's micro-batches of ``epoch``."""
+        seed = self.cfg.train.seed
+        if self.static is not None:
+            return static_epoch_iterator(self.static, self.tokenizer, self.pipeline, epoch, seed)
+        return epoch_iterator(self.builder, self.tokenizer, self.pipeline, epoch, seed, chunk=self.cfg.data.chunk)
+
+    def val_samples(self) -> list[dict]:
+        d = self.cfg.data
+        if not d.val_tasks and not d.val_data_file:
+            return []  # validation switched off
+        if d.val_data_file:
+            return load_static(d.val_data_file)[0]
+        return SampleBuilder(self.ctx, list(d.val_tasks), "val", self.teacher, self.cfg.train.seed).epoch(0)
+
+    def pad_id(self) -> int:
+        from reclm_jax.data.pipeline import pad_token_id
+
+        return pad_token_id(self.tokenizer)
+
+
+def stack_micro_batches(batches: list[dict], pad_id: int) -> dict[str, np.ndarray]:
+    """[A] micro-batch dicts -> int32 arrays [A, B, T] (right-padded to the longest)."""
+    width = max(b["input_ids"].shape[1] for b in batches)
+
+    def pad(x: np.ndarray, value) -> np.ndarray:
+        return np.pad(x, ((0, 0), (0, width - x.shape[1])), constant_values=value)
+
+    return {
+        "tokens": np.stack([pad(b["input_ids"], pad_id) for b in batches]).astype(np.int32),
+        "attention_mask": np.stack([pad(b["attention_mask"], 0) for b in batches]).astype(np.int32),
+        "loss_mask": np.stack([pad(b["loss_mask"], 0) for b in batches]).astype(np.int32),
+    }
+
+
+def take_step_batches(it: Iterator[dict], accum: int) -> list[dict] | None:
+    """The next ``accum`` micro-batches, or None when the epoch has fewer left (the remainder is dropped)."""
+    out = []
+    for _ in range(accum):
+        try:
+            out.append(next(it))
+        except StopIteration:
+            return None
+    return out

@@ -1,0 +1,105 @@
+"""The jitted SFT train step: gradient accumulation inside one compiled function, LoRA params only.
+
+The model is split once into (graphdef, trainable, frozen). The step is a pure function of
+(trainable, opt_state, frozen, batch, rng); only ``trainable`` is differentiated, and its buffers and the
+optimiser state are donated so they are updated in place.
+
+Batches carry a leading accumulation axis: tokens/attention_mask/loss_mask are int32 [A, B, T] for A
+micro-batches of B rows. Micro-batches run in a ``lax.scan`` that sums loss numerators, denominators and
+gradients; the update uses their ratio, so A micro-batches of B give the same update as one batch of A*B.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from reclm_jax.sft.loss import masked_lm_loss
+
+
+class Batch(NamedTuple):
+    tokens: jax.Array  # int32 [A, B, T]
+    attention_mask: jax.Array  # int32 [A, B, T], 1 on real tokens (prompt and output)
+    loss_mask: jax.Array  # int32 [A, B, T], 1 on output tokens incl. EOS
+
+
+def _loss_parts(graphdef, trainable, frozen, tokens, attention_mask, loss_mask, rng, adapter, weighting):
+    model = nnx.merge(graphdef, trainable, frozen)
+    logits = model(tokens, attention_mask=attention_mask, adapter=adapter, dropout_rng=rng).logits
+    return masked_lm_loss(logits, tokens, loss_mask, weighting)
+
+
+def make_train_step(graphdef, tx: optax.GradientTransformation, *, adapter: str = "default",
+                    weighting: str = "sequence", dropout: bool = True, state_shardings: Any = None) -> Callable:
+    """Returns ``step(trainable, opt_state, frozen, batch, rng) -> (trainable, opt_state, metrics)``.
+
+    ``state_shardings``: ``(trainable, opt_state)`` pytrees of shardings (``state_shardings_of``). Pinning the
+    outputs to the inputs' shardings keeps the second call from recompiling (XLA may otherwise pick another
+    layout for the updated parameters).
+
+    metrics: fp32 scalars ``loss`` (this update's loss), ``grad_norm`` (before clipping), ``denominator``
+    (samples or tokens the loss averaged over) and ``tokens`` (label tokens seen).
+    """
+
+    def micro(trainable, frozen, tokens, attention_mask, loss_mask, rng):
+        num, den = _loss_parts(graphdef, trainable, frozen, tokens, attention_mask, loss_mask,
+                               rng if dropout else None, adapter, weighting)
+        return num, den
+
+    grad_fn = jax.value_and_grad(micro, has_aux=True)  # differentiates the numerator; aux = denominator
+
+    def step(trainable, opt_state, frozen, batch: Batch, rng):
+        accum = batch.tokens.shape[0]
+        rngs = jax.random.split(rng, accum)
+
+        def body(carry, xs):
+            grads, num, den = carry
+            tokens, attention_mask, loss_mask, r = xs
+            (n, d), g = grad_fn(trainable, frozen, tokens, attention_mask, loss_mask, r)
+            return (jax.tree.map(jnp.add, grads, g), num + n, den + d), None
+
+        zeros = jax.tree.map(jnp.zeros_like, trainable)
+        init = (zeros, jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32))
+        (grads, num, den), _ = jax.lax.scan(body, init, (batch.tokens, batch.attention_mask, batch.loss_mask, rngs))
+        den_safe = jnp.maximum(den, 1.0)
+        grads = jax.tree.map(lambda g: g / den_safe, grads)
+        updates, opt_state = tx.update(grads, opt_state, trainable)
+        trainable = optax.apply_updates(trainable, updates)
+        metrics = {"loss": num / den_safe, "grad_norm": optax.global_norm(grads), "denominator": den,
+                   "tokens": jnp.sum(batch.loss_mask[:, :, 1:]).astype(jnp.float32)}
+        return trainable, opt_state, metrics
+
+    out_shardings = None if state_shardings is None else (*state_shardings, None)
+    return jax.jit(step, donate_argnums=(0, 1), out_shardings=out_shardings)
+
+
+def state_shardings_of(trainable, opt_state, mesh) -> tuple[Any, Any, Any]:
+    """``(trainable, opt_state, shardings)``: every leaf committed to a ``NamedSharding`` of ``mesh`` (scalars
+    such as Adam's step count replicated), and the matching sharding pytrees for ``make_train_step``."""
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    def place(x):
+        return x if isinstance(x.sharding, NamedSharding) else jax.device_put(x, NamedSharding(mesh, PartitionSpec()))
+
+    trainable, opt_state = jax.tree.map(place, trainable), jax.tree.map(place, opt_state)
+    shardings = (jax.tree.map(lambda x: x.sharding, trainable), jax.tree.map(lambda x: x.sharding, opt_state))
+    return trainable, opt_state, shardings
+
+
+def make_loss_fn(graphdef, *, adapter: str | None = "default", weighting: str = "sequence") -> Callable:
+    """Jitted ``loss(trainable, frozen, tokens, attention_mask, loss_mask) -> (numerator, denominator)``
+    on one [B, T] batch, without dropout (validation loss)."""
+
+    def fn(trainable, frozen, tokens, attention_mask, loss_mask):
+        return _loss_parts(graphdef, trainable, frozen, tokens, attention_mask, loss_mask, None, adapter, weighting)
+
+    return jax.jit(fn)
+
+
+def tree_size(tree: Any) -> int:
+    """Number of scalars in a pytree of arrays."""
+    return int(sum(x.size for x in jax.tree.leaves(tree)))
