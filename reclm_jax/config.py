@@ -26,6 +26,7 @@ from reclm_jax.errors import UserError
 T = TypeVar("T")
 
 CONFIG_FILENAME = "config.yaml"
+MISSING_MARK = "???"  # OmegaConf's "must be given" value
 
 
 def load_config(cls: type[T], path: str | Path | None = None, overrides: typing.Sequence[str] = ()) -> T:
@@ -139,6 +140,9 @@ def _build(cls: type, data: Any, prefix: str, source: str) -> Any:
     for name, f in fields.items():
         key = prefix + name
         if name in data:
+            if isinstance(data[name], str) and data[name] == MISSING_MARK:
+                raise UserError(f"{source}: key '{key}' must be set (it is {MISSING_MARK} in the file); "
+                                f"add {key}=... to the command line")
             kwargs[name] = _coerce(hints[name], data[name], key, source)
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             raise UserError(f"{source}: missing required key '{key}' ({_type_name(hints[name])})")

@@ -83,6 +83,8 @@ def test_bad_values_name_the_key(tmp_path, overrides, expected):
 def test_missing_required_and_missing_file(tmp_path):
     with pytest.raises(UserError, match="missing required key 'data_path'"):
         load_config(Stage, None, ["seed=1"])
+    with pytest.raises(UserError, match=r"key 'train.warmup' must be set \(it is \?\?\? in the file\)"):
+        load_config(Stage, write(tmp_path, "data_path: d\ntrain:\n  warmup: ???\n"))
     with pytest.raises(UserError, match="config file not found"):
         load_config(Stage, tmp_path / "nope.yaml")
     with pytest.raises(UserError, match="not valid YAML"):

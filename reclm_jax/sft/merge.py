@@ -1,0 +1,51 @@
+"""``python -m reclm_jax.sft.merge --run DIR [--which best|final] [--out DIR] [--format merged|peft]``.
+
+Merges an SFT run's adapter into its base model and writes the HF folder that vLLM and transformers serve
+(the original's ``--train_stage SFT_Merge``). The base model is read from the run's saved ``config.yaml``;
+the default output is ``<run>/merged`` (or ``<run>/peft``).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from reclm_jax.cli import run_main
+from reclm_jax.config import CONFIG_FILENAME, load_config
+from reclm_jax.errors import UserError
+from reclm_jax.sft.config import SFTConfig
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m reclm_jax.sft.merge", description=__doc__.splitlines()[0])
+    p.add_argument("--run", required=True, help="the SFT run's output_dir")
+    p.add_argument("--which", choices=("best", "final"), default="best",
+                   help="best validation adapter (falls back to final when there was no validation)")
+    p.add_argument("--out", default=None)
+    p.add_argument("--format", choices=("merged", "peft"), default="merged")
+    p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default=None)
+    p.add_argument("--overwrite", action="store_true")
+    args = p.parse_args(argv)
+    run = Path(args.run)
+    if not (run / CONFIG_FILENAME).is_file():
+        raise UserError(f"--run {run}: no {CONFIG_FILENAME}; is it an SFT output_dir?")
+    cfg = load_config(SFTConfig, run / CONFIG_FILENAME)
+    adapter = run / ("best_adapter" if args.which == "best" else "adapter")
+    if args.which == "best" and not adapter.is_dir():
+        adapter = run / "adapter"
+    if not adapter.is_dir():
+        raise UserError(f"{run}: no trained adapter yet (looked for best_adapter/ and adapter/)")
+    from reclm_jax.export import main as export_main
+    from reclm_jax.sft.trainer import resolve_model_path
+
+    out = args.out or str(run / ("merged" if args.format == "merged" else "peft"))
+    cmd = ["--base", str(resolve_model_path(cfg)), "--adapter", str(adapter), "--out", out, "--format", args.format]
+    if args.dtype:
+        cmd += ["--dtype", args.dtype]
+    if args.overwrite:
+        cmd.append("--overwrite")
+    return export_main(cmd)
+
+
+if __name__ == "__main__":
+    run_main(main)
