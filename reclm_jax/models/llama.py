@@ -141,14 +141,15 @@ class LlamaForCausalLM(nnx.Module):
 
     def __call__(self, tokens: jnp.ndarray, *, attention_mask: jnp.ndarray | None = None,
                  positions: jnp.ndarray | None = None, cache: KVCache | None = None, adapter: str | None = None,
-                 dropout_rng: jax.Array | None = None) -> ModelOutput:
+                 dropout_rng: jax.Array | None = None, compute_logits: bool = True) -> ModelOutput:
         """Runs the decoder.
 
         tokens: int32 [B, T]. attention_mask: [B, T], 1/True for real tokens, 0 for padding (default all
         real). positions: int32 [B, T]; default ``cumsum(mask) - 1`` (right for left padding) or, with a
         cache, continuing from the tokens already cached. cache: a ``KVCache``; the T new tokens are written
         at slots ``[cache.end, cache.end + T)``. adapter: name of the LoRA adapter to apply (None = base
-        weights). dropout_rng: enables LoRA dropout.
+        weights). dropout_rng: enables LoRA dropout. compute_logits=False skips the LM head (``logits`` is
+        None): a loss can then apply ``head`` to chunks of ``hidden`` and never hold [B, T, vocab] at once.
         """
         cfg = self.config
         b, t = tokens.shape
@@ -186,13 +187,27 @@ class LlamaForCausalLM(nnx.Module):
                     new_keys.append(new_kv[0])
                     new_values.append(new_kv[1])
         hidden = self.model.norm(x)
-        kernel = self.model.embed_tokens.weight[...].T if cfg.tie_word_embeddings else None
-        logits = self.lm_head(hidden, adapter=adapter, dropout_rng=dropout_rng, kernel=kernel)
-        logits = constrain(logits, "batch", None, "tp")
+        logits = self.head(hidden, adapter=adapter, dropout_rng=dropout_rng) if compute_logits else None
         new_cache = None
         if cache is not None:
             new_cache = KVCache(tuple(new_keys), tuple(new_values), valid, end + t)
         return ModelOutput(logits, hidden, new_cache)
+
+
+    def head_kernel(self) -> jnp.ndarray | None:
+        """The tied head's [D, vocab] kernel (the embedding, transposed); None when the head has its own."""
+        return self.model.embed_tokens.weight[...].T if self.config.tie_word_embeddings else None
+
+    def head(self, hidden: jnp.ndarray, *, adapter: str | None = None, dropout_rng: jax.Array | None = None,
+             kernel: jnp.ndarray | None = None) -> jnp.ndarray:
+        """The LM head (tied or not, with the adapter's LoRA): hidden [B, T, D] -> logits [B, T, vocab].
+
+        ``kernel``: ``head_kernel()`` computed once by a caller that applies the head chunk by chunk.
+        """
+        if kernel is None:
+            kernel = self.head_kernel()
+        logits = self.lm_head(hidden, adapter=adapter, dropout_rng=dropout_rng, kernel=kernel)
+        return constrain(logits, "batch", None, "tp")
 
 
 def _remat_layer(layer, x, cos, sin, mask, adapter, rng):

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from reclm_jax.sft.loss import masked_lm_loss
+from reclm_jax.sft.loss import chunked_lm_loss
 
 
 class Batch(NamedTuple):
@@ -27,10 +27,22 @@ class Batch(NamedTuple):
     loss_mask: jax.Array  # int32 [A, B, T], 1 on output tokens incl. EOS
 
 
+# Positions per LM-head chunk: bounds the logits held at once to [B, LOSS_CHUNK, vocab] (vocab can be 85x the
+# hidden size, e.g. SmolLM2), and lets prompt-only chunks skip the head.
+LOSS_CHUNK = 128
+
+
 def _loss_parts(graphdef, trainable, frozen, tokens, attention_mask, loss_mask, rng, adapter, weighting):
     model = nnx.merge(graphdef, trainable, frozen)
-    logits = model(tokens, attention_mask=attention_mask, adapter=adapter, dropout_rng=rng).logits
-    return masked_lm_loss(logits, tokens, loss_mask, weighting)
+    hidden = model(tokens, attention_mask=attention_mask, adapter=adapter, dropout_rng=rng,
+                   compute_logits=False).hidden
+    head_rng = None if rng is None else jax.random.fold_in(rng, 1 << 20)
+    kernel = model.head_kernel()  # once, outside the chunk loop (a tied head transposes the embedding)
+
+    def head(h, key):
+        return model.head(h, adapter=adapter, dropout_rng=key, kernel=kernel)
+
+    return chunked_lm_loss(head, hidden, tokens, loss_mask, weighting, LOSS_CHUNK, head_rng)
 
 
 def make_train_step(graphdef, tx: optax.GradientTransformation, *, adapter: str = "default",

@@ -72,3 +72,29 @@ def test_schedule_warmup_then_power_two_decay():
 def test_weight_decay_only_on_matrices():
     params = {"a": jnp.ones((3, 2)), "bias": jnp.ones((3,)), "nested": {"k": jnp.ones((2, 2, 2))}}
     assert jax.tree.leaves(decay_mask(params)) == [True, False, True]
+
+
+@pytest.mark.parametrize("weighting", ["sequence", "token"])
+def test_chunked_loss_equals_full_loss_and_gradient(weighting):
+    from reclm_jax.sft.loss import chunked_lm_loss
+
+    rng = np.random.default_rng(3)
+    b, t, d, v = 3, 37, 8, 50
+    hidden = jnp.asarray(rng.standard_normal((b, t, d)), jnp.float32)
+    w = jnp.asarray(rng.standard_normal((d, v)), jnp.float32)
+    tokens = jnp.asarray(rng.integers(0, v, (b, t)), jnp.int32)
+    mask = np.zeros((b, t), np.int32)
+    mask[0, 20:] = 1
+    mask[1, 30:35] = 1  # rows with labels only in later chunks; chunk 0 is skipped
+    mask = jnp.asarray(mask)
+
+    def full(w):
+        num, den = masked_lm_loss(hidden @ w, tokens, mask, weighting)
+        return num / den
+
+    def chunked(w):
+        num, den = chunked_lm_loss(lambda h, _: h @ w, hidden, tokens, mask, weighting, chunk=8)
+        return num / den
+
+    np.testing.assert_allclose(float(chunked(w)), float(full(w)), rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(jax.grad(chunked)(w)), np.asarray(jax.grad(full)(w)), atol=1e-6)
