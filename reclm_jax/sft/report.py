@@ -25,3 +25,30 @@ def before_after_table(before: dict | None, after: dict, metrics: tuple[str, ...
     if before:
         lines.append(f"{'mean over tasks':34s} {'NDCG':20s} {before['mean_NDCG']:>10.4f} {after['mean_NDCG']:>10.4f}")
     return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    """``python -m reclm_jax.sft.report RUN``: the before/after table of an SFT run's ``metrics.json``."""
+    import argparse
+    import json
+    from pathlib import Path
+
+    from reclm_jax.errors import UserError
+
+    p = argparse.ArgumentParser(prog="python -m reclm_jax.sft.report", description=main.__doc__)
+    p.add_argument("run", help="an SFT output_dir")
+    args = p.parse_args(argv)
+    path = Path(args.run) / "metrics.json"
+    if not path.is_file():
+        raise UserError(f"{path}: not found (the run has not validated yet)")
+    m = json.loads(path.read_text())
+    if "after" not in m:
+        raise UserError(f"{path}: no validation after training yet")
+    print(before_after_table(m.get("before"), m["after"]))
+    return 0
+
+
+if __name__ == "__main__":
+    from reclm_jax.cli import run_main
+
+    run_main(main)
