@@ -65,10 +65,13 @@ class Teacher:
 
         def topk(params, rest, history, allowed, k):
             s = scores(params, rest, history)
-            cand_idx = jax.lax.top_k(jnp.where(allowed, s, -jnp.inf), k)[1]
+            return jax.lax.top_k(jnp.where(allowed, s, -jnp.inf), k)[1]
+
+        def fill(params, rest, history, allowed, k):
+            # The best items outside the allowed set; only run for chunks where some row has < k allowed.
+            s = scores(params, rest, history)
             others = ~allowed & (jnp.arange(s.shape[1]) != PAD)[None]
-            fill_idx = jax.lax.top_k(jnp.where(others, s, -jnp.inf), k)[1]
-            return cand_idx, fill_idx
+            return jax.lax.top_k(jnp.where(others, s, -jnp.inf), k)[1]
 
         def ranks(params, rest, history, cand):
             # cand: int32 [B, M] item rows (0 = padding slot). Counting the items that beat each candidate is
@@ -81,6 +84,7 @@ class Teacher:
 
         self._scores_fn = jax.jit(scores)
         self._topk_fn = jax.jit(topk, static_argnames="k")
+        self._fill_fn = jax.jit(fill, static_argnames="k")
         self._ranks_fn = jax.jit(ranks)
 
     @classmethod
@@ -196,13 +200,14 @@ class Teacher:
         kk = min(max(MIN_K_BUCKET, 1 << (k - 1).bit_length()), len(self.items) + 1)
         results: list[list[str]] = []
         for start, stop, size in self._chunks(n):
-            cand_idx, fill_idx = self._topk_fn(self._params, self._rest, self._pad(window[start:stop], size),
-                                               self._pad(allowed[start:stop], size), k=kk)
-            cand_idx, fill_idx = np.asarray(cand_idx), np.asarray(fill_idx)
+            args = (self._params, self._rest, self._pad(window[start:stop], size), self._pad(allowed[start:stop], size))
+            cand_idx = np.asarray(self._topk_fn(*args, k=kk))
+            short = bool((n_allowed[start:stop] < k).any())
+            fill_idx = np.asarray(self._fill_fn(*args, k=kk)) if short else None
             for j in range(stop - start):
                 take = min(k, int(n_allowed[start + j]))
                 fill = min(k - take, len(self.items) - int(n_allowed[start + j]))
-                picked = list(cand_idx[j, :take]) + list(fill_idx[j, :fill])
+                picked = list(cand_idx[j, :take]) + (list(fill_idx[j, :fill]) if fill > 0 else [])
                 results.append([self.items[r - 1] for r in picked])
         return results
 
