@@ -12,6 +12,7 @@ import pytest
 
 from reclm_jax.testing.tiny_data import write_tiny_dataset
 from reclm_jax.testing.tiny_model import build_tokenizer, write_tiny_llama
+from reclm_jax.testing.tiny_teacher import train_tiny_teacher
 
 
 @pytest.fixture(scope="session")
@@ -46,3 +47,17 @@ def tiny_llama_dir(tiny_llama_factory):
 def tiny_dataset_dir(tmp_path_factory):
     """The tiny synthetic dataset (40 users, 60 items, 4 genres) as raw pickles; treat as read-only."""
     return write_tiny_dataset(tmp_path_factory.mktemp("tiny_dataset"), seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_teacher_dir(tiny_dataset_dir, tmp_path_factory):
+    """A small SASRec trained on the tiny dataset (seconds); a teacher run folder."""
+    return train_tiny_teacher(tiny_dataset_dir, tmp_path_factory.mktemp("tiny_teacher"), seed=0)
+
+
+@pytest.fixture(scope="session")
+def teacher(tiny_teacher_dir):
+    """The in-process ``Teacher`` of ``tiny_teacher_dir``."""
+    from reclm_jax.teacher.teacher import Teacher
+
+    return Teacher.from_checkpoint(tiny_teacher_dir)

@@ -10,24 +10,11 @@ import pytest
 from reclm_jax.data.chat import ChatFormat
 from reclm_jax.data.item_index import load_dataset
 from reclm_jax.data.tasks import TaskContext, TaskSettings
-from reclm_jax.testing.tiny_teacher import train_tiny_teacher
 
 
 @pytest.fixture(scope="session")
 def tiny_raw(tiny_dataset_dir):
     return load_dataset(tiny_dataset_dir, "title")
-
-
-@pytest.fixture(scope="session")
-def tiny_teacher_dir(tiny_dataset_dir, tmp_path_factory):
-    return train_tiny_teacher(tiny_dataset_dir, tmp_path_factory.mktemp("data_tiny_teacher"), seed=0)
-
-
-@pytest.fixture(scope="session")
-def teacher(tiny_teacher_dir):
-    from reclm_jax.teacher.teacher import Teacher
-
-    return Teacher.from_checkpoint(tiny_teacher_dir)
 
 
 @pytest.fixture(scope="session")

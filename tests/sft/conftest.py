@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from reclm_jax.testing.tiny_teacher import train_tiny_teacher
 
 
 @pytest.fixture(scope="session")
-def sft_world(tmp_path_factory, tiny_dataset_dir, tiny_llama_dir):
-    teacher = train_tiny_teacher(tiny_dataset_dir, tmp_path_factory.mktemp("sft_teacher"))
-    return {"data": tiny_dataset_dir, "model": tiny_llama_dir, "teacher": teacher}
+def sft_world(tiny_dataset_dir, tiny_llama_dir, tiny_teacher_dir):
+    return {"data": tiny_dataset_dir, "model": tiny_llama_dir, "teacher": tiny_teacher_dir}
 
 
 @pytest.fixture(scope="session")

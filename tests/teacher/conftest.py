@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 
 from reclm_jax.data.raw import write_raw
-from reclm_jax.testing.tiny_teacher import train_tiny_teacher
 
 
 def write_cycle_dataset(out_dir, n_items: int = 200, n_users: int = 300, seed: int = 0):
@@ -34,18 +33,6 @@ def write_cycle_dataset(out_dir, n_items: int = 200, n_users: int = 300, seed: i
 @pytest.fixture(scope="session")
 def cycle_dataset(tmp_path_factory):
     return write_cycle_dataset(tmp_path_factory.mktemp("cycle_dataset"))
-
-
-@pytest.fixture(scope="session")
-def tiny_teacher_dir(tiny_dataset_dir, tmp_path_factory):
-    return train_tiny_teacher(tiny_dataset_dir, tmp_path_factory.mktemp("tiny_teacher"), seed=0)
-
-
-@pytest.fixture(scope="session")
-def teacher(tiny_teacher_dir):
-    from reclm_jax.teacher.teacher import Teacher
-
-    return Teacher.from_checkpoint(tiny_teacher_dir)
 
 
 @pytest.fixture(scope="session")
