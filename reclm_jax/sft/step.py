@@ -81,7 +81,7 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, *, adapter: str 
         grads = jax.tree.map(lambda g: g / den_safe, grads)
         updates, opt_state = tx.update(grads, opt_state, trainable)
         trainable = optax.apply_updates(trainable, updates)
-        metrics = {"loss": num / den_safe, "grad_norm": optax.global_norm(grads), "denominator": den,
+        metrics = {"loss": num / den_safe, "grad_norm": optax.tree.norm(grads), "denominator": den,
                    "tokens": jnp.sum(batch.loss_mask[:, :, 1:]).astype(jnp.float32)}
         return trainable, opt_state, metrics
 
