@@ -73,7 +73,10 @@ class Linear(nnx.Module):
     def __call__(self, x: jnp.ndarray, *, adapter: str | None = None, dropout_rng: jax.Array | None = None,
                  kernel: jnp.ndarray | None = None) -> jnp.ndarray:
         """x [..., in] -> [..., out] in the compute dtype."""
-        x = x.astype(self.dtype)
+        lead = x.shape[:-1]
+        # 2-D matmuls: with a [B, T, in] input XLA:CPU transposes the [B*T, out] gradient before the LoRA
+        # weight-gradient dots (measured: the LoRA SFT step is 18-33% faster flattened).
+        x = x.reshape(-1, x.shape[-1]).astype(self.dtype)
         w = self.kernel[...] if kernel is None else kernel
         y = x @ w.astype(self.dtype)
         if self.bias is not None:
@@ -87,4 +90,4 @@ class Linear(nnx.Module):
                 h = jnp.where(keep, x / (1.0 - rate), 0).astype(self.dtype)
             y = y + (h @ ad["a"][...].astype(self.dtype)) @ ad["b"][...].astype(self.dtype) * jnp.asarray(
                 scale, self.dtype)
-        return y
+        return y.reshape(*lead, y.shape[-1])

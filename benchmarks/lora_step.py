@@ -1,0 +1,218 @@
+"""Shared pieces of the LoRA SFT step benchmarks (``sft_step.py`` on CPU, ``gpu_sft.py`` on a GPU).
+
+The JAX side always runs the library's real jitted step (``reclm_jax.sft.step.make_train_step``) with the
+optimiser the trainer uses; only the model weights and the batch are made up here. Throughput does not
+depend on weight values, so a randomly initialised model times the same as the pretrained one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from reclm_jax.models.linear import Linear
+from reclm_jax.models.llama import LlamaForCausalLM
+from reclm_jax.models.llama_config import LlamaConfig
+from reclm_jax.models.lora import ALL_LINEARS, LoraConfig, add_lora, linear_modules, split_trainable
+from reclm_jax.models.sharding import make_mesh, param_sharding, path_name
+from reclm_jax.sft.optim import OptimConfig, make_optimizer
+from reclm_jax.sft.step import Batch, make_train_step, state_shardings_of
+
+# RecLM-gen's defaults: r 16, alpha 8, dropout 0.1 on every linear layer including lm_head.
+LORA = LoraConfig(rank=16, alpha=8.0, dropout=0.1, targets=ALL_LINEARS + ("lm_head",))
+
+# config.json of SmolLM2-135M-Instruct (as converted by reclm_jax.models.fetch) and of Llama-2-7B.
+SMOLLM2_135M = {
+    "model_type": "llama", "vocab_size": 49152, "hidden_size": 576, "intermediate_size": 1536,
+    "num_hidden_layers": 30, "num_attention_heads": 9, "num_key_value_heads": 3, "head_dim": 64,
+    "hidden_act": "silu", "max_position_embeddings": 8192, "rms_norm_eps": 1e-5, "rope_theta": 100000.0,
+    "tie_word_embeddings": True, "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 2,
+}
+LLAMA2_7B = {
+    "model_type": "llama", "vocab_size": 32000, "hidden_size": 4096, "intermediate_size": 11008,
+    "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 32, "hidden_act": "silu",
+    "max_position_embeddings": 4096, "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "tie_word_embeddings": False,
+    "bos_token_id": 1, "eos_token_id": 2,
+}
+
+
+def random_llama(cfg: LlamaConfig, mesh=None, seed: int = 0) -> LlamaForCausalLM:
+    """A randomly initialised model (weights N(0, 0.02), norms 1) whose parameters are created on the device,
+    each straight into its ``NamedSharding`` on ``mesh``: nothing of model size is built on the host.
+
+    One small jitted generator per distinct (shape, dtype, sharding), not one program for the whole model:
+    XLA:GPU took over 170 s to compile a single init program for SmolLM2-135M (H200, jax 0.11.2), while a
+    Llama has only about eight distinct parameter shapes.
+    """
+    mesh = mesh if mesh is not None else make_mesh()
+    abstract = nnx.eval_shape(lambda: LlamaForCausalLM(cfg, rngs=nnx.Rngs(seed)))
+    graphdef, abstract_state = nnx.split(abstract)
+    generators: dict = {}
+
+    def generator(shape, dtype, sharding, ones: bool):
+        key = (shape, jnp.dtype(dtype).name, sharding, ones)
+        if key not in generators:
+            def make(rng):
+                if ones:
+                    return jnp.ones(shape, dtype)
+                return (jax.random.normal(rng, shape, jnp.float32) * 0.02).astype(dtype)
+
+            generators[key] = jax.jit(make, out_shardings=sharding)
+        return generators[key]
+
+    root = jax.random.key(seed)
+    placed = []
+    for i, (path, var) in enumerate(nnx.to_flat_state(abstract_state)):
+        name = path_name(path)
+        value = var.get_value()
+        shape = tuple(value.shape)
+        make = generator(shape, value.dtype, param_sharding(name, shape, mesh), ones=name.endswith("norm.weight"))
+        placed.append((path, var.replace(make(jax.random.fold_in(root, i)))))
+    return nnx.merge(graphdef, nnx.from_flat_state(placed))
+
+
+def synthetic_batch(vocab: int, rows: int, seq: int, seed: int = 0,
+                    label_from: float = 0.5) -> dict[str, np.ndarray]:
+    """int32 [rows, seq] arrays: random tokens, no padding, labels from position ``int(seq * label_from)`` on
+    (the part before plays the prompt, whose tokens carry no loss)."""
+    rng = np.random.default_rng(seed)
+    tokens = rng.integers(3, vocab, (rows, seq), dtype=np.int64).astype(np.int32)
+    loss_mask = np.zeros((rows, seq), np.int32)
+    loss_mask[:, int(seq * label_from):] = 1
+    return {"tokens": tokens, "attention_mask": np.ones((rows, seq), np.int32), "loss_mask": loss_mask}
+
+
+@dataclasses.dataclass
+class JaxStep:
+    """The jitted step with its state, ready to call ``run(n)``."""
+
+    step: object
+    trainable: object
+    opt_state: object
+    frozen: object
+    batch: Batch
+    rng: jax.Array
+    compile_s: float = 0.0
+
+    def run(self, n: int) -> list[float]:
+        """Runs ``n`` steps; the wall time of each, waiting for its result."""
+        times = []
+        for _ in range(n):
+            t = time.perf_counter()
+            self.rng, key = jax.random.split(self.rng)
+            self.trainable, self.opt_state, metrics = self.step(self.trainable, self.opt_state, self.frozen,
+                                                                self.batch, key)
+            jax.block_until_ready((self.trainable, metrics))
+            times.append(time.perf_counter() - t)
+        self.last_loss = float(metrics["loss"])
+        return times
+
+
+def prepare_jax_step(model: LlamaForCausalLM, arrays: dict[str, np.ndarray], mesh=None,
+                     lora: LoraConfig = LORA, weighting: str = "token", accum: int = 1,
+                     rng_impl: str = "threefry2x32") -> JaxStep:
+    """Adds the LoRA adapter, splits the model and compiles the library's train step (AOT, so ``compile_s``
+    is the compile alone). ``arrays``: int32 [B, T] as ``synthetic_batch``; ``accum`` splits the B rows into
+    that many micro-batches, accumulated inside the step (same update, less activation memory). ``rng_impl``:
+    the PRNG of the dropout key ("threefry2x32", JAX's default, or "rbg": XLA's RngBitGenerator)."""
+    mesh = mesh if mesh is not None else make_mesh()
+    add_lora(model, lora, "default")
+    graphdef, trainable, frozen = split_trainable(model, ("default",))
+    tx = make_optimizer(OptimConfig(), total_steps=10_000)
+    trainable, opt_state, shardings = state_shardings_of(trainable, tx.init(trainable), mesh)
+    step = make_train_step(graphdef, tx, weighting=weighting, dropout=lora.dropout > 0, state_shardings=shardings)
+    rows = arrays["tokens"].shape[0]
+    if rows % accum:
+        raise ValueError(f"batch {rows} is not divisible by accum {accum}")
+    rows //= accum
+    data_ways = mesh.shape["data"] * mesh.shape["fsdp"]
+    spec = P(None, ("data", "fsdp"), None) if rows % data_ways == 0 else P()
+    put = {k: jax.device_put(v.reshape(accum, rows, -1), NamedSharding(mesh, spec)) for k, v in arrays.items()}
+    batch = Batch(put["tokens"], put["attention_mask"], put["loss_mask"])
+    rng = jax.random.key(0, impl=rng_impl)
+    t = time.perf_counter()
+    compiled = step.lower(trainable, opt_state, frozen, batch, rng).compile()
+    compile_s = time.perf_counter() - t
+    return JaxStep(compiled, trainable, opt_state, frozen, batch, rng, compile_s)
+
+
+def matmul_params(cfg: LlamaConfig) -> int:
+    """Weights that take part in a matmul per token: every decoder linear plus the lm_head (the embedding
+    lookup is not a matmul)."""
+    d, f, h = cfg.hidden_size, cfg.intermediate_size, cfg.head_dim
+    attn = d * cfg.num_heads * h * 2 + d * cfg.num_kv_heads * h * 2
+    mlp = 3 * d * f
+    return cfg.num_layers * (attn + mlp) + d * cfg.vocab_size
+
+
+def lora_params_shape_sum(cfg: LlamaConfig) -> int:
+    """Sum of (in + out) over the adapted linears (all of them, lm_head included)."""
+    d, f, h = cfg.hidden_size, cfg.intermediate_size, cfg.head_dim
+    per_layer = (d + cfg.num_heads * h) * 2 + (d + cfg.num_kv_heads * h) * 2 + 3 * (d + f)
+    return cfg.num_layers * per_layer + d + cfg.vocab_size
+
+
+FLOPS_CONVENTION = (
+    "model FLOPs of one LoRA step per token = 4*N (forward 2N + backward 2N: activation gradients only, the "
+    "frozen base gets no weight gradient; N = weights in matmuls incl. lm_head, embedding excluded) "
+    "+ 12*L*T*heads*head_dim (attention scores and values over the full T x T square, forward + backward) "
+    "+ 6*r*sum(in+out) (LoRA factors, forward + both gradients); remat recomputation not counted (MFU, not HFU)")
+
+
+def lora_step_flops(cfg: LlamaConfig, rows: int, seq: int, rank: int = LORA.rank) -> float:
+    """Model FLOPs of one step on [rows, seq] tokens, by ``FLOPS_CONVENTION``."""
+    per_token = (4 * matmul_params(cfg) + 12 * cfg.num_layers * seq * cfg.num_heads * cfg.head_dim
+                 + 6 * rank * lora_params_shape_sum(cfg))
+    return float(per_token) * rows * seq
+
+
+def count_check(model: LlamaForCausalLM) -> int:
+    """``matmul_params`` counted from the live model (a guard that the formula matches the modules)."""
+    return sum(lin.in_features * lin.out_features for lin in linear_modules(model).values())
+
+
+def patch_linear(flatten_tokens: bool = True, cheap_dropout: bool = False) -> None:
+    """EXPERIMENT (benchmark only): replaces ``Linear.__call__`` by a variant, to measure a change to
+    ``reclm_jax/models/linear.py`` before proposing it. Same maths as the library's layer.
+
+    flatten_tokens: run every matmul on ``x.reshape(-1, in)``. On [B, T, in] inputs the weight-gradient dots
+    of the LoRA factors contract over two dims (B and T); XLA:CPU then canonicalises them with a transposed
+    copy of the [B*T, out] cotangent fused into the elementwise backward chain, a strided loop that cost
+    ~40 ns per element here. With 2-D inputs the same dots read their operands in place.
+    cheap_dropout: draw each LoRA dropout mask from 16-bit random words (two per threefry evaluation; keep
+    probability 1 - round(rate * 65536) / 65536, within 1e-5 of 1 - rate) instead of ``jax.random.bernoulli``.
+    """
+
+    def call(self, x, *, adapter=None, dropout_rng=None, kernel=None):
+        lead = x.shape[:-1]
+        x = x.astype(self.dtype)
+        if flatten_tokens:
+            x = x.reshape(-1, x.shape[-1])
+        w = self.kernel[...] if kernel is None else kernel
+        y = x @ w.astype(self.dtype)
+        if self.bias is not None:
+            y = y + self.bias[...].astype(self.dtype)
+        if adapter is not None and adapter in self.adapters:
+            scale, rate = self.adapters[adapter]
+            ad = self.lora[adapter]
+            h = x
+            if rate > 0.0 and dropout_rng is not None:
+                key = jax.random.fold_in(dropout_rng, self.uid)
+                if cheap_dropout:
+                    cut = min(max(int(round(rate * 65536)), 1), 65535)
+                    keep = jax.random.bits(key, x.shape, jnp.uint16) >= jnp.uint16(cut)
+                    h = jnp.where(keep, x * jnp.asarray(65536.0 / (65536 - cut), self.dtype), 0).astype(self.dtype)
+                else:
+                    keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
+                    h = jnp.where(keep, x / (1.0 - rate), 0).astype(self.dtype)
+            y = y + (h @ ad["a"][...].astype(self.dtype)) @ ad["b"][...].astype(self.dtype) * jnp.asarray(
+                scale, self.dtype)
+        return y.reshape(*lead, y.shape[-1])
+
+    Linear.__call__ = call
