@@ -63,7 +63,9 @@ class TeacherSettings:
 class TrainSettings:
     epochs: int = 1
     max_steps: int = -1  # stop after this many optimiser steps (-1: run all epochs)
-    time_budget_s: float = 0.0  # stop cleanly (checkpoint, validate, save) after this many seconds; 0 = none
+    # Stop cleanly (checkpoint, validate, save) after this many seconds; 0 = none. The LR schedule still spans
+    # epochs / max_steps, so set max_steps to the steps the budget allows for a complete schedule.
+    time_budget_s: float = 0.0
     batch_size: int = 8  # rows per micro-batch (global, split over the mesh's data axes)
     grad_accum: int = 1  # micro-batches per optimiser step
     loss_weighting: Literal["sequence", "token"] = "sequence"
