@@ -16,7 +16,6 @@ import numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from reclm_jax.models.linear import Linear
 from reclm_jax.models.llama import LlamaForCausalLM
 from reclm_jax.models.llama_config import LlamaConfig
 from reclm_jax.models.lora import ALL_LINEARS, LoraConfig, add_lora, linear_modules, split_trainable
@@ -175,44 +174,3 @@ def lora_step_flops(cfg: LlamaConfig, rows: int, seq: int, rank: int = LORA.rank
 def count_check(model: LlamaForCausalLM) -> int:
     """``matmul_params`` counted from the live model (a guard that the formula matches the modules)."""
     return sum(lin.in_features * lin.out_features for lin in linear_modules(model).values())
-
-
-def patch_linear(flatten_tokens: bool = True, cheap_dropout: bool = False) -> None:
-    """EXPERIMENT (benchmark only): replaces ``Linear.__call__`` by a variant, to measure a change to
-    ``reclm_jax/models/linear.py`` before proposing it. Same maths as the library's layer.
-
-    flatten_tokens: run every matmul on ``x.reshape(-1, in)``. On [B, T, in] inputs the weight-gradient dots
-    of the LoRA factors contract over two dims (B and T); XLA:CPU then canonicalises them with a transposed
-    copy of the [B*T, out] cotangent fused into the elementwise backward chain, a strided loop that cost
-    ~40 ns per element here. With 2-D inputs the same dots read their operands in place.
-    cheap_dropout: draw each LoRA dropout mask from 16-bit random words (two per threefry evaluation; keep
-    probability 1 - round(rate * 65536) / 65536, within 1e-5 of 1 - rate) instead of ``jax.random.bernoulli``.
-    """
-
-    def call(self, x, *, adapter=None, dropout_rng=None, kernel=None):
-        lead = x.shape[:-1]
-        x = x.astype(self.dtype)
-        if flatten_tokens:
-            x = x.reshape(-1, x.shape[-1])
-        w = self.kernel[...] if kernel is None else kernel
-        y = x @ w.astype(self.dtype)
-        if self.bias is not None:
-            y = y + self.bias[...].astype(self.dtype)
-        if adapter is not None and adapter in self.adapters:
-            scale, rate = self.adapters[adapter]
-            ad = self.lora[adapter]
-            h = x
-            if rate > 0.0 and dropout_rng is not None:
-                key = jax.random.fold_in(dropout_rng, self.uid)
-                if cheap_dropout:
-                    cut = min(max(int(round(rate * 65536)), 1), 65535)
-                    keep = jax.random.bits(key, x.shape, jnp.uint16) >= jnp.uint16(cut)
-                    h = jnp.where(keep, x * jnp.asarray(65536.0 / (65536 - cut), self.dtype), 0).astype(self.dtype)
-                else:
-                    keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
-                    h = jnp.where(keep, x / (1.0 - rate), 0).astype(self.dtype)
-            y = y + (h @ ad["a"][...].astype(self.dtype)) @ ad["b"][...].astype(self.dtype) * jnp.asarray(
-                scale, self.dtype)
-        return y.reshape(*lead, y.shape[-1])
-
-    Linear.__call__ = call

@@ -1,7 +1,7 @@
 """LoRA SFT step throughput on SmolLM2-135M-Instruct: reclm-jax against transformers + peft (torch), one run.
 
     python benchmarks/sft_step.py [--dtype float32|bfloat16] [--batch 8] [--accum 4] [--seq 512] [--rounds 3]
-                                  [--jax-variants library,flat] [--torch-threads N] [--remat]
+                                  [--torch-threads N] [--remat]
 
 Both sides train the same adapter (r 16, alpha 8, dropout 0.1 on every linear layer including lm_head) with
 AdamW (0.9/0.999, eps 1e-5, weight decay 0.01) and clipping at 1.0, on the same batch: random tokens, no
@@ -104,15 +104,8 @@ class TorchStep:
         return times
 
 
-VARIANTS = ("library", "flat", "flat+cheapdrop")
-
-
-def side_name(variant: str) -> str:
-    return "jax" if variant == "library" else f"jax[{variant}]"
-
-
 def run_worker(args, arrays: dict[str, np.ndarray]) -> dict:
-    """Builds one side (``--worker torch`` or ``--worker jax:VARIANT``), runs warm-up and timed steps."""
+    """Builds one side (``--worker torch`` or ``--worker jax``), runs warm-up and timed steps."""
     out: dict = {}
     if args.worker == "torch":
         import torch
@@ -126,9 +119,6 @@ def run_worker(args, arrays: dict[str, np.ndarray]) -> dict:
         import lora_step
         from reclm_jax.models.hf_loading import load_llama
 
-        variant = args.worker.split(":", 1)[1]
-        if variant != "library":  # acts while the step is traced, i.e. in prepare_jax_step
-            lora_step.patch_linear(flatten_tokens=True, cheap_dropout=variant.endswith("cheapdrop"))
         model = load_llama(args.model, param_dtype=args.param_dtype or args.dtype, dtype=args.dtype,
                            remat=args.remat, progress=False)
         side = lora_step.prepare_jax_step(model, arrays, accum=args.accum)
@@ -156,10 +146,6 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=2, help="timed steps per side per round")
     p.add_argument("--warmup", type=int, default=1, help="untimed steps per side per round")
     p.add_argument("--remat", action="store_true", help="JAX: recompute each layer in the backward pass")
-    p.add_argument("--jax-variants", default="library",
-                   help="comma list of JAX step variants timed side by side: 'library' (the code as it is), "
-                        "'flat' (lora_step.patch_linear: 2-D matmuls), 'flat+cheapdrop' (also 16-bit dropout "
-                        "masks); the variants are experiments, not library code")
     p.add_argument("--skip-torch", action="store_true")
     p.add_argument("--torch-threads", type=int, default=0,
                    help="torch intra-op threads (default: all CPUs); 1 avoids OpenMP barrier stalls when other "
@@ -178,11 +164,7 @@ def main() -> None:
         print("RESULT " + json.dumps(run_worker(args, arrays)), flush=True)
         return
 
-    variants = args.jax_variants.split(",") if args.jax_variants else []
-    for v in variants:
-        if v not in VARIANTS:
-            p.error(f"--jax-variants: unknown variant {v!r} (choose from {', '.join(VARIANTS)})")
-    workers = [(side_name(v), f"jax:{v}") for v in variants] + ([] if args.skip_torch else [("torch", "torch")])
+    workers = [("jax", "jax")] + ([] if args.skip_torch else [("torch", "torch")])
     threads = os.cpu_count() or 1
     tokens = args.batch * args.seq
     result: dict = {"model": Path(args.model).name, "batch": args.batch, "accum": args.accum, "seq": args.seq,
