@@ -135,6 +135,8 @@ def main() -> None:
     p.add_argument("--data_path", default=None)
     p.add_argument("--seconds", type=float, default=4.0, help="duration of each load level")
     p.add_argument("--clients", default="1,16,64")
+    p.add_argument("--workers", type=int, default=1,
+                   help="> 1 adds a row for the micro-batched service run with this many worker processes")
     p.add_argument("--out", default=None, help="also write the results as JSON here")
     a = p.parse_args()
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -164,9 +166,12 @@ def main() -> None:
               f"{row['p50_ms']:>10}{row['p99_ms']:>10}{row['errors']:>7}", flush=True)
 
     print(f"{'mode':<34}{'clients':>8}{'req/s':>10}{'users/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'errors':>7}")
-    for mode, args, bodies, per in (("single-user, micro-batched", [], single, 1),
-                                    ("single-user, no batching (base)", ["--max_batch", "1"], single, 1),
-                                    ("batched 32 users/request", [], batched, 32)):
+    modes = [("single-user, micro-batched", [], single, 1),
+             ("single-user, no batching (base)", ["--max_batch", "1"], single, 1),
+             ("batched 32 users/request", [], batched, 32)]
+    if a.workers > 1:
+        modes.insert(1, (f"single-user, {a.workers} workers", ["--workers", str(a.workers)], single, 1))
+    for mode, args, bodies, per in modes:
         with Service(run, *args, *extra_args) as svc:
             load(svc.port, bodies[:50], 4, 1.0)  # warm-up: first requests compile nothing, but fill caches
             for c in levels:

@@ -140,28 +140,34 @@ def test_full_queue_gets_503(teacher):
         assert r.status_code == 200
 
 
-def test_serve_cli_starts_and_answers(tiny_teacher_dir, teacher):
+@pytest.mark.parametrize("workers", [1, 2])
+def test_serve_cli_starts_and_answers(tiny_teacher_dir, teacher, workers):
     from reclm_jax.teacher.serve import free_port
 
     port = free_port()
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     proc = subprocess.Popen([sys.executable, "-m", "reclm_jax.teacher.serve", "--checkpoint", str(tiny_teacher_dir),
-                             "--port", str(port), "--max_batch", "4"], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             "--port", str(port), "--max_batch", "4", "--workers", str(workers)], cwd=REPO,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.time() + 90
-        while True:
+        deadline = time.time() + 120
+        pids = set()
+        body = {"users": ["u1"], "item_lengths": [2], "item_lists": [["1", "2"]], "k": 5, "immediately": 1}
+        # Every worker process must answer, and answer the same as the in-process teacher.
+        while len(pids) < workers:
             try:
                 health = httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).json()
-                break
             except httpx.HTTPError:
                 assert proc.poll() is None, proc.stderr.read()
                 assert time.time() < deadline, "service did not come up"
                 time.sleep(0.3)
-        assert health["items"] == len(teacher.items) and health["window"] == teacher.window
-        body = {"users": ["u1"], "item_lengths": [2], "item_lists": [["1", "2"]], "k": 5, "immediately": 1}
-        r = httpx.post(f"http://127.0.0.1:{port}/inference", content=json.dumps(body))
-        assert r.json() == {"inference": teacher.topk([["1", "2"]], 5)}
+                continue
+            assert health["items"] == len(teacher.items) and health["window"] == teacher.window
+            r = httpx.post(f"http://127.0.0.1:{port}/inference", content=json.dumps(body))
+            assert r.json() == {"inference": teacher.topk([["1", "2"]], 5)}
+            pids.add(health["pid"])
+            assert time.time() < deadline, f"only {len(pids)} of {workers} workers answered"
+        assert proc.pid not in pids or workers == 1
     finally:
         proc.terminate()
         proc.wait(timeout=20)
