@@ -2,8 +2,9 @@
 
 Attribute names mirror HF's module tree (``model.layers.0.self_attn.q_proj``), so a parameter's dotted NNX
 path *is* its HF name up to ``kernel`` (stored transposed, ``[in, out]``) versus ``weight``. Norms and the
-softmax run in float32; matmuls run in ``cfg.dtype``. Attention goes through
-``jax.nn.dot_product_attention`` so GPUs can pick a fused kernel.
+softmax run in float32; matmuls run in ``cfg.dtype`` (accumulated in f32, see ``matmul.py``). Attention goes
+through ``jax.nn.dot_product_attention`` so GPUs can pick a fused kernel, except the cache-free pass on CPU,
+which uses the blocked causal attention of ``attention.py``.
 """
 
 from __future__ import annotations
@@ -15,9 +16,11 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from reclm_jax.models.attention import causal_attention
 from reclm_jax.models.kv_cache import KVCache
 from reclm_jax.models.linear import Linear, normal_init
 from reclm_jax.models.llama_config import LlamaConfig
+from reclm_jax.models.matmul import f32_accumulating_dots
 from reclm_jax.models.rope import apply_rope, inverse_frequencies, rope_angles
 from reclm_jax.models.sharding import constrain
 
@@ -83,7 +86,11 @@ class Attention(nnx.Module):
             cv = jax.lax.dynamic_update_slice(cv, v.astype(cv.dtype), (0, end, 0, 0))
             new_kv = (ck, cv)
             k, v = ck.astype(q.dtype), cv.astype(q.dtype)
-        out = jax.nn.dot_product_attention(q, k, v, mask=mask, scale=1.0 / math.sqrt(self.head_dim))
+        if kv is None and f32_accumulating_dots():
+            # XLA:CPU: blocked causal attention with bf16-rate products (see models/attention.py).
+            out = causal_attention(q, k, v, mask, 1.0 / math.sqrt(self.head_dim))
+        else:
+            out = jax.nn.dot_product_attention(q, k, v, mask=mask, scale=1.0 / math.sqrt(self.head_dim))
         out = out.reshape(b, t, self.num_heads * self.head_dim)
         return self.o_proj(out, **kw), new_kv
 
@@ -193,20 +200,11 @@ class LlamaForCausalLM(nnx.Module):
             new_cache = KVCache(tuple(new_keys), tuple(new_values), valid, end + t)
         return ModelOutput(logits, hidden, new_cache)
 
-
-    def head_kernel(self) -> jnp.ndarray | None:
-        """The tied head's [D, vocab] kernel (the embedding, transposed); None when the head has its own."""
-        return self.model.embed_tokens.weight[...].T if self.config.tie_word_embeddings else None
-
-    def head(self, hidden: jnp.ndarray, *, adapter: str | None = None, dropout_rng: jax.Array | None = None,
-             kernel: jnp.ndarray | None = None) -> jnp.ndarray:
-        """The LM head (tied or not, with the adapter's LoRA): hidden [B, T, D] -> logits [B, T, vocab].
-
-        ``kernel``: ``head_kernel()`` computed once by a caller that applies the head chunk by chunk.
-        """
-        if kernel is None:
-            kernel = self.head_kernel()
-        logits = self.lm_head(hidden, adapter=adapter, dropout_rng=dropout_rng, kernel=kernel)
+    def head(self, hidden: jnp.ndarray, *, adapter: str | None = None,
+             dropout_rng: jax.Array | None = None) -> jnp.ndarray:
+        """The LM head (tied or not, with the adapter's LoRA): hidden [B, T, D] -> logits [B, T, vocab]."""
+        tied = self.model.embed_tokens.weight[...] if self.config.tie_word_embeddings else None
+        logits = self.lm_head(hidden, adapter=adapter, dropout_rng=dropout_rng, kernel_t=tied)
         return constrain(logits, "batch", None, "tp")
 
 

@@ -37,10 +37,9 @@ def _loss_parts(graphdef, trainable, frozen, tokens, attention_mask, loss_mask, 
     hidden = model(tokens, attention_mask=attention_mask, adapter=adapter, dropout_rng=rng,
                    compute_logits=False).hidden
     head_rng = None if rng is None else jax.random.fold_in(rng, 1 << 20)
-    kernel = model.head_kernel()  # once, outside the chunk loop (a tied head transposes the embedding)
 
     def head(h, key):
-        return model.head(h, adapter=adapter, dropout_rng=key, kernel=kernel)
+        return model.head(h, adapter=adapter, dropout_rng=key)
 
     return chunked_lm_loss(head, hidden, tokens, loss_mask, weighting, LOSS_CHUNK, head_rng)
 
