@@ -88,3 +88,23 @@ def _bwd(scale, block, res, d_out):
 
 
 causal_attention.defvjp(_fwd, _bwd)
+
+
+def cached_attention(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, mask: jnp.ndarray, scale: float) -> jnp.ndarray:
+    """Attention of T new tokens over the cache's S slots (decoding; no gradient needed).
+
+    q: [B, T, N, H]; k, v: [B, K, S, H] in the cache layout (heads first, so neither is transposed per step);
+    mask: bool [B, 1, T, S]. Products accumulate in f32. Returns [B, T, N, H] in q's dtype.
+    """
+    b, t, n, h = q.shape
+    kh, slots = k.shape[1], k.shape[2]
+    g = n // kh
+    # Rows = (new token, query head of the group), merged into one dimension: XLA:CPU lowers these 4-D
+    # products to its bf16 library kernel; a degenerate T = 1 dimension left apart sends it to a fallback
+    # that rejects bf16 x bf16 -> f32.
+    qm = q.reshape(b, t, kh, g, h).transpose(0, 2, 1, 3, 4).reshape(b, kh, t * g, h)
+    s = (_einsum("bkmh,bksh->bkms", qm, k) * scale).reshape(b, kh, t, g, slots)
+    s = jnp.where(mask[:, :, :, None, :], s, jnp.finfo(F32).min)
+    p = jax.nn.softmax(s, axis=-1).astype(q.dtype).reshape(b, kh, t * g, slots)
+    o = _einsum("bkms,bksh->bkmh", p, v).reshape(b, kh, t, g, h)
+    return o.transpose(0, 2, 1, 3, 4).reshape(b, t, n, h).astype(q.dtype)

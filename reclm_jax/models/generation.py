@@ -120,7 +120,9 @@ def _generate(graphdef, state, tokens, mask, active, stop_ids, key, data, *, max
     cfg = model.config
     b, p = tokens.shape
     cache = init_cache(cfg, b, p + max_new_tokens, jnp.dtype(cache_dtype) if cache_dtype else None)
-    out = model(tokens, attention_mask=mask, cache=cache, adapter=adapter)
+    # Prefill: the prompt attends among itself; the LM head runs on the last position only.
+    out = model(tokens, attention_mask=mask, cache=cache, adapter=adapter, prefill=True, compute_logits=False)
+    first_logits = model.head(out.hidden[:, -1:], adapter=adapter)[:, 0]
     proc_state = processor.init(tokens, mask, data) if processor is not None else ()
 
     def choose(logits, key, step, proc_state):
@@ -132,7 +134,7 @@ def _generate(graphdef, state, tokens, mask, active, stop_ids, key, data, *, max
         return tok, jnp.take_along_axis(logp, tok[:, None], axis=-1)[:, 0]
 
     key, sub = jax.random.split(key)
-    tok, lp = choose(out.logits[:, -1], sub, jnp.int32(0), proc_state)
+    tok, lp = choose(first_logits, sub, jnp.int32(0), proc_state)
     tok = jnp.where(active, tok, pad_id)
     if processor is not None:
         proc_state = processor.update(proc_state, tok, data)
