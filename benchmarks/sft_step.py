@@ -1,6 +1,6 @@
 """LoRA SFT step throughput on SmolLM2-135M-Instruct: reclm-jax against transformers + peft (torch), one run.
 
-    python benchmarks/sft_step.py [--dtype float32|bfloat16] [--batch 8] [--accum 4] [--seq 512] [--rounds 3]
+    python benchmarks/sft_step.py [--dtype bfloat16|float32] [--batch 8] [--accum 4] [--seq 512] [--rounds 3]
                                   [--torch-threads N] [--remat]
 
 Both sides train the same adapter (r 16, alpha 8, dropout 0.1 on every linear layer including lm_head) with
@@ -135,12 +135,12 @@ def run_worker(args, arrays: dict[str, np.ndarray]) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--model", default=None, help="HF SmolLM2 folder (default: the cached converted one)")
-    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="bfloat16")
     p.add_argument("--param-dtype", choices=("float32", "bfloat16"), default=None,
                    help="JAX frozen-weight dtype (default: --dtype)")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--seq", type=int, default=512)
-    p.add_argument("--accum", type=int, default=1,
+    p.add_argument("--accum", type=int, default=4,
                    help="split the batch into this many micro-batches, gradients accumulated (both sides)")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--steps", type=int, default=2, help="timed steps per side per round")
