@@ -21,7 +21,8 @@ for arg in "$@"; do
     *) echo "error: unknown argument $arg (use --small for MovieLens-100K)" >&2; exit 2 ;;
   esac
 done
-source scripts/setup_venv.sh
+# An explicit (empty) extra: a bare 'source' would hand this script's own arguments (--small) to setup_venv.sh.
+source scripts/setup_venv.sh ""
 CACHE="${RECLM_JAX_CACHE:-$HOME/.cache/reclm_jax}"
 RUNS="${RECLM_JAX_RUNS:-runs}"
 DATA_DIR="$CACHE/datasets/$DATASET"

@@ -4,6 +4,10 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 EXTRA="${1:-}"
+if [[ -n "$EXTRA" && ! "$EXTRA" =~ ^[a-z0-9][a-z0-9_,-]*$ ]]; then
+  echo "error: setup_venv.sh: '$EXTRA' is not a pyproject extra (e.g. test, gpu)" >&2
+  exit 2
+fi
 PYTHON="${PYTHON:-python3}"
 VENV="$ROOT/.venv"
 
