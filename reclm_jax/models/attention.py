@@ -30,6 +30,11 @@ def _einsum(spec: str, a: jnp.ndarray, b: jnp.ndarray) -> jnp.ndarray:
     return jnp.einsum(spec, a, b, preferred_element_type=F32)
 
 
+def _masked_softmax(s: jnp.ndarray, allowed: jnp.ndarray, dtype) -> jnp.ndarray:
+    """f32 scores, bool mask broadcastable to them -> probabilities over the last axis in ``dtype``."""
+    return jax.nn.softmax(jnp.where(allowed, s, jnp.finfo(F32).min), axis=-1).astype(dtype)
+
+
 def _forward(q, k, v, mask, scale, block):
     b, t, n, h = q.shape
     kh = k.shape[2]
@@ -38,9 +43,7 @@ def _forward(q, k, v, mask, scale, block):
     for start, stop in _blocks(t, block):
         qb = q[:, start:stop].reshape(b, stop - start, kh, g, h)
         s = _einsum("bqkgh,bskh->bkqgs", qb, k[:, :stop]) * scale  # [B, K, tq, G, stop] f32
-        m = mask[:, 0, start:stop, :stop][:, None, :, None, :]
-        s = jnp.where(m, s, jnp.finfo(F32).min)
-        p = jax.nn.softmax(s, axis=-1).astype(q.dtype)
+        p = _masked_softmax(s, mask[:, 0, start:stop, :stop][:, None, :, None, :], q.dtype)
         o = _einsum("bkqgs,bskh->bqkgh", p, v[:, :stop])
         outs.append(o.reshape(b, stop - start, n, h).astype(q.dtype))
         probs.append(p)
@@ -104,7 +107,6 @@ def cached_attention(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, mask: jnp.n
     # that rejects bf16 x bf16 -> f32.
     qm = q.reshape(b, t, kh, g, h).transpose(0, 2, 1, 3, 4).reshape(b, kh, t * g, h)
     s = (_einsum("bkmh,bksh->bkms", qm, k) * scale).reshape(b, kh, t, g, slots)
-    s = jnp.where(mask[:, :, :, None, :], s, jnp.finfo(F32).min)
-    p = jax.nn.softmax(s, axis=-1).astype(q.dtype).reshape(b, kh, t * g, slots)
+    p = _masked_softmax(s, mask[:, :, :, None, :], q.dtype).reshape(b, kh, t * g, slots)
     o = _einsum("bkms,bksh->bkmh", p, v).reshape(b, kh, t, g, h)
     return o.transpose(0, 2, 1, 3, 4).reshape(b, t, n, h).astype(q.dtype)

@@ -63,15 +63,15 @@ class Teacher:
         def scores(params, rest, history):
             return nnx.merge(graphdef, params, rest)(history)
 
-        def topk(params, rest, history, allowed, k):
+        def topk(params, rest, history, allowed, k, fill):
+            # -> (best allowed items, best other items or None). The second top-k over the whole catalogue is
+            # compiled in (fill=True) only for chunks where some row has fewer than k allowed items.
             s = scores(params, rest, history)
-            return jax.lax.top_k(jnp.where(allowed, s, -jnp.inf), k)[1]
-
-        def fill(params, rest, history, allowed, k):
-            # The best items outside the allowed set; only run for chunks where some row has < k allowed.
-            s = scores(params, rest, history)
+            best = jax.lax.top_k(jnp.where(allowed, s, -jnp.inf), k)[1]
+            if not fill:
+                return best, None
             others = ~allowed & (jnp.arange(s.shape[1]) != PAD)[None]
-            return jax.lax.top_k(jnp.where(others, s, -jnp.inf), k)[1]
+            return best, jax.lax.top_k(jnp.where(others, s, -jnp.inf), k)[1]
 
         def ranks(params, rest, history, cand):
             # cand: int32 [B, M] item rows (0 = padding slot). Counting the items that beat each candidate is
@@ -83,8 +83,7 @@ class Teacher:
             return above.sum(axis=2, dtype=jnp.int32)
 
         self._scores_fn = jax.jit(scores)
-        self._topk_fn = jax.jit(topk, static_argnames="k")
-        self._fill_fn = jax.jit(fill, static_argnames="k")
+        self._topk_fn = jax.jit(topk, static_argnames=("k", "fill"))
         self._ranks_fn = jax.jit(ranks)
 
     @classmethod
@@ -200,10 +199,10 @@ class Teacher:
         kk = min(max(MIN_K_BUCKET, 1 << (k - 1).bit_length()), len(self.items) + 1)
         results: list[list[str]] = []
         for start, stop, size in self._chunks(n):
-            args = (self._params, self._rest, self._pad(window[start:stop], size), self._pad(allowed[start:stop], size))
-            cand_idx = np.asarray(self._topk_fn(*args, k=kk))
             short = bool((n_allowed[start:stop] < k).any())
-            fill_idx = np.asarray(self._fill_fn(*args, k=kk)) if short else None
+            cand_idx, fill_idx = jax.device_get(self._topk_fn(
+                self._params, self._rest, self._pad(window[start:stop], size), self._pad(allowed[start:stop], size),
+                k=kk, fill=short))
             for j in range(stop - start):
                 take = min(k, int(n_allowed[start + j]))
                 fill = min(k - take, len(self.items) - int(n_allowed[start + j]))
