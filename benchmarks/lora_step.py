@@ -20,8 +20,10 @@ from reclm_jax.models.llama import LlamaForCausalLM
 from reclm_jax.models.llama_config import LlamaConfig
 from reclm_jax.models.lora import ALL_LINEARS, LoraConfig, add_lora, linear_modules, split_trainable
 from reclm_jax.models.sharding import make_mesh, param_sharding, path_name
-from reclm_jax.sft.optim import OptimConfig, make_optimizer
-from reclm_jax.sft.step import Batch, make_train_step, state_shardings_of
+from reclm_jax.train.optim import OptimConfig, make_optimizer
+from reclm_jax.sft.step import Batch, make_train_step
+from reclm_jax.train.runtime import Runtime
+from reclm_jax.train.state import place_state
 
 # RecLM-gen's defaults: r 16, alpha 8, dropout 0.1 on every linear layer including lm_head.
 LORA = LoraConfig(rank=16, alpha=8.0, dropout=0.1, targets=ALL_LINEARS + ("lm_head",))
@@ -124,7 +126,8 @@ def prepare_jax_step(model: LlamaForCausalLM, arrays: dict[str, np.ndarray], mes
     add_lora(model, lora, "default")
     graphdef, trainable, frozen = split_trainable(model, ("default",))
     tx = make_optimizer(OptimConfig(), total_steps=10_000)
-    trainable, opt_state, shardings = state_shardings_of(trainable, tx.init(trainable), mesh)
+    runtime = Runtime(mesh)
+    trainable, opt_state, shardings = place_state(trainable, tx.init(trainable), runtime)
     step = make_train_step(graphdef, tx, weighting=weighting, dropout=lora.dropout > 0, state_shardings=shardings)
     rows = arrays["tokens"].shape[0]
     if rows % accum:
@@ -136,7 +139,8 @@ def prepare_jax_step(model: LlamaForCausalLM, arrays: dict[str, np.ndarray], mes
     batch = Batch(put["tokens"], put["attention_mask"], put["loss_mask"])
     rng = jax.random.key(0, impl=rng_impl)
     t = time.perf_counter()
-    compiled = step.lower(trainable, opt_state, frozen, batch, rng).compile()
+    with runtime.activate():  # as the trainer: the activation sharding constraints apply
+        compiled = step.lower(trainable, opt_state, frozen, batch, rng).compile()
     compile_s = time.perf_counter() - t
     return JaxStep(compiled, trainable, opt_state, frozen, batch, rng, compile_s)
 

@@ -5,29 +5,13 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal
 
-from reclm_jax.models.lora import ALL_LINEARS
+from reclm_jax.models.lora import ALL_LINEARS, LoraConfig
 from reclm_jax.models.sharding import MeshConfig
-from reclm_jax.sft.optim import OptimConfig
+from reclm_jax.train.backbone import ModelSettings
+from reclm_jax.train.optim import OptimConfig
 
 # The original's defaults: every linear layer, lm_head included.
 DEFAULT_TARGETS = ALL_LINEARS + ("lm_head",)
-
-
-@dataclasses.dataclass(frozen=True)
-class ModelSettings:
-    path: str = ""  # local HF Llama folder; "" = the embedded SmolLM2-135M-Instruct (fetched and cached)
-    param_dtype: str = "bfloat16"  # frozen base weights
-    dtype: str = "bfloat16"  # compute dtype (LoRA params and optimiser state stay float32)
-    remat: bool = False  # recompute each block's activations in the backward pass (saves memory)
-
-
-@dataclasses.dataclass(frozen=True)
-class LoraSettings:
-    rank: int = 16
-    alpha: float = 8.0
-    dropout: float = 0.1
-    targets: tuple[str, ...] = DEFAULT_TARGETS
-    init: Literal["orthogonal", "kaiming"] = "orthogonal"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,14 +50,14 @@ class TrainSettings:
     # Stop cleanly (checkpoint, validate, save) after this many seconds; 0 = none. The LR schedule still spans
     # epochs / max_steps, so set max_steps to the steps the budget allows for a complete schedule.
     time_budget_s: float = 0.0
-    batch_size: int = 8  # rows per micro-batch (global, split over the mesh's data axes)
+    batch_size: int = 8  # rows per micro-batch, global: summed over processes, split over the data axes
     grad_accum: int = 1  # micro-batches per optimiser step
     loss_weighting: Literal["sequence", "token"] = "sequence"
     seed: int = 0
     log_every: int = 10
     val_every: int = 0  # optimiser steps between validations; 0 = at the end of every epoch
     val_before: bool = True  # validate the base model first (the "before" column)
-    val_batch_size: int = 16
+    val_batch_size: int = 16  # global, as batch_size
     val_max_new_tokens: int = 160
     save_every: int = 100  # optimiser steps between checkpoints (and at the end)
     keep_checkpoints: int = 3
@@ -85,7 +69,7 @@ class SFTConfig:
     output_dir: str
     resume: bool = False  # continue from output_dir's latest checkpoint
     model: ModelSettings = ModelSettings()
-    lora: LoraSettings = LoraSettings()
+    lora: LoraConfig = LoraConfig(rank=16, alpha=8.0, dropout=0.1, targets=DEFAULT_TARGETS)
     optim: OptimConfig = OptimConfig()
     data: DataSettings = DataSettings()
     teacher: TeacherSettings = TeacherSettings()

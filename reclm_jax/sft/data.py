@@ -65,11 +65,14 @@ def build_context(cfg: SFTConfig, tokenizer: Any) -> tuple[TaskContext, ItemInde
 class SFTData:
     """Train batches and validation samples for one run."""
 
-    def __init__(self, cfg: SFTConfig, tokenizer: Any):
+    def __init__(self, cfg: SFTConfig, tokenizer: Any, local_batch_size: int | None = None):
+        """``local_batch_size``: rows of this process's micro-batches (default ``train.batch_size``, which is
+        global: with N processes each loads ``batch_size // N``)."""
         self.cfg = cfg
         self.tokenizer = tokenizer
+        self.local_batch_size = local_batch_size or cfg.train.batch_size
         d = cfg.data
-        self.pipeline = PipelineConfig(batch_size=cfg.train.batch_size, max_prompt_length=d.max_prompt_length,
+        self.pipeline = PipelineConfig(batch_size=self.local_batch_size, max_prompt_length=d.max_prompt_length,
                                        max_output_length=d.max_output_length, prompt_buckets=d.prompt_buckets,
                                        output_buckets=d.output_buckets)
         self.ctx, self.index = build_context(cfg, tokenizer)
@@ -83,14 +86,14 @@ class SFTData:
             self.ctx, list(d.train_tasks), "train", self.teacher, cfg.train.seed)
 
     def samples_per_epoch(self) -> int:
+        """Samples this process sees per epoch."""
         import jax
 
         n = len(self.static[0]) if self.static is not None else len(self.builder)
         return n // jax.process_count()
 
     def steps_per_epoch(self) -> int:
-        t = self.cfg.train
-        return self.samples_per_epoch() // (t.batch_size * t.grad_accum)
+        return self.samples_per_epoch() // (self.local_batch_size * self.cfg.train.grad_accum)
 
     def epoch_batches(self, epoch: int):
         """A checkpointable iterator over this process's micro-batches of ``epoch``."""

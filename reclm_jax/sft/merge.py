@@ -36,10 +36,10 @@ def main(argv=None) -> int:
     if not adapter.is_dir():
         raise UserError(f"{run}: no trained adapter yet (looked for best_adapter/ and adapter/)")
     from reclm_jax.export import main as export_main
-    from reclm_jax.sft.trainer import resolve_model_path
+    from reclm_jax.train.backbone import resolve_model_path
 
     out = args.out or str(run / ("merged" if args.format == "merged" else "peft"))
-    cmd = ["--base", str(resolve_model_path(cfg)), "--adapter", str(adapter), "--out", out, "--format", args.format]
+    cmd = ["--base", str(resolve_model_path(cfg.model.path)), "--adapter", str(adapter), "--out", out, "--format", args.format]
     if args.dtype:
         cmd += ["--dtype", args.dtype]
     if args.overwrite:

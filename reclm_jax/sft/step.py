@@ -48,9 +48,10 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, *, adapter: str 
                     weighting: str = "sequence", dropout: bool = True, state_shardings: Any = None) -> Callable:
     """Returns ``step(trainable, opt_state, frozen, batch, rng) -> (trainable, opt_state, metrics)``.
 
-    ``state_shardings``: ``(trainable, opt_state)`` pytrees of shardings (``state_shardings_of``). Pinning the
-    outputs to the inputs' shardings keeps the second call from recompiling (XLA may otherwise pick another
-    layout for the updated parameters).
+    ``state_shardings``: ``(trainable, opt_state)`` pytrees of shardings (``reclm_jax.train.state.place_state``).
+    Pinning the outputs to the inputs' shardings keeps the second call from recompiling (XLA may otherwise pick
+    another layout for the updated parameters). Call the step inside ``Runtime.activate()`` so the model's
+    activation sharding constraints apply.
 
     metrics: fp32 scalars ``loss`` (this update's loss), ``grad_norm`` (before clipping), ``denominator``
     (samples or tokens the loss averaged over) and ``tokens`` (label tokens seen).
@@ -88,19 +89,6 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, *, adapter: str 
     return jax.jit(step, donate_argnums=(0, 1), out_shardings=out_shardings)
 
 
-def state_shardings_of(trainable, opt_state, mesh) -> tuple[Any, Any, Any]:
-    """``(trainable, opt_state, shardings)``: every leaf committed to a ``NamedSharding`` of ``mesh`` (scalars
-    such as Adam's step count replicated), and the matching sharding pytrees for ``make_train_step``."""
-    from jax.sharding import NamedSharding, PartitionSpec
-
-    def place(x):
-        return x if isinstance(x.sharding, NamedSharding) else jax.device_put(x, NamedSharding(mesh, PartitionSpec()))
-
-    trainable, opt_state = jax.tree.map(place, trainable), jax.tree.map(place, opt_state)
-    shardings = (jax.tree.map(lambda x: x.sharding, trainable), jax.tree.map(lambda x: x.sharding, opt_state))
-    return trainable, opt_state, shardings
-
-
 def make_loss_fn(graphdef, *, adapter: str | None = "default", weighting: str = "sequence") -> Callable:
     """Jitted ``loss(trainable, frozen, tokens, attention_mask, loss_mask) -> (numerator, denominator)``
     on one [B, T] batch, without dropout (validation loss)."""
@@ -110,7 +98,3 @@ def make_loss_fn(graphdef, *, adapter: str | None = "default", weighting: str = 
 
     return jax.jit(fn)
 
-
-def tree_size(tree: Any) -> int:
-    """Number of scalars in a pytree of arrays."""
-    return int(sum(x.size for x in jax.tree.leaves(tree)))

@@ -1,9 +1,10 @@
-"""The LoRA SFT loop: load the base model onto the mesh, attach the adapter, train, validate, checkpoint, resume.
+"""The LoRA SFT loop, built from the shared training layer (``reclm_jax.train``): backbone on the runtime's mesh,
+the jitted accumulation step, validation, checkpoints and exact resume.
 
-Outputs under ``output_dir``::
+Outputs under ``output_dir`` (written by the primary process only)::
 
     config.yaml            the resolved config
-    checkpoints/<step>/    Orbax: trainable params, optimiser state, RNG, step, data-iterator position
+    checkpoints/<step>/    Orbax: trainable params, optimiser state, step, data-iterator position
     adapter/               the final adapter (``reclm_jax.models.adapter_io`` format; ``python -m reclm_jax.export``)
     best_adapter/          the adapter with the best mean validation NDCG
     log.jsonl, tensorboard/  train loss / lr / throughput and validation metrics
@@ -13,80 +14,72 @@ Outputs under ``output_dir``::
 from __future__ import annotations
 
 import json
-import os
-import time
 from pathlib import Path
 from typing import Any
 
 import jax
 import numpy as np
 from flax import nnx
-from tqdm.auto import tqdm
 
 from reclm_jax.config import save_config
 from reclm_jax.errors import UserError
 from reclm_jax.eval.generation_eval import evaluate_generation, mean_metric
 from reclm_jax.models.adapter_io import save_adapter
-from reclm_jax.models.hf_loading import load_llama
-from reclm_jax.models.lora import LoraConfig, add_lora, split_trainable
-from reclm_jax.models.sharding import batch_sharding, make_mesh
-from reclm_jax.sft.checkpointing import CheckpointStore
 from reclm_jax.sft.config import SFTConfig
 from reclm_jax.sft.data import SFTData, load_tokenizer, stack_micro_batches, take_step_batches
-from reclm_jax.sft.optim import lr_schedule, make_optimizer
-from reclm_jax.sft.run_log import RunLog
-from reclm_jax.sft.step import Batch, make_train_step, state_shardings_of
+from reclm_jax.sft.step import Batch, make_train_step
+from reclm_jax.train.backbone import load_backbone, resolve_model_path
+from reclm_jax.train.cadence import Budget, Cadence, Hooks
+from reclm_jax.train.checkpoint import CheckpointStore
+from reclm_jax.train.optim import lr_schedule, make_optimizer
+from reclm_jax.train.run_log import RunLog, Throughput
+from reclm_jax.train.runtime import Runtime
+from reclm_jax.train.state import place_state
 
 ADAPTER = "default"
-# Tests set this to freeze a run after a given step so it can be killed mid-epoch at a known point.
-_PAUSE_AT_STEP = int(os.environ.get("RECLM_JAX_TEST_PAUSE_AT_STEP", "0") or 0)
-
-
-def resolve_model_path(cfg: SFTConfig) -> Path:
-    if cfg.model.path:
-        p = Path(cfg.model.path)
-        if not (p / "config.json").is_file():
-            raise UserError(f"model.path {p}: no config.json there; give a local HF Llama folder")
-        return p
-    from reclm_jax.models.fetch import ensure_smollm2
-
-    return ensure_smollm2()
 
 
 class SFTTrainer:
-    """One SFT run. ``run()`` trains to the end (or ``max_steps`` / the time budget) and returns a summary."""
+    """One SFT run. ``run()`` trains to the end (or ``max_steps`` / the time budget) and returns a summary.
 
-    def __init__(self, cfg: SFTConfig, progress: bool = True):
+    ``runtime``: the mesh and process layout (default: built from ``cfg.mesh`` over every device).
+    ``hooks``: callables run at fixed points of the loop (tests use ``hooks.after_step`` to interrupt a run).
+    """
+
+    def __init__(self, cfg: SFTConfig, progress: bool = True, runtime: Runtime | None = None,
+                 hooks: Hooks | None = None):
         self.cfg = cfg
-        self.progress = progress
-        self.out = Path(cfg.output_dir)
-        self.model_path = resolve_model_path(cfg)
-        self.tokenizer = load_tokenizer(self.model_path)
-        self.data = SFTData(cfg, self.tokenizer)
         t = cfg.train
+        self.runtime = runtime or Runtime.create(cfg.mesh)
+        self.hooks = hooks or Hooks()
+        self.progress = progress and self.runtime.is_primary
+        self.out = Path(cfg.output_dir)
         if t.batch_size < 1 or t.grad_accum < 1:
             raise UserError("train.batch_size and train.grad_accum must be >= 1")
+        self.local_batch = self.runtime.local_rows(t.batch_size, "train.batch_size")
+        self.model_path = resolve_model_path(cfg.model.path)
+        self.tokenizer = load_tokenizer(self.model_path)
+        self.data = SFTData(cfg, self.tokenizer, local_batch_size=self.local_batch)
         self.steps_per_epoch = self.data.steps_per_epoch()
         if self.steps_per_epoch == 0:
-            raise UserError(f"an epoch has {self.data.samples_per_epoch()} samples, fewer than one step's "
-                            f"{t.batch_size * t.grad_accum} (train.batch_size x train.grad_accum)")
+            raise UserError(f"an epoch has {self.data.samples_per_epoch()} samples per process, fewer than one "
+                            f"step's {self.local_batch * t.grad_accum} (train.batch_size x train.grad_accum)")
         self.total_steps = self.steps_per_epoch * t.epochs
         if t.max_steps > 0:
             self.total_steps = min(self.total_steps, t.max_steps)
+        self.cadence = Cadence(log_every=t.log_every, save_every=t.save_every, val_every=t.val_every,
+                               time_budget_s=t.time_budget_s)
 
-        self.mesh = make_mesh(cfg.mesh)
-        model = load_llama(self.model_path, mesh=self.mesh, param_dtype=cfg.model.param_dtype,
-                           dtype=cfg.model.dtype, remat=cfg.model.remat, progress=progress)
-        self.lora_cfg = LoraConfig(rank=cfg.lora.rank, alpha=cfg.lora.alpha, dropout=cfg.lora.dropout,
-                                   targets=cfg.lora.targets, init=cfg.lora.init, param_dtype="float32")
-        add_lora(model, self.lora_cfg, ADAPTER, seed=t.seed)
-        self.graphdef, self.trainable, self.frozen = split_trainable(model, (ADAPTER,))
+        self.backbone = load_backbone(cfg.model, {ADAPTER: cfg.lora}, self.runtime, seed=t.seed,
+                                      progress=self.progress)
         self.tx = make_optimizer(cfg.optim, self.total_steps)
-        self.trainable, self.opt_state, shardings = state_shardings_of(
-            self.trainable, self.tx.init(self.trainable), self.mesh)
+        self.trainable, self.opt_state, shardings = place_state(
+            self.backbone.trainable, self.tx.init(self.backbone.trainable), self.runtime)
+        self.frozen = self.backbone.frozen
         self.schedule = lr_schedule(cfg.optim, self.total_steps)
-        self.step_fn = make_train_step(self.graphdef, self.tx, adapter=ADAPTER, weighting=t.loss_weighting,
-                                       dropout=cfg.lora.dropout > 0, state_shardings=shardings)
+        self.step_fn = make_train_step(self.backbone.graphdef, self.tx, adapter=ADAPTER,
+                                       weighting=t.loss_weighting, dropout=cfg.lora.dropout > 0,
+                                       state_shardings=shardings)
         self.store = CheckpointStore(self.out / "checkpoints", keep=t.keep_checkpoints)
         self.step = 0
         self.epoch = 0
@@ -114,11 +107,17 @@ class SFTTrainer:
         return True
 
     def model(self) -> nnx.Module:
-        return nnx.merge(self.graphdef, self.trainable, self.frozen)
+        return self.backbone.model(self.trainable)
 
-    def _shard(self, arrays: dict[str, np.ndarray]) -> Batch:
-        rows = arrays["tokens"].shape[1]
-        put = {k: jax.device_put(v, _accum_sharding(self.mesh, rows)) for k, v in arrays.items()}
+    def save_adapter(self, where: str) -> None:
+        """Gathers the adapter to every host (a collective: all processes call it), then the primary writes it."""
+        host = self.backbone.model(self.runtime.to_host(self.trainable))
+        if self.runtime.is_primary:
+            save_adapter(self.out / where, host, ADAPTER, config=self.cfg.lora, base_model=str(self.model_path))
+
+    def _place(self, arrays: dict[str, np.ndarray]) -> Batch:
+        # [A, B_local, T] -> global [A, B, T]: the batch is dim 1, the accumulation axis stays whole.
+        put = {k: self.runtime.place(v, batch_dim=1) for k, v in arrays.items()}
         return Batch(put["tokens"], put["attention_mask"], put["loss_mask"])
 
     # -- validation -----------------------------------------------------------------------------------
@@ -141,31 +140,38 @@ class SFTTrainer:
         self.history["after"] = {k: res[k] for k in ("results", "ratios", "mean_NDCG")}
         if res["mean_NDCG"] > self.best:
             self.best = res["mean_NDCG"]
-            save_adapter(self.out / "best_adapter", self.model(), ADAPTER, config=self.lora_cfg,
-                         base_model=str(self.model_path))
+            self.save_adapter("best_adapter")
         self._write_metrics()
 
     def _write_metrics(self) -> None:
+        if not self.runtime.is_primary:
+            return
         tmp = self.out / "metrics.json.tmp"
         tmp.write_text(json.dumps(self.history, indent=2))
         tmp.replace(self.out / "metrics.json")
 
     # -- loop -----------------------------------------------------------------------------------------
     def run(self) -> dict:
+        with self.runtime.activate():  # the models' activation sharding constraints apply inside
+            return self._run()
+
+    def _run(self) -> dict:
         cfg, t = self.cfg, self.cfg.train
-        save_config(cfg, self.out)
+        if self.runtime.is_primary:
+            save_config(cfg, self.out)
         resumed = cfg.resume and self.restore_latest()
-        if cfg.resume and not resumed:
+        if cfg.resume and not resumed and self.runtime.is_primary:
             print(f"no checkpoint in {self.out / 'checkpoints'}; starting from scratch")
-        log = RunLog(self.out)
+        log = RunLog(self.out, primary=self.runtime.is_primary, progress=self.progress)
         val_samples = self.data.val_samples()
         if t.val_before and not resumed and val_samples:
             before = self.validate(val_samples, None, "base model", log)
             self.history["before"] = {k: before[k] for k in ("results", "ratios", "mean_NDCG")}
             self._write_metrics()
-        start_time = time.time()
+        budget = Budget(t.time_budget_s)
         base_key = jax.random.key(t.seed)
-        bar = tqdm(total=self.total_steps, initial=self.step, desc="SFT", unit="step", disable=not self.progress)
+        bar = log.bar(self.total_steps, initial=self.step, desc="SFT")
+        speed = Throughput()
         stop = False
         last_val_step = -1
         try:
@@ -174,37 +180,40 @@ class SFTTrainer:
                 if self.data_state is not None:
                     it.set_state(self.data_state)
                     self.data_state = None
-                t0, tokens_seen = time.time(), 0.0
                 while True:
                     micro = take_step_batches(it, t.grad_accum)
                     if micro is None:
                         break
-                    batch = self._shard(stack_micro_batches(micro, self.data.pad_id()))
+                    arrays = stack_micro_batches(micro, self.data.pad_id())
+                    batch = self._place(arrays)
                     rng = jax.random.fold_in(base_key, self.step)
                     self.trainable, self.opt_state, m = self.step_fn(self.trainable, self.opt_state, self.frozen,
                                                                      batch, rng)
                     self.step += 1
-                    tokens_seen += float(m["tokens"])
+                    # Label tokens counted on the host (global: every process sees the same count per row).
+                    speed.add(float(arrays["loss_mask"][:, :, 1:].sum()) * self.runtime.process_count)
                     bar.update(1)
-                    if self.step % t.log_every == 0 or self.step == 1:
-                        loss = float(m["loss"])
+                    if self.cadence.log(self.step):
+                        loss = float(m["loss"])  # waits for the step: the throughput window ends here
                         lr = float(self.schedule(self.step - 1))
-                        rate = tokens_seen / max(time.time() - t0, 1e-9)
-                        bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{rate:.0f}")
-                        log.write("train", self.step, {"loss": loss, "lr": lr, "grad_norm": float(m["grad_norm"]),
-                                                       "epoch": self.epoch, "label_tokens_per_s": rate})
-                    out_of_time = t.time_budget_s > 0 and time.time() - start_time > t.time_budget_s
+                        rate = speed.rate()
+                        bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}",
+                                        **({"tok_s": f"{rate:.0f}"} if rate is not None else {}))
+                        record = {"loss": loss, "lr": lr, "grad_norm": float(m["grad_norm"]), "epoch": self.epoch}
+                        if rate is not None:
+                            record["label_tokens_per_s"] = rate
+                        log.write("train", self.step, record)
+                    out_of_time = budget.exhausted()
                     done = self.step >= self.total_steps or out_of_time
-                    if self.step % t.save_every == 0 or done:
+                    if self.cadence.save(self.step) or done:
                         self.save_checkpoint(it.get_state())
-                    if t.val_every > 0 and self.step % t.val_every == 0 and val_samples:
+                    if self.cadence.validate(self.step) and val_samples:
                         self._after_validation(self.validate(val_samples, ADAPTER, f"step {self.step}", log))
                         last_val_step = self.step
-                    if _PAUSE_AT_STEP and self.step == _PAUSE_AT_STEP:
-                        time.sleep(3600)  # fault-injection point for the kill-and-resume test
+                    self.hooks.run_after_step(self.step)
                     if done:
                         stop = True
-                        if out_of_time:
+                        if out_of_time and self.runtime.is_primary:
                             print(f"\ntime budget of {t.time_budget_s:.0f}s reached at step {self.step}")
                         break
                 if not stop:
@@ -219,20 +228,11 @@ class SFTTrainer:
             log.close()
         if val_samples and last_val_step != self.step:
             self._after_validation(self.validate(val_samples, ADAPTER, "final", log=None))
-        save_adapter(self.out / "adapter", self.model(), ADAPTER, config=self.lora_cfg, base_model=str(self.model_path))
+        self.save_adapter("adapter")
         self.store.close()
         return {"steps": self.step, "epochs_done": self.epoch, "best_mean_NDCG": self.best, **self.history}
 
 
-def _accum_sharding(mesh, rows: int):
-    """[A, B, T] arrays: the accumulation axis replicated, B over the mesh's data axes."""
-    from jax.sharding import NamedSharding, PartitionSpec as P
-
-    spec = batch_sharding(mesh, 2, rows).spec
-    return NamedSharding(mesh, P(None, *spec))
-
-
 def trainable_leaves(trainer: SFTTrainer) -> list[np.ndarray]:
     """Host copies of the trainable params in a stable order (tests compare runs with it)."""
-    return [np.asarray(jax.device_get(x)) for x in jax.tree.leaves(trainer.trainable)]
-
+    return [np.asarray(x) for x in jax.tree.leaves(trainer.runtime.to_host(trainer.trainable))]

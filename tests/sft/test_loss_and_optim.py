@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from reclm_jax.sft.loss import masked_lm_loss
-from reclm_jax.sft.optim import OptimConfig, decay_mask, lr_schedule
+from reclm_jax.train.optim import OptimConfig, decay_mask, lr_schedule
 
 
 def _case(seed=0, b=3, t=7, v=11):

@@ -11,11 +11,12 @@ import numpy as np
 from reclm_jax.config import load_config
 from reclm_jax.models.hf_loading import load_llama
 from reclm_jax.models.lora import LoraConfig, add_lora, split_trainable
-from reclm_jax.models.sharding import make_mesh
 from reclm_jax.sft.config import SFTConfig
 from reclm_jax.sft.data import SFTData, load_tokenizer, stack_micro_batches
-from reclm_jax.sft.optim import OptimConfig, make_optimizer
-from reclm_jax.sft.step import Batch, make_train_step, state_shardings_of
+from reclm_jax.train.optim import OptimConfig, make_optimizer
+from reclm_jax.sft.step import Batch, make_train_step
+from reclm_jax.train.runtime import local_runtime
+from reclm_jax.train.state import place_state
 
 CONFIG = Path(__file__).parents[2] / "configs" / "sft_tiny.yaml"
 
@@ -29,14 +30,14 @@ def _batch8(world, tmp_path, tiny_overrides):
 
 
 def _setup(world, lora_dropout=0.0, lr=1e-2, total=10_000, dtype="float32"):
-    mesh = make_mesh()
-    model = load_llama(world["model"], mesh=mesh, progress=False, param_dtype=dtype, dtype=dtype)
+    runtime = local_runtime()
+    model = load_llama(world["model"], mesh=runtime.mesh, progress=False, param_dtype=dtype, dtype=dtype)
     add_lora(model, LoraConfig(rank=16, alpha=32, dropout=lora_dropout,
                                targets=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
                                         "down_proj", "lm_head")), "default", seed=0)
     g, tr, fr = split_trainable(model)
     tx = make_optimizer(OptimConfig(lr=lr, warmup_ratio=0.0, lr_end=lr * 0.999, clip_grad_norm=1.0), total)
-    tr, opt, sh = state_shardings_of(tr, tx.init(tr), mesh)
+    tr, opt, sh = place_state(tr, tx.init(tr), runtime)
     return g, tr, fr, opt, make_train_step(g, tx, dropout=lora_dropout > 0, state_shardings=sh)
 
 

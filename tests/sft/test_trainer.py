@@ -22,7 +22,6 @@ RUN = ["train.max_steps=8", "train.save_every=2", "lora.dropout=0.1", "data.val_
 
 def _env(**extra):
     env = dict(os.environ, JAX_PLATFORMS="cpu", HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
-    env.pop("RECLM_JAX_TEST_PAUSE_AT_STEP", None)
     env.update(extra)
     return env
 
@@ -58,9 +57,9 @@ def test_run_outputs(reference_run):
 
 def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(reference_run, tmp_path, tiny_overrides):
     args = tiny_overrides(tmp_path, *RUN)
-    proc = subprocess.Popen([sys.executable, "-m", "reclm_jax.sft", "--config", CONFIG, *args],
-                            env=_env(RECLM_JAX_TEST_PAUSE_AT_STEP="5"), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    # The run pauses after step 5 through the trainer's after_step hook (see paused_sft.py).
+    proc = subprocess.Popen([sys.executable, str(Path(__file__).with_name("paused_sft.py")), "5", CONFIG, *args],
+                            env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.time() + 500
         while time.time() < deadline:  # step 5 is logged after checkpoint 4 was written

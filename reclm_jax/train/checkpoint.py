@@ -1,9 +1,11 @@
-"""Orbax checkpoints of a training run: trainable params, optimiser state, RNG, step, data-iterator state.
+"""Orbax checkpoints of a training run (SFT, PPO and the teacher alike): an array pytree plus JSON metadata.
 
 Orbax writes each step into a temporary folder and renames it when complete, so a run killed at any moment
 leaves the previous checkpoint as the latest one. ``keep`` bounds how many are kept.
 
 Layout: ``<dir>/<step>/state`` (array pytree) and ``<dir>/<step>/meta`` (JSON: data state, counters).
+With several processes every process calls ``save``/``restore`` (Orbax coordinates them and writes each
+array's shards once); the JSON metadata is written by the primary process.
 """
 
 from __future__ import annotations
@@ -18,9 +20,9 @@ import orbax.checkpoint as ocp
 class CheckpointStore:
     """Saves and restores the complete training state; one instance per run directory."""
 
-    def __init__(self, directory: str | Path, keep: int = 3):
+    def __init__(self, directory: str | Path, keep: int = 3, create: bool = True):
         self.directory = Path(directory).absolute()
-        options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=False)
+        options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=create, enable_async_checkpointing=False)
         self._manager = ocp.CheckpointManager(self.directory, options=options)
 
     def latest_step(self) -> int | None:
