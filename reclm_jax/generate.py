@@ -31,16 +31,10 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def stop_ids(tokenizer, model_dir: Path) -> list[int]:
-    """EOS ids from generation_config.json, config.json and the tokenizer (ChatML's <|im_end|> included)."""
-    ids: list[int] = []
-    for name in ("generation_config.json", "config.json"):
-        f = model_dir / name
-        if f.is_file():
-            eos = json.loads(f.read_text()).get("eos_token_id")
-            ids += eos if isinstance(eos, list) else ([eos] if eos is not None else [])
-    if tokenizer.eos_token_id is not None:
-        ids.append(tokenizer.eos_token_id)
-    return sorted(set(int(i) for i in ids))
+    """The model's stop ids: the shared rule of ``models/special_tokens.py`` (validation uses it too)."""
+    from reclm_jax.models.special_tokens import resolve_stop_ids
+
+    return resolve_stop_ids(tokenizer, model_dir)
 
 
 def main(argv=None) -> int:
@@ -53,8 +47,9 @@ def main(argv=None) -> int:
     from transformers import AutoTokenizer
 
     from reclm_jax.models.adapter_io import load_adapter
-    from reclm_jax.models.generation import SamplingConfig, generate
+    from reclm_jax.models.generation import MAX_STOP_IDS, SamplingConfig, generate
     from reclm_jax.models.hf_loading import load_llama
+    from reclm_jax.models.special_tokens import resolve_pad_id
 
     try:
         tok = AutoTokenizer.from_pretrained(model_dir)
@@ -72,9 +67,11 @@ def main(argv=None) -> int:
         raise UserError("--prompt is empty after tokenisation")
     model = load_llama(model_dir, dtype=args.dtype)
     adapter = load_adapter(args.adapter, model) if args.adapter else None
-    pad = tok.pad_token_id if tok.pad_token_id is not None else (model.config.pad_token_id or 0)
-    result = generate(model, [ids], max_new_tokens=args.max_new_tokens, pad_id=pad,
-                      stop_ids=stop_ids(tok, model_dir)[:8], adapter=adapter, seed=args.seed,
+    stops = stop_ids(tok, model_dir)
+    if len(stops) > MAX_STOP_IDS:
+        raise UserError(f"{model_dir} declares {len(stops)} stop ids {stops}; generation supports {MAX_STOP_IDS}")
+    result = generate(model, [ids], max_new_tokens=args.max_new_tokens, pad_id=resolve_pad_id(tok, model.config),
+                      stop_ids=stops, adapter=adapter, seed=args.seed,
                       sampling=SamplingConfig(args.temperature, args.top_k, args.top_p))
     new = result.token_lists()[0]
     text = tok.decode(new, skip_special_tokens=True)

@@ -1,7 +1,8 @@
 """Validation by generation: greedy-decode val samples with the JAX model, parse the lists, score per task.
 
 Used by SFT (and RL) validation. The prompts are tokenized exactly as for training (``tokenize_sample``), batched
-into fixed buckets so every batch reuses one compiled decoder, and decoded with ``skip_special_tokens``.
+into fixed buckets and decoded by one ``Sampler`` (one compiled program per prompt bucket, shared by every batch
+and, when the caller keeps the Sampler, by every validation), then detokenized with ``skip_special_tokens``.
 """
 
 from __future__ import annotations
@@ -9,52 +10,61 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 import numpy as np
+from flax import nnx
 from tqdm.auto import tqdm
 
 from reclm_jax.data.item_index import ItemIndex
 from reclm_jax.data.pipeline import PipelineConfig, tokenize_sample
 from reclm_jax.eval.metrics import Metrics
 from reclm_jax.eval.parsing import parse_list
-from reclm_jax.models.generation import SamplingConfig, generate
+from reclm_jax.models.generation import SamplingConfig
+from reclm_jax.models.sampler import Sampler
+from reclm_jax.models.special_tokens import resolve_pad_id, resolve_stop_ids
 
 # Prompt-length buckets for validation decoding: steps of about 1.5x, so padding wastes at most a third of the
 # prefill while a validation set still compiles only a few programs.
 PROMPT_BUCKETS = (64, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048)
 
 
-def stop_token_ids(tokenizer: Any) -> list[int]:
-    """EOS plus the chat end-of-turn token when the tokenizer has one (ChatML ``<|im_end|>``, Llama-3
-    ``<|eot_id|>``)."""
-    ids = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
-    for tok in ("<|im_end|>", "<|eot_id|>", "<|end_of_text|>"):
-        i = tokenizer.convert_tokens_to_ids(tok)
-        if isinstance(i, int) and i != tokenizer.unk_token_id and i not in ids:
-            ids.append(i)
-    return ids[:8]
+def stop_token_ids(tokenizer: Any, model_dir: str | None = None) -> list[int]:
+    """The model's stop ids: the shared rule of ``models/special_tokens.py`` (the generate CLI uses it too);
+    ``model_dir`` defaults to the folder the tokenizer was loaded from."""
+    return resolve_stop_ids(tokenizer, model_dir)
 
 
-def evaluate_generation(model, tokenizer: Any, samples: Sequence[dict], index: ItemIndex,
+def validation_sampler(model, tokenizer: Any, *, batch_size: int = 16, runtime=None) -> Sampler:
+    """The Sampler validation decodes with: the tokenizer's pad and stop ids, validation's prompt buckets.
+
+    ``model``: a ``LlamaForCausalLM``, ``(graphdef, state)`` or ``(graphdef, trainable, frozen)``. A trainer
+    keeps the returned Sampler and calls ``update_params(trainable)`` before each validation, so every
+    validation of a run reuses the programs compiled by the first."""
+    config = (model if isinstance(model, nnx.Module) else nnx.merge(*model)).config
+    return Sampler(model, pad_id=resolve_pad_id(tokenizer, config), stop_ids=stop_token_ids(tokenizer),
+                   runtime=runtime, prompt_buckets=PROMPT_BUCKETS, batch_buckets=(batch_size,))
+
+
+def evaluate_generation(sampler_or_model, tokenizer: Any, samples: Sequence[dict], index: ItemIndex,
                         category2item: dict, *, adapter: str | None, batch_size: int = 16,
                         max_new_tokens: int = 160, max_prompt_length: int = 512, idx: bool = True,
                         progress: bool = True, desc: str = "validate") -> tuple[Metrics, list[str]]:
-    """Generates for every sample and returns (metrics, generated texts in sample order).
+    """Greedy-generates for every sample and returns (metrics, generated texts in sample order).
 
-    ``model``: a ``LlamaForCausalLM`` or its ``(graphdef, state)``; ``adapter`` None = base weights.
+    ``sampler_or_model``: a ``Sampler`` (e.g. ``validation_sampler``'s, kept across validations) or a
+    ``LlamaForCausalLM`` / its split, for which one Sampler is built for this validation. ``adapter`` None =
+    base weights. Every batch is padded to ``batch_size`` rows, so the last, shorter batch compiles nothing.
     """
+    sampler = sampler_or_model if isinstance(sampler_or_model, Sampler) else \
+        validation_sampler(sampler_or_model, tokenizer, batch_size=batch_size)
     cfg = PipelineConfig(max_prompt_length=max_prompt_length, with_output=False,
                          prompt_buckets=PROMPT_BUCKETS)
     prompts = [tokenize_sample(s, tokenizer, cfg).prompt for s in samples]
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
-    stops = stop_token_ids(tokenizer)
     metrics = Metrics(sorted({s["task"] for s in samples}), index, category2item)
     texts: list[str] = []
     bar = tqdm(total=len(samples), desc=desc, unit="sample", disable=not progress, leave=False)
     for start in range(0, len(samples), batch_size):
         chunk = prompts[start:start + batch_size]
-        # A fixed row count (batch_size) keeps one compiled shape for the last, shorter batch too.
-        res = generate(model, chunk, max_new_tokens=max_new_tokens, pad_id=pad, stop_ids=stops,
-                       sampling=SamplingConfig(), adapter=adapter, batch_buckets=(batch_size,),
-                       prompt_buckets=PROMPT_BUCKETS)
+        res = sampler(chunk, max_new_tokens=max_new_tokens, sampling=SamplingConfig(), adapter=adapter,
+                      rows=batch_size)
         texts += tokenizer.batch_decode(res.token_lists(), skip_special_tokens=True)
         bar.update(len(chunk))
     bar.close()

@@ -1,8 +1,10 @@
 """Tiny random HF Llama folders for tests and benchmarks, built deterministically without torch.
 
 A folder holds ``config.json``, ``generation_config.json``, ``model.safetensors`` (or shards with an index),
-and a real byte-level BPE tokenizer (``tokenizer.json`` + ``tokenizer_config.json`` with a ChatML chat
-template) trained on a fixed corpus, so any text round-trips. Shapes follow three real families:
+and a real byte-level BPE tokenizer (``tokenizer.json`` + ``tokenizer_config.json`` with a chat template)
+trained on a fixed corpus, so any text round-trips. The tokenizer's special tokens and template follow one
+of ``TOKENIZER_STYLES`` (default ChatML); ``build_tokenizer(style=...)`` makes the others. Shapes follow
+three real families:
 
 - ``llama2``:  untied embeddings, multi-head attention, rope_theta 10000, no scaling.
 - ``llama3``:  untied, grouped-query attention, rope_theta 500000, ``rope_scaling`` of type ``llama3``.
@@ -34,6 +36,37 @@ CHATML_TEMPLATE = (
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
 
+# Llama-2-chat's [INST] template, verbatim: an assistant turn ends with " " + eos_token (</s>).
+LLAMA2_TEMPLATE = (
+    "{% if messages[0]['role'] == 'system' %}{% set loop_messages = messages[1:] %}"
+    "{% set system_message = messages[0]['content'] %}{% else %}{% set loop_messages = messages %}"
+    "{% set system_message = false %}{% endif %}{% for message in loop_messages %}"
+    "{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}"
+    "{% if loop.index0 == 0 and system_message != false %}"
+    "{% set content = '<<SYS>>\\n' + system_message + '\\n<</SYS>>\\n\\n' + message['content'] %}"
+    "{% else %}{% set content = message['content'] %}{% endif %}"
+    "{% if message['role'] == 'user' %}{{ bos_token + '[INST] ' + content.strip() + ' [/INST]' }}"
+    "{% elif message['role'] == 'assistant' %}{{ ' '  + content.strip() + ' ' + eos_token }}{% endif %}"
+    "{% endfor %}"
+)
+
+# Llama-3-Instruct's template: turns end with <|eot_id|>, while the tokenizer's EOS is <|end_of_text|>.
+LLAMA3_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}"
+    "{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n' + message['content'] | trim"
+    " + '<|eot_id|>' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}"
+)
+
+# style -> (special tokens in id order, bos, eos, unk, pad, chat template)
+TOKENIZER_STYLES = {
+    "chatml": (SPECIAL_TOKENS, "<|im_start|>", "<|im_end|>", "<|endoftext|>", "<pad>", CHATML_TEMPLATE),
+    "llama2": (("<unk>", "<s>", "</s>"), "<s>", "</s>", "<unk>", None, LLAMA2_TEMPLATE),
+    "llama3": (("<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>",
+                "<|eot_id|>"), "<|begin_of_text|>", "<|end_of_text|>", None, None, LLAMA3_TEMPLATE),
+}
+
 _CORPUS_LINES = (
     "You are an expert recommender engine. You are a helpful, respectful and honest assistant.",
     "Here is the user's historical interactions: 'Toy Story (1995)' → 'Heat (1995)' → 'Casino (1995)'",
@@ -46,11 +79,17 @@ _CORPUS_LINES = (
 )
 
 
-def build_tokenizer(out_dir: str | Path, vocab_size: int = 512) -> Path:
+def build_tokenizer(out_dir: str | Path, vocab_size: int = 512, style: str = "chatml") -> Path:
     """Trains a byte-level BPE tokenizer on a fixed corpus and saves it as an HF tokenizer folder.
 
-    The trainer is deterministic for a fixed corpus, so the files are identical on every run.
+    ``style`` (``TOKENIZER_STYLES``) picks the special tokens and chat template: ``chatml`` (SmolLM2),
+    ``llama2`` (``<s>``, ``</s>``, [INST]; no pad) or ``llama3`` (``<|begin_of_text|>``, ``<|eot_id|>``,
+    ``<|end_of_text|>``; no pad, no unk). The trainer is deterministic for a fixed corpus, so the files are
+    identical on every run.
     """
+    if style not in TOKENIZER_STYLES:
+        raise ValueError(f"unknown tokenizer style {style!r}; choose from {tuple(TOKENIZER_STYLES)}")
+    specials, bos, eos, unk, pad, template = TOKENIZER_STYLES[style]
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -61,19 +100,14 @@ def build_tokenizer(out_dir: str | Path, vocab_size: int = 512) -> Path:
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=list(SPECIAL_TOKENS),
+        special_tokens=list(specials),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
     tok.train_from_iterator(list(_CORPUS_LINES) * 20, trainer)
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        bos_token="<|im_start|>",
-        eos_token="<|im_end|>",
-        unk_token="<|endoftext|>",
-        pad_token="<pad>",
-        chat_template=CHATML_TEMPLATE,
-    )
+    named = {k: v for k, v in (("bos_token", bos), ("eos_token", eos), ("unk_token", unk), ("pad_token", pad))
+             if v is not None}
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, chat_template=template, **named)
     fast.save_pretrained(out)
     return out
 
@@ -148,16 +182,18 @@ def tiny_llama_weights(cfg: dict, seed: int = 0) -> dict[str, np.ndarray]:
 
 
 def write_tiny_llama(out_dir: str | Path, variant: str = "smollm2", seed: int = 0, num_layers: int = 2,
-                     shards: int = 1, tokenizer_dir: str | Path | None = None) -> Path:
+                     shards: int = 1, tokenizer_dir: str | Path | None = None,
+                     tokenizer_style: str = "chatml") -> Path:
     """Writes a complete tiny HF Llama folder and returns its path.
 
     ``shards > 1`` splits the weights over several safetensors files with ``model.safetensors.index.json``.
-    ``tokenizer_dir`` reuses an already built tokenizer folder (saves a second of training per model).
+    ``tokenizer_dir`` reuses an already built tokenizer folder (saves a second of training per model);
+    otherwise one of ``tokenizer_style`` is built.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if tokenizer_dir is None:
-        build_tokenizer(out)
+        build_tokenizer(out, style=tokenizer_style)
     else:
         for f in Path(tokenizer_dir).iterdir():
             if f.name.startswith(("tokenizer", "special_tokens", "chat_template")):

@@ -15,10 +15,21 @@ jax.config.update("jax_num_cpu_devices", 8)
 import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
-from reclm_jax.models.generation import generate  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+
+from reclm_jax.models.generation import LogitsProcessor, generate  # noqa: E402
 from reclm_jax.models.hf_loading import load_llama  # noqa: E402
 from reclm_jax.models.lora import LoraConfig, add_lora  # noqa: E402
+from reclm_jax.models.sampler import Sampler  # noqa: E402
 from reclm_jax.models.sharding import MeshConfig, make_mesh, path_name  # noqa: E402
+from reclm_jax.train.runtime import Runtime  # noqa: E402
+
+
+class BanPerRow(LogitsProcessor):
+    row_fields = ("banned",)
+
+    def process(self, state, logits, step, data):
+        return jnp.where(jnp.arange(logits.shape[-1])[None] == data["banned"][:, None], -jnp.inf, logits)
 
 
 def main(model_dir: str) -> None:
@@ -44,8 +55,19 @@ def main(model_dir: str) -> None:
     prompts = [t[:n].tolist() for t, n in zip(tokens, (5, 9, 3, 7))]
     ga = generate(sharded_model, prompts, max_new_tokens=8, pad_id=3).token_lists()
     gb = generate(single_model, prompts, max_new_tokens=8, pad_id=3).token_lists()
+    # An explicit Runtime: the program runs under jax.set_mesh, batch rows are placed with runtime.place.
+    sampler = Sampler(sharded_model, pad_id=3, runtime=Runtime(mesh))
+    gs = sampler(prompts, max_new_tokens=8)
+    gs5 = sampler(prompts, max_new_tokens=5).token_lists()
+    banned = {"banned": gs.tokens[:, 0]}
+    gs_ban = sampler(prompts, max_new_tokens=8, logits_processor=BanPerRow(), processor_data=banned)
+    single_ban = Sampler(single_model, pad_id=3)(prompts, max_new_tokens=8, logits_processor=BanPerRow(),
+                                                 processor_data=banned)
     print(json.dumps({"devices": jax.device_count(), "specs": specs, "max_diff": float(np.abs(a - b).max()),
-                      "generate_equal": ga == gb,
+                      "generate_equal": ga == gb, "sampler_equal": gs.token_lists() == gb,
+                      "sampler_prefix_equal": gs5 == [t[:5] for t in gb], "sampler_traces": sampler.traces,
+                      "row_data_equal": gs_ban.token_lists() == single_ban.token_lists(),
+                      "row_data_applied": bool((gs_ban.tokens[:, 0] != gs.tokens[:, 0]).all()),
                       "device_count_of_kernel": len(sharded_model.model.layers[0].mlp.up_proj.kernel[...]
                                                     .sharding.device_set)}))
 

@@ -33,6 +33,10 @@ def test_mesh_2x2x2_shards_parameters_and_matches_single_device(tiny_llama_facto
     assert s["model.layers.0.self_attn.o_proj.lora.actor.b"] == [None, "fsdp"]
     assert res["max_diff"] <= 1e-5
     assert res["generate_equal"]
+    # the Sampler with an explicit Runtime (mesh active, rows placed): the 1-device tokens, one compile per
+    # program (8 and 5 new tokens share the 16 bucket; the processor is a second program)
+    assert res["sampler_equal"] and res["sampler_prefix_equal"] and res["sampler_traces"] == 2
+    assert res["row_data_equal"] and res["row_data_applied"]
 
 
 def test_mesh_config_and_indivisible_dims():

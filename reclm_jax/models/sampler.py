@@ -1,0 +1,343 @@
+"""``Sampler``: one model's compiled generation program, reused across calls, lengths and weight updates.
+
+Why an object: RL rollouts take new actor weights every iteration and a server answers requests of every
+length; both must keep one compiled program. The Sampler holds the model split as (graphdef, trainable,
+frozen) and a jit cache per static setting (sampling, adapter, processor, output bucket); everything that
+varies per call is a traced array:
+
+- ``max_new_tokens`` is a per-row int32 limit inside a bucketed output length (powers of two >= 16 by
+  default), so lengths within a bucket reuse one program;
+- each row draws from its own key, ``fold_in(fold_in(key(seed), stream), step)``: a row's sample depends on
+  its seed, stream and logits only, never on its batch neighbours or its position in the batch;
+- ``update_params`` swaps in new trainable weights (same tree, shapes and shardings) without recompiling;
+- stop ids are per row ([B, 8], -1 = unused), so one batch can mix requests with different stop tokens.
+
+Prefill (the prompt attends within itself; the LM head runs on its last position only) and the whole decode
+loop (``lax.while_loop``, stopping once every row is done) are one jitted function. The KV cache is created
+inside it and never leaves it, so there is nothing worth donating: no input buffer matches an output.
+
+Batch rows are padded to batch buckets and prompts left-padded to prompt buckets. With a ``Runtime`` the
+program runs inside ``runtime.activate()`` (so the model's activation constraints apply) and batch arrays are
+assembled with ``runtime.place`` from this process's rows; the results are this process's rows.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.sharding import NamedSharding
+
+from reclm_jax.errors import UserError
+from reclm_jax.models.generation import (MAX_STOP_IDS, GenerationResult, LogitsProcessor, SamplingConfig, bucket,
+                                         left_pad, sample_tokens)
+from reclm_jax.models.kv_cache import init_cache
+from reclm_jax.models.linear import LoRAParam
+from reclm_jax.models.sharding import constrain
+
+_TRACES = [0]  # every Sampler's traces together (generation.trace_count)
+
+
+def total_traces() -> int:
+    return _TRACES[0]
+
+
+def split_model(model) -> tuple[Any, nnx.State, nnx.State]:
+    """A ``LlamaForCausalLM``, ``(graphdef, state)`` or ``(graphdef, trainable, frozen)`` -> the 3-way split.
+
+    Without an explicit split the trainable part is every LoRA parameter (what RL and SFT update)."""
+    if isinstance(model, tuple) and len(model) == 3:
+        return model
+    if isinstance(model, tuple) and len(model) == 2:
+        graphdef, state = model
+        trainable, frozen = nnx.split_state(state, LoRAParam, ...)
+        return graphdef, trainable, frozen
+    if isinstance(model, nnx.Module):
+        return nnx.split(model, LoRAParam, ...)
+    raise UserError(f"Sampler: expected a model, (graphdef, state) or (graphdef, trainable, frozen), got "
+                    f"{type(model).__name__}")
+
+
+def mesh_of(tree):
+    """The mesh of the first ``NamedSharding`` leaf of ``tree`` (None when nothing is on a mesh)."""
+    for leaf in jax.tree_util.tree_leaves(tree):
+        s = getattr(leaf, "sharding", None)
+        if isinstance(s, NamedSharding):
+            return s.mesh
+    return None
+
+
+def row_seeds(seeds, n: int) -> np.ndarray:
+    """uint32 [n, 2] (seed, stream) per row: an int -> (seed, i) for row i; n ints -> (seed_i, 0)."""
+    if isinstance(seeds, (int, np.integer)):
+        out = np.stack([np.full(n, int(seeds)), np.arange(n)], axis=1)
+    else:
+        s = np.asarray(seeds).reshape(-1)
+        if len(s) != n or not np.issubdtype(s.dtype, np.integer):
+            raise UserError(f"Sampler: seeds must be an int or one int per prompt ({n}), got {seeds!r}")
+        out = np.stack([s, np.zeros(n, np.int64)], axis=1)
+    if (out < 0).any() or (out >= 2 ** 32).any():
+        raise UserError("Sampler: seeds must lie in [0, 2**32)")
+    return out.astype(np.uint32)
+
+
+def _stop_rows(stop_ids, n: int) -> list[list[int]]:
+    """A flat list (every row) or one list per prompt -> one list per prompt, each at most MAX_STOP_IDS."""
+    stop_ids = list(stop_ids)
+    per_row = bool(stop_ids) and not isinstance(stop_ids[0], (int, np.integer))
+    rows = [list(map(int, s)) for s in stop_ids] if per_row else [list(map(int, stop_ids))] * n
+    if len(rows) != n:
+        raise UserError(f"Sampler: per-row stop_ids need one list per prompt ({n}), got {len(rows)}")
+    if any(len(r) > MAX_STOP_IDS for r in rows):
+        raise UserError(f"Sampler: at most {MAX_STOP_IDS} stop ids per row")
+    return rows
+
+
+class Sampler:
+    """Batched generation for one model; see the module docstring.
+
+    model: ``LlamaForCausalLM``, ``(graphdef, state)`` or ``(graphdef, trainable, frozen)`` (``split_model``).
+    pad_id: written after each row's end and into padding. stop_ids: the default stop ids of every call.
+    runtime: a ``reclm_jax.train.runtime.Runtime``; default: none on one device, or a Runtime over the mesh
+    the weights live on. cache_dtype: KV cache dtype ("bfloat16"), default the compute dtype.
+    prompt_buckets / batch_buckets / length_buckets: allowed prompt lengths, batch rows and output lengths;
+    default powers of two, at least ``min_prompt_bucket`` / 1 / ``min_length_bucket``.
+    """
+
+    def __init__(self, model, *, pad_id: int, stop_ids: Sequence[int] = (), runtime=None,
+                 cache_dtype: str | None = None, prompt_buckets: Sequence[int] | None = None,
+                 batch_buckets: Sequence[int] | None = None, length_buckets: Sequence[int] | None = None,
+                 min_prompt_bucket: int = 16, min_length_bucket: int = 16):
+        self.graphdef, self.trainable, self.frozen = split_model(model)
+        self.pad_id = int(pad_id)
+        self.stop_ids = tuple(int(s) for s in stop_ids)
+        _stop_rows(self.stop_ids, 1)  # validates the count
+        if runtime is None:
+            mesh = mesh_of((self.trainable, self.frozen))
+            if mesh is not None:
+                from reclm_jax.train.runtime import Runtime
+
+                runtime = Runtime(mesh, jax.process_index(), jax.process_count())
+        self.runtime = runtime
+        self.cache_dtype = cache_dtype
+        self.prompt_buckets = tuple(prompt_buckets) if prompt_buckets else None
+        self.batch_buckets = tuple(batch_buckets) if batch_buckets else None
+        self.length_buckets = tuple(length_buckets) if length_buckets else None
+        self.min_prompt_bucket, self.min_length_bucket = min_prompt_bucket, min_length_bucket
+        self.traces = 0  # how often this Sampler's programs were traced (= compiled)
+        self._programs: dict[tuple, Any] = {}
+
+    # -- weights ------------------------------------------------------------------------------------------
+    def update_params(self, trainable: nnx.State) -> None:
+        """Swaps in new trainable weights (e.g. LoRA after a training step); the programs are reused.
+
+        ``trainable`` must have the current tree structure, shapes and dtypes; leaves on another sharding
+        are moved onto the current one (a different sharding would otherwise be a new compile)."""
+        old_leaves, old_tree = jax.tree.flatten(self.trainable)
+        new_leaves, new_tree = jax.tree.flatten(trainable)
+        if old_tree != new_tree:
+            raise UserError("Sampler.update_params: the new parameters have another tree structure")
+        placed = []
+        for o, n in zip(old_leaves, new_leaves):
+            if o.shape != n.shape or o.dtype != n.dtype:
+                raise UserError(f"Sampler.update_params: a parameter changed from {o.shape} {o.dtype} to "
+                                f"{n.shape} {n.dtype}")
+            s = getattr(o, "sharding", None)
+            placed.append(n if s is None or getattr(n, "sharding", None) == s else jax.device_put(n, s))
+        self.trainable = jax.tree.unflatten(new_tree, placed)
+
+    def set_model(self, model) -> None:
+        """Replaces every weight (same graphdef); a change of shapes or shardings compiles anew."""
+        graphdef, self.trainable, self.frozen = split_model(model)
+        if graphdef != self.graphdef:
+            raise UserError("Sampler.set_model: the model has another structure than this Sampler's")
+
+    # -- generation ---------------------------------------------------------------------------------------
+    def __call__(self, prompts: Sequence[Sequence[int]], *, max_new_tokens: int | Sequence[int],
+                 seeds: int | Sequence[int] = 0, sampling: SamplingConfig = SamplingConfig(),
+                 adapter: str | None = None, stop_ids=None, logits_processor: LogitsProcessor | None = None,
+                 processor_data: Any = None, rows: int | None = None) -> GenerationResult:
+        """Continues each prompt (a non-empty list of token ids) by up to ``max_new_tokens`` tokens.
+
+        max_new_tokens: an int or one per prompt (each >= 1). seeds: an int (row i draws from stream i of it)
+        or one int per prompt (the row's sample is then reproducible wherever it sits in any batch); only
+        used when ``sampling.temperature > 0``. adapter: the LoRA adapter (None = base weights). stop_ids:
+        ints for every row or one list per prompt (at most 8 each); None = the Sampler's. rows: pad the
+        batch to exactly this many rows instead of its bucket. Returns this process's rows: tokens int32
+        and logprobs float32 [n, max(max_new_tokens)], lengths int32 [n], stopped bool [n].
+        """
+        n = len(prompts)
+        if n == 0:
+            raise UserError("generate: no prompts given")
+        if any(len(p) == 0 for p in prompts):
+            raise UserError("generate: every prompt needs at least one token")
+        limits = np.broadcast_to(np.asarray(max_new_tokens, np.int64), (n,)) if np.ndim(max_new_tokens) == 0 \
+            else np.asarray(max_new_tokens, np.int64)
+        if limits.shape != (n,) or (limits < 1).any():
+            raise UserError(f"generate: max_new_tokens must be >= 1 (an int or one per prompt), got {max_new_tokens}")
+        stops = _stop_rows(self.stop_ids if stop_ids is None else stop_ids, n)
+        if rows is not None and rows < n:
+            raise UserError(f"generate: {n} prompts do not fit in rows={rows}")
+        b = rows or bucket(n, self.batch_buckets)
+        p = bucket(max(len(q) for q in prompts), self.prompt_buckets, self.min_prompt_bucket)
+        length = bucket(int(limits.max()), self.length_buckets, self.min_length_bucket)
+
+        tokens, mask = left_pad(prompts, p, b, self.pad_id)
+        lim = np.zeros(b, np.int32)  # idle rows: limit 0, done before the first step
+        lim[:n] = limits
+        stop_arr = np.full((b, MAX_STOP_IDS), -1, np.int32)
+        for i, s in enumerate(stops):
+            stop_arr[i, : len(s)] = s
+        seed_arr = np.zeros((b, 2), np.uint32)
+        seed_arr[:n] = row_seeds(seeds, n)
+        shared, per_row = _split_processor_data(logits_processor, processor_data, n, b)
+
+        batch = (tokens, mask, lim, stop_arr, seed_arr, per_row)
+        program = self._program(sampling, adapter, logits_processor, length)
+        rt = self.runtime
+        if rt is not None:
+            batch, shared = rt.place_tree(batch), rt.replicate(shared)
+        with rt.activate() if rt is not None else contextlib.nullcontext():
+            out = program(self.trainable, self.frozen, *batch, shared)
+        toks, logp, lens, stopped = rt.to_host(out) if rt is not None else jax.device_get(out)
+        first = rt.process_index * b if rt is not None and rt.process_count > 1 else 0
+        width = int(limits.max())
+        keep = slice(first, first + n)
+        return GenerationResult(tokens=np.asarray(toks[keep, :width]), logprobs=np.asarray(logp[keep, :width]),
+                                lengths=np.asarray(lens[keep]), stopped=np.asarray(stopped[keep]))
+
+    def _program(self, sampling: SamplingConfig, adapter: str | None, processor: LogitsProcessor | None,
+                 length: int):
+        key = (sampling, adapter, processor, length)
+        if key not in self._programs:
+            graphdef, pad_id, cache_dtype = self.graphdef, self.pad_id, self.cache_dtype
+
+            def program(trainable, frozen, tokens, mask, limits, stops, seeds, per_row, shared):
+                self.traces += 1  # runs only while tracing
+                _TRACES[0] += 1
+                model = nnx.merge(graphdef, trainable, frozen)
+                data = {**shared, **per_row} if per_row else shared
+                return _decode(model, tokens, mask, limits, stops, seeds, data, length=length, sampling=sampling,
+                               adapter=adapter, processor=processor, pad_id=pad_id, cache_dtype=cache_dtype)
+
+            self._programs[key] = jax.jit(program)
+        return self._programs[key]
+
+
+def _split_processor_data(processor, data, n: int, rows: int) -> tuple[Any, dict]:
+    """(shared data, per-row entries padded with zero rows to ``rows``) per ``LogitsProcessor.row_fields``."""
+    fields = processor.row_fields if processor is not None else ()
+    if not fields:
+        return data, {}
+    if not isinstance(data, dict) or any(f not in data for f in fields):
+        raise UserError(f"generate: processor_data must be a dict with the per-row entries {fields}")
+
+    def pad(x):
+        x = np.asarray(x)
+        if x.ndim == 0 or x.shape[0] != n:
+            raise UserError(f"generate: per-row processor data needs a leading dim of {n} rows, got {x.shape}")
+        return np.concatenate([x, np.zeros((rows - n, *x.shape[1:]), x.dtype)]) if rows > n else x
+
+    per_row = {f: jax.tree.map(pad, data[f]) for f in fields}
+    return {k: v for k, v in data.items() if k not in fields}, per_row
+
+
+def _decode(model, tokens, mask, limits, stops, seeds, data, *, length, sampling, adapter, processor, pad_id,
+            cache_dtype):
+    """tokens int32 [B, P] (left-padded), mask bool [B, P], limits int32 [B] (0 = idle row), stops int32
+    [B, 8], seeds uint32 [B, 2] -> (tokens int32 [B, length], logprobs f32 [B, length], lengths int32 [B],
+    stopped bool [B])."""
+    cfg = model.config
+    b, p = tokens.shape
+    cache = init_cache(cfg, b, p + length, jnp.dtype(cache_dtype) if cache_dtype else None)
+    # Batch over the data axes, KV heads over tp: the layout the projections produce.
+    cache = cache._replace(keys=tuple(constrain(k, "batch", "tp", None, None) for k in cache.keys),
+                           values=tuple(constrain(v, "batch", "tp", None, None) for v in cache.values))
+    out = model(tokens, attention_mask=mask, cache=cache, adapter=adapter, prefill=True, compute_logits=False)
+    first_logits = model.head(out.hidden[:, -1:], adapter=adapter)[:, 0]
+    proc_state = processor.init(tokens, mask, data) if processor is not None else ()
+    row_keys = jax.vmap(lambda s, i: jax.random.fold_in(jax.random.key(s), i))(seeds[:, 0], seeds[:, 1])
+
+    def choose(logits, step, proc_state):
+        logits = logits.astype(jnp.float32)
+        logp = jax.nn.log_softmax(logits, axis=-1)
+        if processor is not None:
+            logits = processor.process(proc_state, logits, step, data)
+        keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(row_keys, step)
+        tok = sample_tokens(logits, keys, sampling)
+        return tok, jnp.take_along_axis(logp, tok[:, None], axis=-1)[:, 0]
+
+    def is_stop(tok):
+        return jnp.any(tok[:, None] == stops, axis=-1)
+
+    active = limits > 0
+    tok, lp = choose(first_logits, jnp.int32(0), proc_state)
+    tok = jnp.where(active, tok, pad_id)
+    if processor is not None:
+        proc_state = processor.update(proc_state, tok, data)
+    out_tokens = jnp.full((b, length), pad_id, jnp.int32).at[:, 0].set(tok)
+    out_logp = jnp.zeros((b, length), jnp.float32).at[:, 0].set(jnp.where(active, lp, 0.0))
+    lengths = active.astype(jnp.int32)
+    stopped = active & is_stop(tok)
+    done = ~active | stopped | (lengths >= limits)
+
+    def cond(carry):
+        step, _, _, done, *_ = carry
+        return (step < length) & ~jnp.all(done)
+
+    def body(carry):
+        step, cache, tok, done, stopped, lengths, out_tokens, out_logp, proc_state = carry
+        out = model(tok[:, None], cache=cache, adapter=adapter)
+        new, lp = choose(out.logits[:, 0], step, proc_state)
+        new = jnp.where(done, pad_id, new)
+        if processor is not None:
+            proc_state = processor.update(proc_state, new, data)
+        out_tokens = jax.lax.dynamic_update_slice(out_tokens, new[:, None], (0, step))
+        out_logp = jax.lax.dynamic_update_slice(out_logp, jnp.where(done, 0.0, lp)[:, None], (0, step))
+        lengths = lengths + (~done).astype(jnp.int32)
+        hit = ~done & is_stop(new)
+        done = done | hit | (lengths >= limits)
+        return step + 1, out.cache, new, done, stopped | hit, lengths, out_tokens, out_logp, proc_state
+
+    carry = (jnp.int32(1), out.cache, tok, done, stopped, lengths, out_tokens, out_logp, proc_state)
+    _, _, _, _, stopped, lengths, out_tokens, out_logp, _ = jax.lax.while_loop(cond, body, carry)
+    return out_tokens, out_logp, lengths, stopped
+
+
+# -- generate()'s process-wide Samplers ---------------------------------------------------------------------
+_SHARED: collections.OrderedDict = collections.OrderedDict()
+_SHARED_MAX = 4
+
+
+@contextlib.contextmanager
+def shared_sampler(model, *, pad_id: int, cache_dtype=None, prompt_buckets=None, batch_buckets=None,
+                   min_prompt_bucket: int = 16, runtime=None):
+    """The cached Sampler for ``model``'s graphdef and these settings, holding ``model``'s weights while the
+    ``with`` block runs (they are dropped afterwards, so the cache never keeps a model alive)."""
+    graphdef, trainable, frozen = split_model(model)
+    if runtime is None:
+        mesh = mesh_of((trainable, frozen))
+        if mesh is not None:
+            from reclm_jax.train.runtime import Runtime
+
+            runtime = Runtime(mesh, jax.process_index(), jax.process_count())
+    key = (graphdef, int(pad_id), cache_dtype, tuple(prompt_buckets or ()), tuple(batch_buckets or ()),
+           min_prompt_bucket, runtime)
+    sampler = _SHARED.pop(key, None)
+    if sampler is None:
+        sampler = Sampler((graphdef, trainable, frozen), pad_id=pad_id, runtime=runtime, cache_dtype=cache_dtype,
+                          prompt_buckets=prompt_buckets, batch_buckets=batch_buckets,
+                          min_prompt_bucket=min_prompt_bucket)
+    sampler.trainable, sampler.frozen = trainable, frozen
+    _SHARED[key] = sampler
+    while len(_SHARED) > _SHARED_MAX:
+        _SHARED.popitem(last=False)
+    try:
+        yield sampler
+    finally:
+        sampler.trainable = sampler.frozen = None

@@ -1,0 +1,42 @@
+"""Validation by generation: one Sampler per validation, reusable across validations with new weights."""
+
+import jax
+from transformers import AutoTokenizer
+
+from reclm_jax.data.item_index import ItemIndex
+from reclm_jax.eval.generation_eval import evaluate_generation, validation_sampler
+from reclm_jax.models.generation import generate
+from reclm_jax.models.hf_loading import load_llama
+from reclm_jax.models.lora import LoraConfig, add_lora
+
+INDEX = ItemIndex(["a", "b", "c", "d"], ["Alpha (1)", "Beta (2)", "Gamma (3)", "Delta (4)"], "title")
+CATS = {"X": ["a", "b"], "Y": ["c"]}
+
+
+def _samples(n):
+    f = {"item_count": 3, "sub_sequential": ["b"], "target_category": "X"}
+    return [{"task": "SFTTestSeqRec", "input_text": f"Recommend {i} movies like Heat (1995).", "input_field_data": f,
+             "output_text": "Alpha (1)"} for i in range(n)]
+
+
+def test_one_sampler_serves_every_batch_and_later_validations(tiny_llama_factory):
+    d = tiny_llama_factory("smollm2")
+    tok = AutoTokenizer.from_pretrained(d)
+    model = load_llama(d, progress=False)
+    add_lora(model, LoraConfig(rank=4, targets=("q_proj", "v_proj")), "default")
+    samples = _samples(5)  # batches of 2: 2 + 2 + 1 rows, all padded to 2
+    kw = dict(adapter="default", batch_size=2, max_new_tokens=6, progress=False)
+    metrics, texts = evaluate_generation(model, tok, samples, INDEX, CATS, **kw)
+    assert metrics.results()["SFTTestSeqRec"]["Count"] == 5
+    prompt = tok(samples[0]["input_text"])["input_ids"]
+    ref = generate(model, [prompt], max_new_tokens=6, pad_id=tok.pad_token_id, stop_ids=[tok.eos_token_id])
+    assert texts[0] == tok.decode(ref.token_lists()[0], skip_special_tokens=True)
+
+    sampler = validation_sampler(model, tok, batch_size=2)
+    _, again = evaluate_generation(sampler, tok, samples, INDEX, CATS, **kw)
+    assert again == texts and sampler.traces == 1  # every batch (the short last one too) ran one program
+    keys = iter(jax.random.split(jax.random.key(1), 64))
+    sampler.update_params(jax.tree.map(lambda x: x + jax.random.normal(next(keys), x.shape, x.dtype),
+                                       sampler.trainable))
+    _, changed = evaluate_generation(sampler, tok, samples, INDEX, CATS, **kw)
+    assert changed != texts and sampler.traces == 1
