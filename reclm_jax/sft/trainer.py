@@ -23,7 +23,7 @@ from flax import nnx
 
 from reclm_jax.config import save_config
 from reclm_jax.errors import UserError
-from reclm_jax.eval.generation_eval import evaluate_generation, mean_metric
+from reclm_jax.eval.generation_eval import evaluate_generation, mean_metric, validation_sampler
 from reclm_jax.models.adapter_io import save_adapter
 from reclm_jax.sft.config import SFTConfig
 from reclm_jax.sft.data import SFTData, load_tokenizer, stack_micro_batches, take_step_batches
@@ -80,6 +80,9 @@ class SFTTrainer:
         self.step_fn = make_train_step(self.backbone.graphdef, self.tx, adapter=ADAPTER,
                                        weighting=t.loss_weighting, dropout=cfg.lora.dropout > 0,
                                        state_shardings=shardings)
+        # One Sampler for every validation: its programs compile once and take the new adapter weights each time.
+        self.val_sampler = validation_sampler((self.backbone.graphdef, self.trainable, self.frozen), self.tokenizer,
+                                              batch_size=t.val_batch_size, runtime=self.runtime)
         self.store = CheckpointStore(self.out / "checkpoints", keep=t.keep_checkpoints)
         self.step = 0
         self.epoch = 0
@@ -123,8 +126,9 @@ class SFTTrainer:
     # -- validation -----------------------------------------------------------------------------------
     def validate(self, samples: list[dict], adapter: str | None, label: str, log: RunLog | None) -> dict:
         t = self.cfg.train
+        self.val_sampler.update_params(self.trainable)
         metrics, texts = evaluate_generation(
-            self.model(), self.tokenizer, samples, self.data.index, self.data.ctx.raw.category2item,
+            self.val_sampler, self.tokenizer, samples, self.data.index, self.data.ctx.raw.category2item,
             adapter=adapter, batch_size=t.val_batch_size, max_new_tokens=t.val_max_new_tokens,
             max_prompt_length=self.cfg.data.max_prompt_length, progress=self.progress, desc=f"validate ({label})")
         results = metrics.results()
