@@ -1,12 +1,15 @@
-"""Saving and loading one LoRA adapter (plus optionally fully tuned weights such as ``lm_head``).
+"""Saving and loading one adapter: its LoRA factors and the full kernel copies it owns (e.g. ``lm_head``).
 
 Checkpoint format: a directory holding
 
 - ``lora_adapter.json``: ``{"format": "reclm_jax.lora", "version": 1, "name", "rank", "alpha", "dropout",
   "targets", "init", "modules": [dotted module names], "full_tune": [HF tensor names], "base_model"}``
 - ``lora_adapter.safetensors``: ``<module>.lora_A.weight`` [r, in] and ``<module>.lora_B.weight`` [out, r]
-  in float32 (PEFT's orientation, so a PEFT export is a rename), and each ``full_tune`` tensor under its HF
-  name and HF orientation (``lm_head.weight`` [vocab, hidden]).
+  in float32 (PEFT's orientation, so a PEFT export is a rename), and each full kernel copy the adapter owns
+  under its module's HF weight name and HF orientation (``lm_head.weight`` [vocab, hidden]), in float32.
+
+Loading attaches the copies again as the adapter's own (``lora.own_full_copy``), never over the base weights,
+so a loaded actor leaves the reference policy untouched.
 
 The directory is written under a temporary name and renamed at the end, so a crash never leaves a
 complete-looking checkpoint.
@@ -25,10 +28,10 @@ from flax import nnx
 from jax.sharding import NamedSharding
 
 from reclm_jax.errors import UserError
-from reclm_jax.models.hf_loading import hf_key, read_safetensors_header
-from reclm_jax.models.lora import LoraConfig, add_lora, adapter_modules, untie_lm_head
+from reclm_jax.models.hf_loading import read_safetensors_header
+from reclm_jax.models.lora import (LoraConfig, add_lora, adapter_modules, full_copy_modules, linear_modules,
+                                   own_full_copy)
 from reclm_jax.models.safetensors_writer import TensorSpec, write_safetensors
-from reclm_jax.models.sharding import path_name
 
 ADAPTER_JSON = "lora_adapter.json"
 ADAPTER_WEIGHTS = "lora_adapter.safetensors"
@@ -39,27 +42,21 @@ def _host(x) -> np.ndarray:
     return np.asarray(jax.device_get(x))
 
 
-def full_tune_params(model: nnx.Module, prefixes: tuple[str, ...]) -> dict[str, tuple[str, bool, nnx.Variable]]:
-    """HF name -> (dotted NNX path, transposed?, variable) of base parameters under ``prefixes``."""
-    out = {}
-    for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
-        name = path_name(path)
-        if ".lora." in name or not any(name.startswith(p) for p in prefixes):
-            continue
-        key, transpose = hf_key(path)
-        out[key] = (name, transpose, var)
-    return out
-
-
 def save_adapter(path: str | Path, model: nnx.Module, name: str = "default", *, config: LoraConfig | None = None,
-                 full_tune: tuple[str, ...] = (), base_model: str | None = None) -> Path:
-    """Writes adapter ``name`` of ``model`` (and the base weights under ``full_tune`` prefixes) to ``path``."""
+                 base_model: str | None = None) -> Path:
+    """Writes adapter ``name`` of ``model`` (LoRA factors and owned full kernel copies) to ``path``."""
     path = Path(path)
     mods = adapter_modules(model, name)
-    first = next(iter(mods.values()))
-    rank = first.lora[name]["a"][...].shape[1]
-    scale, dropout = first.adapters[name]
-    cfg = config or LoraConfig(rank=rank, alpha=scale * rank, dropout=dropout, targets=tuple(mods))
+    owned = full_copy_modules(model, name)
+    if config is not None:
+        cfg = config
+    elif mods:
+        first = next(iter(mods.values()))
+        rank = first.lora[name]["a"][...].shape[1]
+        scale, dropout = first.adapters[name]
+        cfg = LoraConfig(rank=rank, alpha=scale * rank, dropout=dropout, targets=tuple(mods))
+    else:  # full copies only: the LoRA fields are placeholders
+        cfg = LoraConfig(targets=())
     specs = []
     for mod, lin in mods.items():
         a, b = lin.lora[name]["a"], lin.lora[name]["b"]
@@ -67,15 +64,12 @@ def save_adapter(path: str | Path, model: nnx.Module, name: str = "default", *, 
                                 lambda a=a: _host(a[...]).T.astype(np.float32)))
         specs.append(TensorSpec(f"{mod}.lora_B.weight", b[...].shape[::-1], np.dtype(np.float32),
                                 lambda b=b: _host(b[...]).T.astype(np.float32)))
-    full = full_tune_params(model, full_tune)
-    if full_tune and not full:
-        raise UserError(f"full_tune {list(full_tune)} matches no base parameter (tied lm_head? untie it first)")
-    for key, (_, transpose, var) in full.items():
-        shape = var[...].shape[::-1] if transpose else var[...].shape
-        specs.append(TensorSpec(key, tuple(shape), np.dtype(np.float32),
-                                lambda v=var, t=transpose: (_host(v[...]).T if t else _host(v[...])).astype(np.float32)))
+    for mod, lin in owned.items():
+        var = lin.full[name]
+        specs.append(TensorSpec(f"{mod}.weight", var[...].shape[::-1], np.dtype(np.float32),
+                                lambda v=var: _host(v[...]).T.astype(np.float32)))
     meta = {"format": FORMAT, "version": 1, "name": name, **dataclasses.asdict(cfg), "modules": list(mods),
-            "full_tune": sorted(full), "base_model": base_model}
+            "full_tune": sorted(f"{mod}.weight" for mod in owned), "base_model": base_model}
     meta["targets"] = list(cfg.targets)
 
     tmp = path.with_name(path.name + ".tmp")
@@ -121,8 +115,8 @@ def adapter_config(meta: dict) -> LoraConfig:
 
 
 def load_adapter(path: str | Path, model: nnx.Module, name: str | None = None) -> str:
-    """Attaches the adapter saved at ``path`` to ``model`` (as ``name``, default its saved name) and loads
-    any fully tuned weights into the base. Returns the adapter name."""
+    """Attaches the adapter saved at ``path`` to ``model`` (as ``name``, default its saved name), its full
+    kernel copies included (as the adapter's own; the base weights are not touched). Returns the adapter name."""
     path = Path(path)
     meta = read_adapter_meta(path)
     name = name or meta["name"]
@@ -140,16 +134,16 @@ def load_adapter(path: str | Path, model: nnx.Module, name: str | None = None) -
                 raise UserError(f"{weights_file}: missing tensor {key}")
             var = lin.lora[name][part]
             _assign(var, refs[key].memmap().T, weights_file, key)
-    if meta.get("full_tune"):
-        if any(k.startswith("lm_head") for k in meta["full_tune"]):
-            untie_lm_head(model)
-        full = full_tune_params(model, tuple(k.rsplit(".", 1)[0] for k in meta["full_tune"]))
-        for key in meta["full_tune"]:
-            if key not in refs or key not in full:
-                raise UserError(f"{weights_file}: full-tuned tensor {key} is missing here or in the model")
-            _, transpose, var = full[key]
-            arr = refs[key].memmap()
-            _assign(var, arr.T if transpose else arr, weights_file, key)
+    linears = linear_modules(model)
+    for key in meta.get("full_tune") or ():
+        mod = key[: -len(".weight")] if key.endswith(".weight") else None
+        if mod not in linears:
+            raise UserError(f"{path / ADAPTER_JSON}: full_tune entry {key!r} is not the weight of a linear module "
+                            f"of this model (only linear kernels can be fully tuned per adapter)")
+        if key not in refs:
+            raise UserError(f"{weights_file}: missing full-tuned tensor {key}")
+        own_full_copy(model, name, (mod,), param_dtype=cfg.param_dtype)
+        _assign(linears[mod].full[name], refs[key].memmap().T, weights_file, key)
     return name
 
 

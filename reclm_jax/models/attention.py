@@ -1,5 +1,6 @@
 """Causal self-attention for training on XLA:CPU: query blocks that skip the masked-out future, bf16 dots
-accumulated in f32, and a hand-written backward pass.
+accumulated in f32, and a hand-written backward pass. ``causal_attention`` is the ``kernels="cpu"`` cache-free
+pass (see ``kernels.py``); ``cached_attention`` (decoding) serves both kernel choices.
 
 ``jax.nn.dot_product_attention``'s XLA path computes the whole [T, T] score square, transposes it between
 layouts several times and runs its backward products in f32 (half the CPU's bf16 rate). Here queries are

@@ -24,7 +24,7 @@ from reclm_jax.models.adapter_io import ADAPTER_WEIGHTS, read_adapter_meta
 from reclm_jax.models.hf_loading import hf_key, read_safetensors_header
 from reclm_jax.models.linear import LoRAParam
 from reclm_jax.models.llama_config import read_hf_config
-from reclm_jax.models.lora import adapter_modules, linear_modules
+from reclm_jax.models.lora import adapter_modules, full_copy_modules, linear_modules
 from reclm_jax.models.safetensors_writer import TensorSpec, write_safetensors
 from reclm_jax.models.sharding import path_name
 
@@ -60,30 +60,43 @@ def _to_host(x: jax.Array) -> np.ndarray:
 
 
 def merged_tensors(model: nnx.Module, adapter: str | None, dtype: np.dtype) -> tuple[list[TensorSpec], bool]:
-    """Specs of every HF tensor of the model with ``adapter`` folded in, and whether embeddings stay tied."""
+    """Specs of every HF tensor of the model with ``adapter`` folded in, and whether embeddings stay tied.
+
+    A kernel the adapter owns a full copy of is written from that copy (plus its LoRA delta, if any); a tied
+    ``lm_head`` the adapter changes is written as an untied ``lm_head.weight``.
+    """
     mods = adapter_modules(model, adapter) if adapter else {}
-    tied = model.config.tie_word_embeddings and "lm_head" not in mods
+    owned = full_copy_modules(model, adapter) if adapter else {}
+    tied = model.config.tie_word_embeddings and "lm_head" not in mods and "lm_head" not in owned
     linears = linear_modules(model)
+
+    def effective(module: str, w: jax.Array) -> jax.Array:
+        # w: the module's frozen [in, out] kernel -> what the adapter multiplies by, in w's dtype.
+        if module in owned:
+            w = linears[module].full[adapter][...].astype(w.dtype)
+        if module in mods:
+            w = (w.astype(jnp.float32) + linears[module].lora_delta(adapter)).astype(w.dtype)
+        return w
+
     specs = []
     for path, var in nnx.to_flat_state(nnx.state(model, nnx.All(nnx.Param, nnx.Not(LoRAParam)))):
         key, transpose = hf_key(path)
         module = path_name(path).rsplit(".", 1)[0]
+        is_kernel = path_name(path).endswith(".kernel")
         shape = tuple(var[...].shape[::-1] if transpose else var[...].shape)
 
-        def produce(var=var, module=module, transpose=transpose):
-            w = var[...]
-            if module in mods:
-                w = (w.astype(jnp.float32) + linears[module].lora_delta(adapter)).astype(w.dtype)
+        def produce(var=var, module=module, transpose=transpose, is_kernel=is_kernel):
+            w = effective(module, var[...]) if is_kernel else var[...]
             arr = _to_host(w)
             return (arr.T if transpose else arr).astype(dtype)
 
         specs.append(TensorSpec(key, shape, dtype, produce))
     if model.config.tie_word_embeddings and not tied:
-        # The head got its own adapter: write it as an untied lm_head = embedding^T + delta.
+        # The adapter changed the head: write it as an untied lm_head (from embedding^T or the owned copy).
         emb = model.model.embed_tokens.weight
 
         def head():
-            w = emb[...].T.astype(jnp.float32) + linears["lm_head"].lora_delta(adapter)
+            w = effective("lm_head", emb[...].T.astype(jnp.float32))
             return _to_host(w).T.astype(dtype)
 
         specs.append(TensorSpec("lm_head.weight", tuple(emb[...].shape), dtype, head))

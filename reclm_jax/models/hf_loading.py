@@ -111,15 +111,17 @@ def abstract_model(cfg: LlamaConfig) -> LlamaForCausalLM:
 
 
 def load_llama(model_dir: str | Path, *, mesh: Mesh | None = None, param_dtype: str | None = None,
-               dtype: str = "float32", remat: bool = False, progress: bool = True) -> LlamaForCausalLM:
+               dtype: str = "float32", remat: bool = False, kernels: str = "auto",
+               progress: bool = True) -> LlamaForCausalLM:
     """Builds the model of an HF Llama folder with every parameter on its ``NamedSharding`` of ``mesh``.
 
     ``mesh`` defaults to all devices on the data axis (parameters replicated). ``param_dtype`` defaults to
-    the checkpoint's dtype; ``dtype`` is the compute dtype. Raises ``UserError`` for missing or unexpected
+    the checkpoint's dtype; ``dtype`` is the compute dtype. ``kernels`` ("auto", "xla", "cpu"; see
+    ``kernels.py``) is resolved now and fixed in the model. Raises ``UserError`` for missing or unexpected
     tensors, shape mismatches and unsupported configs, naming the file and tensor.
     """
     model_dir = Path(model_dir)
-    cfg = from_hf_config(model_dir, param_dtype=param_dtype, dtype=dtype, remat=remat)
+    cfg = from_hf_config(model_dir, param_dtype=param_dtype, dtype=dtype, remat=remat, kernels=kernels)
     mesh = mesh if mesh is not None else make_mesh()
     refs = checkpoint_tensors(model_dir)
     graphdef, state = nnx.split(abstract_model(cfg))

@@ -39,7 +39,8 @@ def write_slots(cache: jnp.ndarray, new: jnp.ndarray, end) -> jnp.ndarray:
     """Writes new [B, T, K, H] into cache [B, K, S, H] at slots [end, end + T), in place.
 
     A 16-bit float cache is updated through an unsigned-integer view: XLA:CPU otherwise widens a bf16
-    dynamic-update-slice to f32, copying the whole cache at every decoding step.
+    dynamic-update-slice to f32, copying the whole cache at every decoding step. Done for both ``kernels``
+    choices: elsewhere the bitcasts are free and the update stays in place.
     """
     new = new.transpose(0, 2, 1, 3).astype(cache.dtype)
     if cache.dtype.itemsize == 2 and jnp.issubdtype(cache.dtype, jnp.floating):

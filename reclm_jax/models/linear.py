@@ -4,6 +4,10 @@ The frozen kernel is stored ``[in, out]``; adapter ``name`` adds ``scale * dropo
 A ``[in, r]`` and B ``[r, out]`` (both ``LoRAParam``, so filters can pick exactly what trains). Which
 adapter runs is a plain call argument, so one frozen backbone serves an actor, a critic and the reference
 policy (``adapter=None``) inside the same jitted function.
+
+An adapter can also own a full copy of a layer's kernel (``add_full_copy``; RL's actor fully tunes
+``lm_head``): called with that adapter the layer reads the copy, every other caller the frozen original, so
+training the actor's head cannot move the reference policy or the critic.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from reclm_jax.models.matmul import matmul
+from reclm_jax.models.kernels import linear_dot, resolve_kernels
 
 
 def dropout_keep(key: jax.Array, rate: float, shape: tuple[int, ...]) -> jnp.ndarray:
@@ -29,8 +33,17 @@ def dropout_keep(key: jax.Array, rate: float, shape: tuple[int, ...]) -> jnp.nda
     return jnp.concatenate([(words & 0xFFFF) >= threshold, (words >> 16) >= threshold], axis=-1)
 
 
-class LoRAParam(nnx.Param):
-    """A LoRA factor (A or B); a distinct type so ``nnx.split(model, LoRAParam, ...)`` separates them."""
+class LoRAParam(nnx.LoRAParam):
+    """A parameter that belongs to one adapter: a LoRA factor (A or B) or an owned full kernel.
+
+    A distinct type (flax's own ``nnx.LoRAParam`` underneath, so flax's LoRA filters agree) that lives under
+    its adapter's name in the path, so ``nnx.split(model, LoRAParam, ...)`` separates every adapter parameter
+    from the frozen base and ``lora.adapter_filter(name)`` one adapter's.
+    """
+
+
+class FullKernel(LoRAParam):
+    """An adapter's own full copy of a ``Linear``'s kernel, [in, out] (at ``<module>.full.<adapter>``)."""
 
 
 def normal_init(std: float = 0.02):
@@ -44,20 +57,24 @@ class Linear(nnx.Module):
     """``y = x @ kernel (+ bias) (+ LoRA of the active adapter)``.
 
     ``kernel`` may be absent (``with_kernel=False``): the tied ``lm_head`` then receives the [vocab, hidden]
-    embedding matrix as ``kernel_t=`` at call time but still owns its own LoRA adapters.
+    embedding matrix as ``kernel_t=`` at call time but still owns its own LoRA adapters (and full copies).
+    ``kernels`` ("auto", "xla", "cpu"; see ``kernels.py``) is resolved here and kept as a static attribute.
     """
 
     def __init__(self, in_features: int, out_features: int, *, use_bias: bool = False, param_dtype=jnp.float32,
-                 dtype=jnp.float32, with_kernel: bool = True, uid: int = 0, rngs: nnx.Rngs):
+                 dtype=jnp.float32, with_kernel: bool = True, uid: int = 0, kernels: str = "auto",
+                 rngs: nnx.Rngs):
         self.in_features = in_features
         self.out_features = out_features
         self.dtype = dtype
+        self.kernels = resolve_kernels(kernels)
         self.uid = uid  # folds into the dropout key so each layer draws its own mask
         # nnx.data: the attribute stays a data slot even while None (untie_lm_head fills it later).
         self.kernel = nnx.data(nnx.Param(normal_init()(rngs.params(), (in_features, out_features), param_dtype))
                                if with_kernel else None)
         self.bias = nnx.data(nnx.Param(jnp.zeros((out_features,), param_dtype)) if use_bias else None)
         self.lora = nnx.Dict()
+        self.full = nnx.Dict()  # adapter name -> FullKernel [in, out]
         # ((name, scale, dropout rate), ...): static (part of the graphdef, which jit hashes), so a tuple.
         self.lora_meta: tuple = ()
 
@@ -80,6 +97,20 @@ class Linear(nnx.Module):
         del self.lora[name]
         self.lora_meta = tuple(m for m in self.lora_meta if m[0] != name)
 
+    @property
+    def full_copies(self) -> tuple[str, ...]:
+        """Names of the adapters that own a full copy of this layer's kernel."""
+        return tuple(self.full.keys())
+
+    def add_full_copy(self, name: str, kernel: jnp.ndarray) -> None:
+        """Gives adapter ``name`` its own kernel, initialised to ``kernel`` [in, out] (its dtype kept)."""
+        if kernel.shape != (self.in_features, self.out_features):
+            raise ValueError(f"full kernel must be {(self.in_features, self.out_features)}, got {kernel.shape}")
+        self.full[name] = FullKernel(kernel)
+
+    def remove_full_copy(self, name: str) -> None:
+        del self.full[name]
+
     def lora_delta(self, name: str) -> jnp.ndarray:
         """``scale * A @ B`` in float32 [in, out]: what merging adds to the kernel."""
         scale, _ = self.adapters[name]
@@ -88,15 +119,22 @@ class Linear(nnx.Module):
 
     def __call__(self, x: jnp.ndarray, *, adapter: str | None = None, dropout_rng: jax.Array | None = None,
                  kernel_t: jnp.ndarray | None = None) -> jnp.ndarray:
-        """x [..., in] -> [..., out] in the compute dtype. ``kernel_t``: [out, in], used instead of ``kernel``."""
+        """x [..., in] -> [..., out] in the compute dtype.
+
+        ``kernel_t``: [out, in], used instead of ``kernel`` (the tied head's embedding). An ``adapter`` that owns
+        a full copy uses that copy instead of either.
+        """
         lead = x.shape[:-1]
-        # 2-D matmuls: with a [B, T, in] input XLA:CPU transposes the [B*T, out] gradient before the LoRA
-        # weight-gradient dots (measured: the LoRA SFT step is 18-33% faster flattened).
+        # 2-D matmuls on both kernel paths: with a [B, T, in] input XLA:CPU transposes the [B*T, out] gradient
+        # before the LoRA weight-gradient dots (measured: the LoRA SFT step is 18-33% faster flattened); on
+        # GPUs/TPUs the reshape is free, and one shape keeps dropout masks the same on both paths.
         x = x.reshape(-1, x.shape[-1]).astype(self.dtype)
-        if kernel_t is None:
-            y = matmul(x, self.kernel[...].astype(self.dtype))
+        if adapter is not None and adapter in self.full:
+            y = linear_dot(x, self.full[adapter][...].astype(self.dtype), self.kernels)
+        elif kernel_t is None:
+            y = linear_dot(x, self.kernel[...].astype(self.dtype), self.kernels)
         else:
-            y = matmul(x, kernel_t.astype(self.dtype), transposed=True)
+            y = linear_dot(x, kernel_t.astype(self.dtype), self.kernels, transposed=True)
         if self.bias is not None:
             y = y + self.bias[...].astype(self.dtype)
         if adapter is not None and adapter in self.adapters:
@@ -106,6 +144,6 @@ class Linear(nnx.Module):
             if rate > 0.0 and dropout_rng is not None:
                 keep = dropout_keep(jax.random.fold_in(dropout_rng, self.uid), rate, x.shape)
                 h = jnp.where(keep, x / (1.0 - rate), 0).astype(self.dtype)
-            low = matmul(h, ad["a"][...].astype(self.dtype))
-            y = y + matmul(low, ad["b"][...].astype(self.dtype)) * jnp.asarray(scale, self.dtype)
+            low = linear_dot(h, ad["a"][...].astype(self.dtype), self.kernels)
+            y = y + linear_dot(low, ad["b"][...].astype(self.dtype), self.kernels) * jnp.asarray(scale, self.dtype)
         return y.reshape(*lead, y.shape[-1])

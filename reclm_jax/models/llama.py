@@ -2,9 +2,9 @@
 
 Attribute names mirror HF's module tree (``model.layers.0.self_attn.q_proj``), so a parameter's dotted NNX
 path *is* its HF name up to ``kernel`` (stored transposed, ``[in, out]``) versus ``weight``. Norms and the
-softmax run in float32; matmuls run in ``cfg.dtype`` (accumulated in f32, see ``matmul.py``). Attention goes
-through ``jax.nn.dot_product_attention`` so GPUs can pick a fused kernel, except the cache-free pass on CPU,
-which uses the blocked causal attention of ``attention.py``.
+softmax run in float32; matmuls run in ``cfg.dtype``. ``cfg.kernels`` (resolved when the model is built, see
+``kernels.py``) picks plain XLA dots and ``jax.nn.dot_product_attention`` (GPUs/TPUs: f32 accumulation and
+fused attention kernels of their own) or the XLA:CPU fast paths of ``matmul.py`` and ``attention.py``.
 """
 
 from __future__ import annotations
@@ -16,11 +16,11 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from reclm_jax.models.attention import cached_attention, causal_attention
+from reclm_jax.models.attention import cached_attention
+from reclm_jax.models.kernels import resolve_kernels, self_attention
 from reclm_jax.models.kv_cache import KVCache, write_slots
 from reclm_jax.models.linear import Linear, normal_init
 from reclm_jax.models.llama_config import LlamaConfig
-from reclm_jax.models.matmul import f32_accumulating_dots
 from reclm_jax.models.rope import apply_rope, inverse_frequencies, rope_angles
 from reclm_jax.models.sharding import constrain
 
@@ -60,13 +60,14 @@ class Attention(nnx.Module):
 
         def lin(i, o, slot):
             return Linear(i, o, use_bias=cfg.attention_bias, param_dtype=pd, dtype=dt, uid=layer * 8 + slot,
-                          rngs=rngs)
+                          kernels=cfg.kernels, rngs=rngs)
 
         self.q_proj = lin(d, cfg.num_heads * h, 0)
         self.k_proj = lin(d, cfg.num_kv_heads * h, 1)
         self.v_proj = lin(d, cfg.num_kv_heads * h, 2)
         self.o_proj = lin(cfg.num_heads * h, d, 3)
         self.num_heads, self.num_kv_heads, self.head_dim = cfg.num_heads, cfg.num_kv_heads, h
+        self.kernels = resolve_kernels(cfg.kernels)
 
     def __call__(self, x, cos, sin, mask, kv=None, end=None, adapter=None, rng=None, prefill=False):
         """x [B, T, D]; kv = (keys, values) [B, K, S, H] (the cache layout) or None.
@@ -89,11 +90,8 @@ class Attention(nnx.Module):
             new_kv = (ck, cv)
         if kv is not None and not prefill:
             out = cached_attention(q, ck.astype(q.dtype), cv.astype(q.dtype), mask, scale)
-        elif f32_accumulating_dots():
-            # XLA:CPU: blocked causal attention with bf16-rate products (see models/attention.py).
-            out = causal_attention(q, k, v, mask, scale)
         else:
-            out = jax.nn.dot_product_attention(q, k, v, mask=mask, scale=scale)
+            out = self_attention(q, k, v, mask, scale, self.kernels)
         out = out.reshape(b, t, self.num_heads * self.head_dim)
         return self.o_proj(out, **kw), new_kv
 
@@ -104,7 +102,8 @@ class MLP(nnx.Module):
         d, f = cfg.hidden_size, cfg.intermediate_size
 
         def lin(i, o, slot):
-            return Linear(i, o, use_bias=cfg.mlp_bias, param_dtype=pd, dtype=dt, uid=layer * 8 + slot, rngs=rngs)
+            return Linear(i, o, use_bias=cfg.mlp_bias, param_dtype=pd, dtype=dt, uid=layer * 8 + slot,
+                          kernels=cfg.kernels, rngs=rngs)
 
         self.gate_proj = lin(d, f, 4)
         self.up_proj = lin(d, f, 5)
@@ -140,14 +139,19 @@ class LlamaModel(nnx.Module):
 
 
 class LlamaForCausalLM(nnx.Module):
-    """The full causal LM. Call it with token ids; see ``__call__`` for shapes."""
+    """The full causal LM. Call it with token ids; see ``__call__`` for shapes.
+
+    A config with ``kernels="auto"`` is resolved here (``self.config.kernels`` is "xla" or "cpu").
+    """
 
     def __init__(self, cfg: LlamaConfig, rngs: nnx.Rngs):
+        cfg = cfg.replace(kernels=resolve_kernels(cfg.kernels))
         self.config = cfg
         self.model = LlamaModel(cfg, rngs)
         # Tied models keep an lm_head without a kernel: it reads the embedding but can own LoRA adapters.
         self.lm_head = Linear(cfg.hidden_size, cfg.vocab_size, param_dtype=cfg.jnp_param_dtype, dtype=cfg.jnp_dtype,
-                              with_kernel=not cfg.tie_word_embeddings, uid=(cfg.num_layers + 1) * 8, rngs=rngs)
+                              with_kernel=not cfg.tie_word_embeddings, uid=(cfg.num_layers + 1) * 8,
+                              kernels=cfg.kernels, rngs=rngs)
 
     def __call__(self, tokens: jnp.ndarray, *, attention_mask: jnp.ndarray | None = None,
                  positions: jnp.ndarray | None = None, cache: KVCache | None = None, adapter: str | None = None,

@@ -15,6 +15,7 @@ from typing import Any
 import jax.numpy as jnp
 
 from reclm_jax.errors import UserError
+from reclm_jax.models.kernels import KERNELS, resolve_kernels
 
 SUPPORTED_MODEL_TYPES = ("llama",)
 SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")
@@ -41,7 +42,9 @@ class LlamaConfig:
 
     ``param_dtype`` is how weights are stored; ``dtype`` is the compute dtype of matmuls and activations
     (norms and softmax always run in float32). ``remat`` recomputes each block's activations in the
-    backward pass instead of keeping them.
+    backward pass instead of keeping them. ``kernels`` picks the implementation of products and cache-free
+    attention (``"xla"``, ``"cpu"``, or ``"auto"``, which ``from_hf_config`` and the model's constructor
+    resolve to one of the two when the model is built; see ``kernels.py``).
     """
 
     vocab_size: int
@@ -64,6 +67,7 @@ class LlamaConfig:
     param_dtype: str = "float32"
     dtype: str = "float32"
     remat: bool = False
+    kernels: str = "auto"
 
     def __post_init__(self):
         if self.num_heads % self.num_kv_heads:
@@ -72,6 +76,8 @@ class LlamaConfig:
         for name in ("param_dtype", "dtype"):
             if getattr(self, name) not in _DTYPES:
                 raise UserError(f"{name} must be one of {', '.join(_DTYPES)}, got {getattr(self, name)!r}")
+        if self.kernels not in KERNELS:
+            raise UserError(f"kernels must be one of {', '.join(KERNELS)}, got {self.kernels!r}")
 
     @property
     def jnp_param_dtype(self):
@@ -121,12 +127,13 @@ def _rope_settings(hf: dict, source: str) -> tuple[float, RopeScaling | None]:
 
 
 def from_hf_config(hf: dict | str | Path, *, param_dtype: str | None = None, dtype: str = "float32",
-                   remat: bool = False, source: str | None = None) -> LlamaConfig:
+                   remat: bool = False, kernels: str = "auto", source: str | None = None) -> LlamaConfig:
     """Builds a ``LlamaConfig`` from an HF config dict or a model folder.
 
     ``param_dtype`` defaults to the checkpoint's ``torch_dtype``/``dtype`` when it is one we support,
-    else float32.
+    else float32. ``kernels`` ("auto", "xla", "cpu") is resolved here, so the config holds "xla" or "cpu".
     """
+    kernels = resolve_kernels(kernels)
     if not isinstance(hf, dict):
         source = source or str(Path(hf) / "config.json")
         hf = read_hf_config(hf)
@@ -171,4 +178,5 @@ def from_hf_config(hf: dict | str | Path, *, param_dtype: str | None = None, dty
         param_dtype=param_dtype,
         dtype=dtype,
         remat=remat,
+        kernels=kernels,
     )

@@ -1,7 +1,8 @@
 """LoRA on the Llama linears: pick targets by pattern, attach named adapters, split trainable/frozen, merge.
 
 Several adapters can sit on one frozen backbone (RL uses "actor" and "critic"); the forward pass takes
-``adapter=NAME`` (or None for the reference policy). Module names are HF's (``model.layers.0.mlp.up_proj``,
+``adapter=NAME`` (or None for the reference policy). An adapter that fully tunes a layer (the actor's
+``lm_head``) owns a copy of its kernel instead of training the shared one. Module names are HF's (``model.layers.0.mlp.up_proj``,
 ``lm_head``), so the same patterns work here, in PEFT and in the exported files.
 
 A target pattern matches a module when it equals the module name, is a dotted suffix of it (PEFT's
@@ -86,15 +87,20 @@ def _mesh_of(model: nnx.Module):
     return s.mesh if isinstance(s, NamedSharding) else None
 
 
-def add_lora(model: nnx.Module, cfg: LoraConfig, name: str = "default", *, seed: int = 0,
-             modules: list[str] | None = None) -> list[str]:
-    """Attaches adapter ``name`` to the linears matched by ``cfg.targets`` (or exactly ``modules``).
-
-    A is random, B zero. Parameters are placed on the mesh of the model's weights. Returns the names of
-    the modules that got the adapter.
-    """
+def _check_adapter_name(name: str) -> None:
     if not re.fullmatch(r"[A-Za-z0-9_]+", name):
         raise UserError(f"adapter name {name!r}: use letters, digits and '_' only")
+
+
+def add_lora(model: nnx.Module, cfg: LoraConfig, name: str = "default", *, seed: int = 0,
+             modules: list[str] | None = None, full_tune: tuple[str, ...] = ()) -> list[str]:
+    """Attaches adapter ``name`` to the linears matched by ``cfg.targets`` (or exactly ``modules``).
+
+    A is random, B zero. Parameters are placed on the mesh of the model's weights. ``full_tune`` (patterns
+    as ``targets``, e.g. ``("lm_head",)``) also gives the adapter its own full kernel copies in
+    ``cfg.param_dtype`` (see ``own_full_copy``). Returns the names of the modules that got LoRA factors.
+    """
+    _check_adapter_name(name)
     if cfg.rank <= 0:
         raise UserError(f"LoRA rank must be positive, got {cfg.rank}")
     if not 0.0 <= cfg.dropout < 1.0:
@@ -117,27 +123,75 @@ def add_lora(model: nnx.Module, cfg: LoraConfig, name: str = "default", *, seed:
                 var = lin.lora[name][part]
                 spec_name = f"{mod_name}.lora.{name}.{part}"
                 var.set_value(jax.device_put(var[...], param_sharding(spec_name, var[...].shape, mesh)))
+    if full_tune:
+        own_full_copy(model, name, full_tune, param_dtype=cfg.param_dtype)
     return list(chosen)
+
+
+def base_kernel(model: nnx.Module, module: str) -> jnp.ndarray:
+    """The frozen [in, out] kernel that ``module`` multiplies by (the embedding transposed for a tied head)."""
+    lin = linear_modules(model)[module]
+    if lin.kernel is None:  # only the tied lm_head has none
+        return model.model.embed_tokens.weight[...].T
+    return lin.kernel[...]
+
+
+def own_full_copy(model: nnx.Module, adapter: str, targets: tuple[str, ...],
+                  param_dtype: str | None = None) -> list[str]:
+    """Gives ``adapter`` its own copy of the kernel of every linear matched by ``targets``, in place.
+
+    Called with ``adapter=NAME`` those linears then multiply by the copy (a ``FullKernel`` at
+    ``<module>.full.<adapter>``, selected by ``adapter_filter(adapter)`` and so by ``split_trainable``);
+    ``adapter=None`` and every other adapter keep reading the frozen original. The copy is [in, out] like
+    every kernel: on a tied model ``lm_head``'s starts as the embedding transposed, [hidden, vocab], and
+    costs one more vocab x hidden matrix. ``param_dtype`` defaults to the original's dtype. Returns the
+    module names.
+    """
+    _check_adapter_name(adapter)
+    linears = linear_modules(model)
+    chosen = select_targets(model, tuple(targets))
+    mesh = _mesh_of(model)
+    for mod_name in chosen:
+        lin = linears[mod_name]
+        if adapter in lin.full_copies:
+            raise UserError(f"module {mod_name} already has a full copy for adapter {adapter!r}")
+        w = base_kernel(model, mod_name)
+        # A new buffer, never an alias of the frozen kernel: a train step donates the trainable state.
+        copy = jnp.array(w, dtype=jnp.dtype(param_dtype) if param_dtype else w.dtype, copy=True)
+        if mesh is not None:
+            copy = jax.device_put(copy, param_sharding(f"{mod_name}.full.{adapter}", copy.shape, mesh))
+        lin.add_full_copy(adapter, copy)
+    return chosen
 
 
 def adapter_names(model: nnx.Module) -> list[str]:
     names: list[str] = []
     for lin in linear_modules(model).values():
-        names += [n for n in lin.adapters if n not in names]
+        names += [n for n in (*lin.adapters, *lin.full_copies) if n not in names]
     return names
 
 
 def adapter_modules(model: nnx.Module, name: str) -> dict[str, Linear]:
-    """The linears carrying adapter ``name`` (``UserError`` if there are none)."""
-    found = {k: m for k, m in linear_modules(model).items() if name in m.adapters}
-    if not found:
+    """The linears carrying LoRA factors of adapter ``name`` (``UserError`` if the model has no such adapter).
+
+    Empty when the adapter only owns full kernel copies (see ``full_copy_modules``).
+    """
+    if name not in adapter_names(model):
         raise UserError(f"the model has no LoRA adapter named {name!r} (it has: {adapter_names(model) or 'none'})")
-    return found
+    return {k: m for k, m in linear_modules(model).items() if name in m.adapters}
+
+
+def full_copy_modules(model: nnx.Module, name: str) -> dict[str, Linear]:
+    """The linears in which adapter ``name`` owns a full kernel copy (possibly none)."""
+    return {k: m for k, m in linear_modules(model).items() if name in m.full_copies}
 
 
 def remove_lora(model: nnx.Module, name: str) -> None:
+    """Removes adapter ``name``: its LoRA factors and its full kernel copies."""
     for lin in adapter_modules(model, name).values():
         lin.remove_adapter(name)
+    for lin in full_copy_modules(model, name).values():
+        lin.remove_full_copy(name)
 
 
 def untie_lm_head(model: nnx.Module) -> None:
@@ -154,44 +208,57 @@ def untie_lm_head(model: nnx.Module) -> None:
 
 
 def merge_lora(model: nnx.Module, name: str) -> None:
-    """Folds adapter ``name`` into the base kernels (``W += scale * A @ B``) and removes it, in place.
+    """Folds adapter ``name`` into the base kernels and removes it, in place.
 
-    An ``lm_head`` adapter on a tied model unties it first: the merged head no longer equals the embedding.
+    Each kernel becomes the adapter's full copy where it owns one, else the original, plus
+    ``scale * A @ B`` where it has LoRA factors. An ``lm_head`` adapter on a tied model unties it first: the
+    merged head no longer equals the embedding.
     """
-    mods = adapter_modules(model, name)
-    if "lm_head" in mods:
+    mods, owned = adapter_modules(model, name), full_copy_modules(model, name)
+    if "lm_head" in mods or "lm_head" in owned:
         untie_lm_head(model)
-    for lin in mods.values():
+    for mod_name, lin in linear_modules(model).items():
+        if mod_name not in mods and mod_name not in owned:
+            continue
         w = lin.kernel[...]
-        merged = (w.astype(jnp.float32) + lin.lora_delta(name)).astype(w.dtype)
+        merged = (lin.full[name][...] if mod_name in owned else w).astype(jnp.float32)
+        if mod_name in mods:
+            merged = merged + lin.lora_delta(name)
+        merged = merged.astype(w.dtype)
         if isinstance(getattr(w, "sharding", None), NamedSharding):
             merged = jax.device_put(merged, w.sharding)
         lin.kernel.set_value(merged)
-        lin.remove_adapter(name)
+    remove_lora(model, name)
+
+
+def _owned_by(names: tuple[str, ...]):
+    """Path predicate: the parameter sits under ``lora.<name>`` or ``full.<name>`` for one of ``names``.
+
+    Looks at the adapter slot only, so an adapter called e.g. ``mlp`` does not also select every module
+    named ``mlp`` (``nnx.PathContains`` would).
+    """
+    def pred(path, _value) -> bool:
+        keys = [str(p) for p in path]
+        return any(keys[i] in ("lora", "full") and keys[i + 1] in names for i in range(len(keys) - 1))
+
+    return pred
 
 
 def adapter_filter(*names: str) -> nnx.filterlib.Filter:
-    """Selects the LoRA parameters of the named adapters (all adapters when no name is given)."""
+    """Selects the parameters of the named adapters, LoRA factors and full kernel copies (all adapters'
+    when no name is given)."""
     if not names:
         return LoRAParam
-    return nnx.All(LoRAParam, nnx.Any(*(nnx.PathContains(n) for n in names)))
+    return nnx.All(LoRAParam, _owned_by(names))
 
 
-def split_trainable(model: nnx.Module, adapters: tuple[str, ...] = ("default",), full_tune: tuple[str, ...] = ()):
+def split_trainable(model: nnx.Module, adapters: tuple[str, ...] = ("default",)):
     """``(graphdef, trainable, frozen)`` for a jitted step that differentiates only ``trainable``.
 
-    Trainable = the LoRA parameters of ``adapters`` plus whole parameters whose dotted path starts with
-    one of ``full_tune`` (e.g. ``("lm_head",)`` as RecLM-gen's RL actor). Rebuild with
+    Trainable = the parameters of ``adapters``: their LoRA factors and the full kernel copies they own (an
+    actor that fully tunes ``lm_head`` owns one, see ``own_full_copy``); everything shared stays frozen, so
+    the reference policy (``adapter=None``) and other adapters never move. Rebuild with
     ``nnx.merge(graphdef, trainable, frozen)``.
     """
-    full = [nnx.All(nnx.Param, nnx.Not(LoRAParam), _path_prefix(p)) for p in full_tune]
-    trainable = nnx.Any(adapter_filter(*adapters), *full) if full else adapter_filter(*adapters)
-    graphdef, train_state, frozen_state = nnx.split(model, trainable, ...)
+    graphdef, train_state, frozen_state = nnx.split(model, adapter_filter(*adapters), ...)
     return graphdef, train_state, frozen_state
-
-
-def _path_prefix(prefix: str):
-    def pred(path, _value) -> bool:
-        return path_name(path).startswith(prefix)
-
-    return pred

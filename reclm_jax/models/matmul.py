@@ -3,7 +3,8 @@
 XLA:CPU runs a bf16 x bf16 -> bf16 dot as an f32 dot behind inserted converts, but a bf16 x bf16 -> f32 dot
 with the CPU's bf16 dot-product instructions: about 2x the FLOP rate on this project's AVX512-BF16 machines
 (measured: 154 vs 372 GFLOP/s for [1024, 576] x [576, 1536]). ``matmul`` writes every low-precision product
-that way, gradients included; GPUs and TPUs, which already accumulate bf16 dots in f32, get the plain dot.
+that way, gradients included. It is the ``kernels="cpu"`` product (see ``kernels.py``); GPUs and TPUs, which
+already accumulate bf16 dots in f32, run ``kernels="xla"``'s plain dot.
 """
 
 from __future__ import annotations
@@ -12,11 +13,6 @@ from functools import partial
 
 import jax
 import jax.numpy as jnp
-
-
-def f32_accumulating_dots() -> bool:
-    """Whether low-precision products should be written as bf16 x bf16 -> f32 dots (on XLA:CPU)."""
-    return jax.default_backend() == "cpu"
 
 
 def _dims(transposed: bool):
@@ -54,8 +50,8 @@ def matmul(x: jnp.ndarray, w: jnp.ndarray, transposed: bool = False) -> jnp.ndar
     """x [M, K] @ w [K, N] (w [N, K] when ``transposed``) -> [M, N] in x's dtype, accumulated in f32.
 
     Both operands must have the same dtype. ``transposed`` serves a tied LM head, which contracts the
-    [vocab, hidden] embedding directly rather than materialising its transpose.
+    [vocab, hidden] embedding directly rather than materialising its transpose. f32 operands get the plain dot.
     """
-    if x.dtype != jnp.float32 and f32_accumulating_dots():
+    if x.dtype != jnp.float32:
         return _dot_f32acc(x, w, transposed)
     return jax.lax.dot_general(x, w, _dims(transposed))

@@ -54,8 +54,9 @@ def make_mesh(cfg: MeshConfig = MeshConfig(), devices=None) -> Mesh:
 # (regex on the dotted path, spec for the parameter's dims); first match wins.
 PARTITION_RULES: tuple[tuple[str, tuple], ...] = (
     (r"embed_tokens\.weight$", ("tp", "fsdp")),
-    (r"(q_proj|k_proj|v_proj|gate_proj|up_proj|lm_head)\.kernel$", ("fsdp", "tp")),
-    (r"(o_proj|down_proj)\.kernel$", ("tp", "fsdp")),
+    # An adapter's own full copy (``<module>.full.<adapter>``) is laid out as the kernel it copies.
+    (r"(q_proj|k_proj|v_proj|gate_proj|up_proj|lm_head)\.(kernel|full\.[^.]+)$", ("fsdp", "tp")),
+    (r"(o_proj|down_proj)\.(kernel|full\.[^.]+)$", ("tp", "fsdp")),
     (r"(q_proj|k_proj|v_proj|gate_proj|up_proj|lm_head)\.bias$", ("tp",)),
     (r"(q_proj|k_proj|v_proj|gate_proj|up_proj|lm_head)\.lora\.[^.]+\.a$", ("fsdp", None)),
     (r"(q_proj|k_proj|v_proj|gate_proj|up_proj|lm_head)\.lora\.[^.]+\.b$", (None, "tp")),

@@ -16,6 +16,8 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
+from reclm_jax.models.token_stats import token_logprobs
+
 
 def token_nll(logits: jnp.ndarray, tokens: jnp.ndarray) -> jnp.ndarray:
     """Per-position loss of predicting ``tokens[:, t+1]`` from ``logits[:, t]``.
@@ -56,29 +58,11 @@ def chunked_lm_loss(head: Callable[[jnp.ndarray, jax.Array | None], jnp.ndarray]
                     rng: jax.Array | None = None) -> tuple[jnp.ndarray, jnp.ndarray]:
     """``masked_lm_loss`` without ever materialising [B, T, vocab] logits.
 
-    head(hidden_chunk [B, C, D], rng) -> logits [B, C, vocab]. The sequence is cut into chunks of ``chunk``
-    positions; each chunk's logits are recomputed in the backward pass (``jax.checkpoint``), and chunks without
-    a label token (the prompt) skip the head at run time. Memory: O(B * chunk * vocab) instead of
-    O(B * T * vocab). hidden: [B, T, D]; tokens, loss_mask: [B, T]. Returns fp32 (numerator, denominator).
-
-    The chunks are an unrolled Python loop, not ``lax.scan``: under a scan, JAX would save the head's kernel
-    (closed over) once per iteration for the backward pass.
+    head(hidden_chunk [B, C, D], rng) -> logits [B, C, vocab]. The per-token log-probabilities come from
+    ``models.token_stats.token_logprobs`` in chunks of ``chunk`` positions (logits recomputed in the backward
+    pass, chunks without a label token skip the head). hidden: [B, T, D]; tokens, loss_mask: [B, T].
+    Returns fp32 (numerator, denominator).
     """
-    t = hidden.shape[1]
-    targets = tokens[:, 1:]
     mask = loss_mask[:, 1:].astype(jnp.float32)
-
-    @jax.checkpoint
-    def chunk_nll(h_c, tgt_c, key):
-        logits = head(h_c, key).astype(jnp.float32)
-        logz = jax.nn.logsumexp(logits, axis=-1)
-        return logz - jnp.take_along_axis(logits, tgt_c[..., None], axis=-1)[..., 0]
-
-    parts = []
-    for i, start in enumerate(range(0, t - 1, chunk)):
-        stop = min(start + chunk, t - 1)
-        h_c, tgt_c, m_c = hidden[:, start:stop], targets[:, start:stop], mask[:, start:stop]
-        key = None if rng is None else jax.random.fold_in(rng, i)
-        parts.append(jax.lax.cond(jnp.any(m_c > 0), chunk_nll, lambda h, tg, k: jnp.zeros(tg.shape, jnp.float32),
-                                  h_c, tgt_c, key))
-    return _weighted(jnp.concatenate(parts, axis=1), mask, weighting)
+    logp, _ = token_logprobs(head, hidden, tokens, mask > 0, chunk=chunk, entropy=False, rng=rng)
+    return _weighted(-logp, mask, weighting)

@@ -57,21 +57,24 @@ class Backbone:
 
 
 def load_backbone(settings: ModelSettings, adapters: dict[str, LoraConfig], runtime: Runtime, *, seed: int = 0,
-                  train: tuple[str, ...] | None = None, full_tune: tuple[str, ...] = (),
+                  train: tuple[str, ...] | None = None, full_tune: dict[str, tuple[str, ...]] | None = None,
                   progress: bool = True) -> Backbone:
     """Loads ``settings.path`` onto ``runtime.mesh`` and attaches ``adapters`` (name -> config).
 
-    ``train``: the adapters whose parameters are trainable (default: all of them); ``full_tune``: dotted
-    prefixes of base parameters trained in full as well. Adapter ``i`` draws its initialisation from
-    ``seed + i``, so adding a critic does not change the actor's start.
+    ``train``: the adapters whose parameters are trainable (default: all of them). ``full_tune``: adapter
+    name -> modules (e.g. ``{"actor": ("lm_head",)}``) of which that adapter owns a fully trained copy; the
+    frozen original stays what ``adapter=None`` (the reference policy) and the other adapters read.
+    Adapter ``i`` draws its initialisation from ``seed + i``, so adding a critic does not change the actor's
+    start.
     """
     from reclm_jax.models.hf_loading import load_llama
 
     path = resolve_model_path(settings.path)
     model = load_llama(path, mesh=runtime.mesh, param_dtype=settings.param_dtype, dtype=settings.dtype,
-                       remat=settings.remat, progress=progress and runtime.is_primary)
+                       remat=settings.remat, kernels=settings.kernels, progress=progress and runtime.is_primary)
+    full_tune = full_tune or {}
     for i, (name, cfg) in enumerate(adapters.items()):
-        add_lora(model, cfg, name, seed=seed + i)
+        add_lora(model, cfg, name, seed=seed + i, full_tune=tuple(full_tune.get(name, ())))
     names = tuple(adapters) if train is None else train
-    graphdef, trainable, frozen = split_trainable(model, names, full_tune)
+    graphdef, trainable, frozen = split_trainable(model, names)
     return Backbone(graphdef, trainable, frozen, path, dict(adapters))

@@ -37,7 +37,7 @@ def main(model_dir: str) -> None:
     single = make_mesh(MeshConfig(data=1), devices=jax.devices()[:1])
     sharded_model = load_llama(model_dir, mesh=mesh, progress=False)
     single_model = load_llama(model_dir, mesh=single, progress=False)
-    add_lora(sharded_model, LoraConfig(rank=4, targets=("q_proj", "o_proj")), "actor")
+    add_lora(sharded_model, LoraConfig(rank=4, targets=("q_proj", "o_proj")), "actor", full_tune=("lm_head",))
     specs = {path_name(p): [list(a) if isinstance(a, tuple) else a for a in v[...].sharding.spec]
              for p, v in nnx.to_flat_state(nnx.state(sharded_model))}
     tokens = np.random.default_rng(0).integers(4, 500, (4, 32))

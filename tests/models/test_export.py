@@ -13,19 +13,22 @@ from reclm_jax.errors import UserError
 from reclm_jax.models.adapter_io import save_adapter
 from reclm_jax.models.hf_export import export_merged, plan_shards
 from reclm_jax.models.hf_loading import load_llama
-from reclm_jax.models.lora import ALL_LINEARS, LoraConfig, adapter_modules, add_lora
+from reclm_jax.models.lora import ALL_LINEARS, LoraConfig, adapter_modules, add_lora, full_copy_modules
 
 import jax
 
 TOKENS = np.random.default_rng(4).integers(4, 500, (2, 20))
 
 
-def trained_adapter(model, name="actor", targets=ALL_LINEARS + ("lm_head",)):
+def trained_adapter(model, name="actor", targets=ALL_LINEARS + ("lm_head",), full_tune=()):
     cfg = LoraConfig(rank=4, alpha=8, targets=targets)
-    add_lora(model, cfg, name)
+    add_lora(model, cfg, name, full_tune=full_tune)
     for i, lin in enumerate(adapter_modules(model, name).values()):
         b = lin.lora[name]["b"]
         b.set_value(jax.random.normal(jax.random.key(i), b[...].shape) * 0.05)
+    for i, lin in enumerate(full_copy_modules(model, name).values()):
+        w = lin.full[name]
+        w.set_value(w[...] + jax.random.normal(jax.random.key(100 + i), w[...].shape) * 0.05)
     return cfg
 
 
@@ -36,10 +39,11 @@ def torch_logits(model):
 
 @pytest.fixture(scope="module")
 def smollm2_adapter(tiny_llama_factory, tmp_path_factory):
-    """A tied model with an adapter on every linear and on lm_head, saved; plus the JAX logits."""
+    """A tied model with an adapter on every linear and on lm_head, which it also fully tunes (its own copy),
+    saved; plus the JAX logits."""
     base = tiny_llama_factory("smollm2")
     model = load_llama(base, progress=False)
-    cfg = trained_adapter(model)
+    cfg = trained_adapter(model, full_tune=("lm_head",))
     ckpt = save_adapter(tmp_path_factory.mktemp("ad") / "ckpt", model, "actor", config=cfg, base_model=str(base))
     return base, ckpt, np.asarray(model(TOKENS, adapter="actor").logits)
 
@@ -62,6 +66,8 @@ def test_merged_export_reloads_in_transformers(smollm2_adapter, tmp_path):
     np.testing.assert_allclose(np.asarray(load_llama(out, progress=False)(TOKENS).logits), want, atol=1e-5)
     with pytest.raises(UserError, match="already exists"):
         export_cli.main(["--base", str(base), "--adapter", str(ckpt), "--out", str(out)])
+    with pytest.raises(UserError, match=r"also fully tunes \['lm_head.weight'\]"):
+        export_cli.main(["--base", str(base), "--adapter", str(ckpt), "--out", str(tmp_path / "p"), "--format", "peft"])
 
 
 @pytest.mark.parametrize("variant", ["llama3", "smollm2"])

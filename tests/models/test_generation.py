@@ -1,4 +1,6 @@
-"""KV-cache generation: equals full recomputation, batching is invisible, buckets avoid recompiles."""
+"""KV-cache generation: equals full recomputation, batching is invisible, buckets avoid recompiles.
+
+The consistency tests run with both kernel choices (``xla``: the GPU/TPU path; ``cpu``: XLA:CPU's)."""
 
 import jax
 import jax.numpy as jnp
@@ -12,8 +14,26 @@ from reclm_jax.models.hf_loading import load_llama
 
 
 @pytest.fixture(scope="module")
-def model(tiny_llama_factory):
-    return load_llama(tiny_llama_factory("llama3"), progress=False)
+def models(tiny_llama_factory):
+    """kernels -> the llama3-shaped tiny model built with them (built on first use)."""
+    cache = {}
+
+    def get(kernels: str = "auto"):
+        if kernels not in cache:
+            cache[kernels] = load_llama(tiny_llama_factory("llama3"), kernels=kernels, progress=False)
+        return cache[kernels]
+
+    return get
+
+
+@pytest.fixture(scope="module")
+def model(models):
+    return models()
+
+
+@pytest.fixture(params=["xla", "cpu"])
+def kernel_model(models, request):
+    return models(request.param)
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +42,8 @@ def prompts():
     return [rng.integers(4, 500, n).tolist() for n in (3, 11, 6)]
 
 
-def test_cached_decoding_equals_full_recomputation(model, prompts):
+def test_cached_decoding_equals_full_recomputation(kernel_model, prompts):
+    model = kernel_model
     res = generate(model, prompts, max_new_tokens=12, pad_id=3)
     for i, p in enumerate(prompts):
         seq = np.asarray([p + res.token_lists()[i]])
@@ -34,7 +55,8 @@ def test_cached_decoding_equals_full_recomputation(model, prompts):
         assert (logp[n - 1: seq.shape[1] - 1].argmax(-1) == seq[0, n:]).all()
 
 
-def test_mixed_batch_equals_each_prompt_alone_and_does_not_recompile(model, prompts):
+def test_mixed_batch_equals_each_prompt_alone_and_does_not_recompile(kernel_model, prompts):
+    model = kernel_model
     batch = generate(model, prompts, max_new_tokens=16, pad_id=3)
     for i, p in enumerate(prompts):
         alone = generate(model, [p], max_new_tokens=16, pad_id=3)

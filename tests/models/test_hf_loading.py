@@ -11,13 +11,14 @@ from reclm_jax.errors import UserError
 from reclm_jax.models.hf_loading import load_llama
 
 
-def test_sharded_checkpoint_loads_like_single(tiny_llama_factory):
+@pytest.mark.parametrize("kernels", ["xla", "cpu"])
+def test_sharded_checkpoint_loads_like_single(tiny_llama_factory, kernels):
     single = tiny_llama_factory("llama2")
     sharded = tiny_llama_factory("llama2", shards=3)
     assert (sharded / "model.safetensors.index.json").is_file()
     tokens = np.arange(4, 40).reshape(2, -1)
-    a = np.asarray(load_llama(single, progress=False)(tokens).logits)
-    b = np.asarray(load_llama(sharded, progress=False)(tokens).logits)
+    a = np.asarray(load_llama(single, kernels=kernels, progress=False)(tokens).logits)
+    b = np.asarray(load_llama(sharded, kernels=kernels, progress=False)(tokens).logits)
     np.testing.assert_array_equal(a, b)
 
 
@@ -78,3 +79,8 @@ def test_missing_shard_and_no_weights(tiny_llama_factory, tmp_path):
     (empty / "config.json").write_text(json.dumps({**cfg, "model_type": "gpt2"}))
     with pytest.raises(UserError, match="unsupported model_type 'gpt2'"):
         load_llama(empty, progress=False)
+
+
+def test_bad_kernels_value_names_the_key(tiny_llama_factory):
+    with pytest.raises(UserError, match=r"kernels must be one of auto, xla, cpu, got 'gpu'"):
+        load_llama(tiny_llama_factory("llama2"), kernels="gpu", progress=False)

@@ -1,4 +1,5 @@
-"""Logit and greedy-generation parity with transformers.LlamaForCausalLM on the three tiny model shapes."""
+"""Logit and greedy-generation parity with transformers.LlamaForCausalLM on the three tiny model shapes, with
+both kernel choices (``xla`` is the GPU/TPU path, ``cpu`` the XLA:CPU fast paths; both run here)."""
 
 import numpy as np
 import pytest
@@ -9,16 +10,19 @@ from reclm_jax.models.generation import generate
 from reclm_jax.models.hf_loading import load_llama
 
 VARIANTS = ("llama2", "llama3", "smollm2")
+KERNELS = ("xla", "cpu")
 
 
 def torch_model(d):
     return transformers.LlamaForCausalLM.from_pretrained(d, dtype=torch.float32).eval()
 
 
+@pytest.mark.parametrize("kernels", KERNELS)
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_logits_and_greedy_match_transformers(tiny_llama_factory, variant):
+def test_logits_and_greedy_match_transformers(tiny_llama_factory, variant, kernels):
     d = tiny_llama_factory(variant)
-    model = load_llama(d, progress=False)
+    model = load_llama(d, kernels=kernels, progress=False)
+    assert model.config.kernels == kernels
     ref = torch_model(d)
     rng = np.random.default_rng(0)
     # 300 positions: past llama3's original_max_position_embeddings (256), so the scaled band matters.
@@ -41,13 +45,14 @@ def test_logits_and_greedy_match_transformers(tiny_llama_factory, variant):
         assert g == out[0, len(p):].tolist()
 
 
-def test_remat_and_bf16_run_close(tiny_llama_factory):
+@pytest.mark.parametrize("kernels", KERNELS)
+def test_remat_and_bf16_run_close(tiny_llama_factory, kernels):
     d = tiny_llama_factory("smollm2")
     tokens = np.random.default_rng(1).integers(4, 500, (2, 16))
-    base = np.asarray(load_llama(d, progress=False)(tokens).logits)
-    remat = np.asarray(load_llama(d, remat=True, progress=False)(tokens).logits)
+    base = np.asarray(load_llama(d, kernels=kernels, progress=False)(tokens).logits)
+    remat = np.asarray(load_llama(d, remat=True, kernels=kernels, progress=False)(tokens).logits)
     np.testing.assert_allclose(remat, base, atol=1e-6)
-    bf16 = load_llama(d, param_dtype="bfloat16", dtype="bfloat16", progress=False)
+    bf16 = load_llama(d, param_dtype="bfloat16", dtype="bfloat16", kernels=kernels, progress=False)
     assert bf16.model.layers[0].mlp.up_proj.kernel[...].dtype == np.dtype("bfloat16")
     out = np.asarray(bf16(tokens).logits, np.float32)
     assert np.abs(out - base).max() < 0.05 * np.abs(base).max()

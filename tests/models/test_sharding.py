@@ -31,6 +31,7 @@ def test_mesh_2x2x2_shards_parameters_and_matches_single_device(tiny_llama_facto
     assert s["model.layers.0.input_layernorm.weight"] == [None]
     assert s["model.layers.0.self_attn.q_proj.lora.actor.a"] == ["fsdp", None]
     assert s["model.layers.0.self_attn.o_proj.lora.actor.b"] == [None, "fsdp"]
+    assert s["lm_head.full.actor"] == ["fsdp", "tp"]  # the actor's own head copy is laid out as the head
     assert res["max_diff"] <= 1e-5
     assert res["generate_equal"]
     # the Sampler with an explicit Runtime (mesh active, rows placed): the 1-device tokens, one compile per
@@ -53,3 +54,4 @@ def test_mesh_config_and_indivisible_dims():
     # 3 KV heads x 64 = 192 columns divide by tp=4, a 9-wide dim does not and is replicated
     assert tuple(partition_spec("model.layers.0.self_attn.k_proj.kernel", (576, 192), FakeMesh())) == ("fsdp", "tp")
     assert tuple(partition_spec("model.layers.0.self_attn.k_proj.kernel", (576, 9), FakeMesh())) == ("fsdp", None)
+    assert tuple(partition_spec("model.layers.0.mlp.down_proj.full.actor", (1536, 576), FakeMesh())) == ("tp", "fsdp")
