@@ -63,9 +63,25 @@ def test_category_rate_and_sr_baselines():
     assert row["CategoryRateCorrect"] == 1 and row["SRCategoryRateCorrect"] == 1 and row["RewardSum"] == 4.0
     row = mp.add_sample("SFTTestPersonalCategoryRateEP_30", {**f, "category_count": 3}, out, "x",
                         vague_mapping=False)
-    assert row["CategoryRateCorrect"] == 0 and row["SRCategoryRateCorrect"] == 0  # |1-3| > 1; SR uses ==
+    assert row["CategoryRateCorrect"] == 0 and row["SRCategoryRateCorrect"] == 1  # |1-3| > 1; |2-3| <= 1
     row = lp.add_sample("SFTTestPersonalCategoryRateLP1_20", {**f, "category_count": 5}, [], "x")
     assert row["CategoryRateCorrect"] == 0  # an empty list does not satisfy "less than"
+
+
+def test_sr_category_rate_correct_ep_is_within_one():
+    """B1: the SR baseline of EP tasks uses the same rule as the model's, following ``ad4d270:utils/metrics.py:85``:
+    ``SRCategoryRateCorrect = 1 if abs(SRTargetCategoryRate - input_field_data['category_count']) <= 1 else 0``."""
+    m = Metrics([], INDEX, CATS)
+    out = ["Alpha (1)", "Beta (2)", "Gamma (3)", "Delta (4)"]  # 2 items in X
+    for sr, count, expected in ((["c", "d", "a", "d"], 2, 1),  # SR count 1 vs 2: off by one
+                                (["a", "b", "c", "d"], 3, 1),  # 2 vs 3
+                                (["c", "d", "c", "d"], 2, 0),  # 0 vs 2
+                                (["a", "b", "a", "b"], 2, 0)):  # 4 vs 2
+        f = {"item_count": 4, "sub_sequential": [], "target_category": "X", "category_count": count,
+             "SeqRec_Result": sr}
+        row = m.add_sample("SFTTestPersonalCategoryRateEP_50", f, out, "Alpha (1)", vague_mapping=False)
+        assert row["SRCategoryRateCorrect"] == expected, (sr, count)
+        assert row["CategoryRateCorrect"] == 1  # the model's list: |2 - c| <= 1 for c = 2, 3
 
 
 def test_not_in_candidate_exact_and_original_substring():
