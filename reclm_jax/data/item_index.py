@@ -85,6 +85,23 @@ class ItemIndex:
         return len(self.title2item) == len(self.items)
 
 
+def longest_list_tokens(index: ItemIndex, tokenizer: Any, item_count: int, idx: bool = True) -> int:
+    """Generated tokens needed to write the longest ``item_count``-item list of ``index`` (int).
+
+    The list is the ``item_count`` strings with the most tokens, rendered as a model writes it (``1. A\\n 2. B\\n``,
+    ``idx`` as the prompts' ``--idx``), plus one token per line (a title's tokens can change by one with its
+    position, e.g. the space before it) and one stop token. A validation length at least this long never cuts
+    a correct list (the original decodes up to 1024 tokens in all, at least 512 new: ``sft/trainer.py:157``).
+    """
+    from reclm_jax.data.templates import render_output_list
+
+    titles = list(index.text.values())
+    counts = [len(ids) for ids in tokenizer(titles, add_special_tokens=False)["input_ids"]] if titles else []
+    longest = [titles[j] for j in sorted(range(len(titles)), key=lambda j: -counts[j])[:max(item_count, 0)]]
+    text = render_output_list(longest, "\n", idx)
+    return len(tokenizer(text, add_special_tokens=False)["input_ids"]) + len(longest) + 1
+
+
 def build_item_index(raw: RawDataset, name: str, tokenizer: Any = None) -> ItemIndex:
     """Builds the index ``name`` for ``raw`` (see the module doc); computed names need ``tokenizer``."""
     items = raw.items

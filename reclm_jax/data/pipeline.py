@@ -120,15 +120,34 @@ class Tokenized:
         self.prompt, self.output, self.sample = prompt, output, sample
 
 
+def _truncate_left_keeping_specials(ids: list[int], text: str, tokenizer: Any, added: bool, cap: int) -> list[int]:
+    """The last tokens of the content, with the special tokens around it kept, ``cap`` tokens in all."""
+    if added:  # the tokenizer added its specials: find the content inside them
+        content = tokenizer(text, add_special_tokens=False)["input_ids"]
+        n = len(content)
+        start = next((i for i in range(len(ids) - n + 1) if ids[i:i + n] == content), len(ids) - n)
+        head, tail = ids[:start], ids[start + n:]
+    else:  # the text itself starts with the BOS string
+        bos_id = getattr(tokenizer, "bos_token_id", None)
+        head, tail = (ids[:1] if ids and ids[0] == bos_id else []), []
+        content = ids[len(head):]
+    keep = max(cap - len(head) - len(tail), 0)
+    return (head + content[len(content) - keep:] + tail)[-cap:]
+
+
 def tokenize_sample(sample: dict, tokenizer: Any, cfg: PipelineConfig) -> Tokenized:
     """Prompt: the tokenizer's special tokens (BOS) unless the text already starts with BOS (chat templates that
-    write it), left-truncated to ``max_prompt_length``; output: no special tokens added (the text carries its
-    EOS), right-truncated to ``max_output_length`` (both also capped at their largest bucket)."""
+    write it), left-truncated to ``max_prompt_length`` by cutting the content and keeping the leading BOS /
+    trailing special tokens (HF's left truncation, which the original used); output: no special tokens added (the
+    text carries its EOS), right-truncated to ``max_output_length`` (both also capped at their largest bucket)."""
     text = sample["input_text"]
     bos = getattr(tokenizer, "bos_token", None)
     add = not (bos and text.startswith(bos))
     # The largest bucket is a hard cap too, so every batch has a bucketed shape.
-    prompt = tokenizer(text, add_special_tokens=add)["input_ids"][-min(cfg.max_prompt_length, cfg.prompt_buckets[-1]):]
+    cap = min(cfg.max_prompt_length, cfg.prompt_buckets[-1])
+    prompt = tokenizer(text, add_special_tokens=add)["input_ids"]
+    if len(prompt) > cap:
+        prompt = _truncate_left_keeping_specials(prompt, text, tokenizer, add, cap)
     output = []
     if cfg.with_output:
         cap = min(cfg.max_output_length, cfg.output_buckets[-1])

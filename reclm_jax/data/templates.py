@@ -181,5 +181,8 @@ def remove_index(line: str) -> str:
 
 
 def general_llm_prompt(template: Template, fields: Mapping[str, object], notice: str) -> str:
-    """The flattened single-message prompt the original sends to general LLMs (section 8.4)."""
-    return f"{template.sys} {template.first_turn[0]} {template.instruction(fields)} \n{notice}"
+    """The flattened single-message prompt the original sends to general LLMs (section 8.4).
+
+    Each part is stripped, as the original does when it cuts them out of the rendered llama-2 prompt
+    (``task_test.py:76-84``); the templates' trailing spaces would otherwise give double spaces."""
+    return f"{template.sys.strip()} {template.first_turn[0].strip()} {template.instruction(fields).strip()} \n{notice}"

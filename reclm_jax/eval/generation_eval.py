@@ -13,7 +13,7 @@ import numpy as np
 from flax import nnx
 from tqdm.auto import tqdm
 
-from reclm_jax.data.item_index import ItemIndex
+from reclm_jax.data.item_index import ItemIndex, longest_list_tokens
 from reclm_jax.data.pipeline import PipelineConfig, tokenize_sample
 from reclm_jax.eval.metrics import Metrics
 from reclm_jax.eval.parsing import parse_list
@@ -45,16 +45,21 @@ def validation_sampler(model, tokenizer: Any, *, batch_size: int = 16, runtime=N
 
 def evaluate_generation(sampler_or_model, tokenizer: Any, samples: Sequence[dict], index: ItemIndex,
                         category2item: dict, *, adapter: str | None, batch_size: int = 16,
-                        max_new_tokens: int = 160, max_prompt_length: int = 512, idx: bool = True,
+                        max_new_tokens: int = 0, max_prompt_length: int = 512, idx: bool = True,
                         progress: bool = True, desc: str = "validate") -> tuple[Metrics, list[str]]:
     """Greedy-generates for every sample and returns (metrics, generated texts in sample order).
 
     ``sampler_or_model``: a ``Sampler`` (e.g. ``validation_sampler``'s, kept across validations) or a
     ``LlamaForCausalLM`` / its split, for which one Sampler is built for this validation. ``adapter`` None =
     base weights. Every batch is padded to ``batch_size`` rows, so the last, shorter batch compiles nothing.
+    ``max_new_tokens`` <= 0: the tokens of the longest list the index allows for the samples' largest
+    ``item_count`` (``longest_list_tokens``), so no correct list is cut.
     """
     sampler = sampler_or_model if isinstance(sampler_or_model, Sampler) else \
         validation_sampler(sampler_or_model, tokenizer, batch_size=batch_size)
+    if max_new_tokens <= 0:
+        k = max((int(s["input_field_data"].get("item_count", 0)) for s in samples), default=0)
+        max_new_tokens = longest_list_tokens(index, tokenizer, k, idx)
     cfg = PipelineConfig(max_prompt_length=max_prompt_length, with_output=False,
                          prompt_buckets=PROMPT_BUCKETS)
     prompts = [tokenize_sample(s, tokenizer, cfg).prompt for s in samples]

@@ -8,8 +8,8 @@ Per sample, with k = ``item_count``: ``CorrectCount`` (exactly k lines), then th
   history; -1 without one), ``TargetCategoryRate`` (items in the target category), ``SRTargetCategoryRate``
   (the same over ``SeqRec_Result[:k]``), ``NotInCandidateRate`` (ranking tasks);
 - ``Recall`` (= HR@k), ``MRR``, ``NDCG`` of the target title; ``CategoryRateCorrect`` (MP: count >= c,
-  EP: |count - c| <= 1, LP: count + NonExist <= c) and ``SRCategoryRateCorrect`` (for EP the original uses
-  ``==`` here; kept); ``RewardSum`` (RL: the list reward passed in).
+  EP: |count - c| <= 1, LP: count + NonExist <= c) and ``SRCategoryRateCorrect`` (the same rules on the SR
+  count; LP adds the *output's* NonExist, as the original does); ``RewardSum`` (RL: the list reward passed in).
 
 ``results()`` gives each sum / Count (the original's table); ``ratios()`` gives the count metrics as the mean
 of count / k (a proportion of the list). An empty output counts as a failure (in Count, every hit metric 0,
@@ -62,11 +62,11 @@ def task_metric_names(task: str) -> list[str]:
     return names
 
 
-def _rate_correct(variant: str, in_category: int, non_exist: int, count: int, exact_ep: bool) -> int:
+def _rate_correct(variant: str, in_category: int, non_exist: int, count: int) -> int:
     if variant == "MP":
         return int(in_category >= count)
     if variant == "EP":
-        return int(in_category == count) if exact_ep else int(abs(in_category - count) <= 1)
+        return int(abs(in_category - count) <= 1)
     return int(in_category + non_exist <= count)
 
 
@@ -119,12 +119,10 @@ class Metrics:
             row["SRTargetCategoryRate"] = sum(i in members for i in sr)
             if variant:
                 row["SRCategoryRateCorrect"] = _rate_correct(variant, row["SRTargetCategoryRate"],
-                                                             row["NonExistRate"], input_field_data["category_count"],
-                                                             exact_ep=True)
+                                                             row["NonExistRate"], input_field_data["category_count"])
         if variant:
             row["CategoryRateCorrect"] = 0 if not output_titles else _rate_correct(
-                variant, row["TargetCategoryRate"], row["NonExistRate"], input_field_data["category_count"],
-                exact_ep=False)
+                variant, row["TargetCategoryRate"], row["NonExistRate"], input_field_data["category_count"])
         if "NotInCandidateRate" in names and "candidate_items" in input_field_data:
             if self.candidate_substring:
                 joined = input_field_data.get("candidate_titles", "")

@@ -2,10 +2,12 @@
 
 - ``parse_list``: fine-tuned models (validation, RL, test): strip, split on newlines, strip each line, remove one
   leading ``"<n>. "`` (with ``idx``). Empty lines are dropped (the original kept them as empty titles).
-- ``parse_general_llm``: general LLMs (GPT-3.5, base chat models): one pair of surrounding quotes removed, only
-  lines starting with ``<n>.`` kept, the index removed, the category annotation (the last ``(...)``, ``[...]``
-  or ``, ...`` segment, but never a bare ``(year)`` ending a title) removed for tasks other than SFTTestSeqRec,
-  per-title quotes stripped, empty lines dropped, cut to ``item_count``.
+- ``parse_general_llm``: general LLMs (GPT-3.5, base chat models): one pair of quotes that are the text's very
+  first and last characters removed, only lines starting with ``<n>.`` at column 0 kept (indented ones are
+  dropped, as the original), the index removed, then for tasks other than SFTTestSeqRec the category annotation
+  removed from lines ending in ``)``, ``]`` or ``,`` (as the original; the last ``(...)`` / ``[...]`` segment,
+  never a bare ``(year)``, or a trailing ``, ...,``), per-title quotes stripped, empty lines dropped, cut to
+  ``item_count``.
 """
 
 from __future__ import annotations
@@ -15,9 +17,10 @@ import re
 from reclm_jax.data.templates import remove_index
 
 _STARTS_WITH_INDEX = re.compile(r"^(\d+)\. *")
-# The last "(...)", "[...]" or ", ..." segment; the original's greedy pattern cut from the *first* bracket,
-# which also removed the year inside a title.
-_ANNOTATION = re.compile(r" *(\([^()]*\)|\[[^\[\]]*\]|,[^,]*)$")
+# Fires only on lines ending in ")", "]" or "," (the original's r' *[(,\[](.*)[),\]]$'): the last "(...)" or
+# "[...]" segment, or ", ...," / a lone trailing ",". The original cut from the *first* opener, which also removed
+# the year and the ", The" of titles such as "American President, The (1995)".
+_ANNOTATION = re.compile(r" *(\([^()]*\)|\[[^\[\]]*\]|,[^,]*,|,)$")
 _YEAR = re.compile(r" *\(\d{4}\)")
 
 
@@ -42,8 +45,8 @@ def _unquote(s: str) -> str:
 
 
 def parse_general_llm(text: str, task: str, item_count: int) -> list[str]:
-    raw = _unquote(text.strip())
-    lines = [line.strip() for line in raw.split("\n")]
+    # No strip before either step: the original unquotes the raw text and matches the index on raw lines.
+    lines = _unquote(text).split("\n")
     titles = [remove_index(line).strip() for line in lines if _STARTS_WITH_INDEX.match(line)]
     if task != "SFTTestSeqRec":
         titles = [_drop_annotation(t) for t in titles]

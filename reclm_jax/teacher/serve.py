@@ -112,8 +112,9 @@ def parse_request(body: Any, kind: str, teacher: Teacher, cfg: ServeConfig) -> J
     k = 0
     if kind == "topk":
         k = body.get("k")
-        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= cfg.max_k:
-            raise BadRequest(f"field 'k' must be an integer from 1 to {cfg.max_k}, got {k!r}")
+        # k = 0 is valid: the original's SFTPersonalCategoryRate sends it and gets [[]] (torch.topk(score, 0)).
+        if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k <= cfg.max_k:
+            raise BadRequest(f"field 'k' must be an integer from 0 to {cfg.max_k}, got {k!r}")
         targets = _list(body, "target_category", n, required=False)
         for b, t in enumerate(targets or ()):
             if t is not None and not isinstance(t, str):

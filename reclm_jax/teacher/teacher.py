@@ -168,14 +168,15 @@ class Teacher:
     def topk(self, histories: Sequence[Sequence[str]], k: int,
              target_categories: Sequence[str | None] | None = None,
              candidates: Sequence[Sequence[str] | None] | None = None) -> list[list[str]]:
-        """The k best items per history, as item ids: list of B lists of k strings.
+        """The k best items per history, as item ids: list of B lists of k strings (k = 0: B empty lists,
+        as the original server's ``torch.topk(score, 0)``; the inputs are still checked).
 
         Per row: candidates given -> only those; else "+C" -> items of C; "-C" -> items not in C; None -> all
         items; the latter three exclude every item of the history. When fewer than k items qualify, the
         best remaining items fill the list. Ties go to the lower catalogue index.
         """
-        if not isinstance(k, int) or isinstance(k, bool) or k < 1:
-            raise UserError(f"k must be a positive integer, got {k!r}")
+        if not isinstance(k, int) or isinstance(k, bool) or k < 0:
+            raise UserError(f"k must be a non-negative integer, got {k!r}")
         n = len(histories)
         for name, arg in (("target_categories", target_categories), ("candidates", candidates)):
             if arg is not None and len(arg) != n:
@@ -195,6 +196,8 @@ class Teacher:
                 plus, mask = self._category(target)
                 allowed[b] = mask if plus else self._all & ~mask
             allowed[b, rows[b]] = False
+        if k == 0:
+            return [[] for _ in range(n)]
         n_allowed = allowed.sum(axis=1)
         kk = min(max(MIN_K_BUCKET, 1 << (k - 1).bit_length()), len(self.items) + 1)
         results: list[list[str]] = []

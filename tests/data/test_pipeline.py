@@ -78,3 +78,29 @@ def test_static_mode_cycles_stored_epochs(tiny_tokenizer):
     prompt_only = PipelineConfig(batch_size=8, with_output=False, prompt_buckets=(16,))
     b = next(batch_iterator(StaticSource(epochs, 0), tiny_tokenizer, prompt_only))
     assert b["input_ids"].shape == (8, 16) and b["loss_mask"].sum() == 0
+
+
+def test_left_truncation_keeps_bos(tiny_tokenizer_dir):
+    """B7: the original tokenizes prompts with HF's own left truncation, ``ad4d270:sft/dataset.py:493-497``:
+    ``side_tokenizer(batch_entry['input_text'], 'left', self.tokenizer, padding=True, truncation=True,
+    max_length=self.args.max_token_length, ...)`` (``tokenizer.truncation_side = padding_side``,
+    ``utils/tools.py:58``); a fast tokenizer truncates the content and then adds BOS, so BOS survives."""
+    from tokenizers import processors
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)  # a fresh copy: its post-processor is changed here
+    bos = tok.bos_token_id
+    tok._tokenizer.post_processor = processors.TemplateProcessing(single=f"{tok.bos_token} $A",
+                                                                   special_tokens=[(tok.bos_token, bos)])
+    text = "You are an expert recommender engine. You are a helpful, respectful and honest assistant."
+    content = tok(text, add_special_tokens=False)["input_ids"]
+    assert tok(text)["input_ids"] == [bos] + content and len(content) > 6
+    cfg = PipelineConfig(max_prompt_length=6, with_output=False)
+    got = tokenize_sample({"input_text": text}, tok, cfg).prompt
+    tok.truncation_side = "left"
+    assert got == tok(text, truncation=True, max_length=6)["input_ids"] == [bos] + content[-5:]
+    # Text that already starts with the BOS string (a chat template wrote it) keeps that BOS too.
+    got = tokenize_sample({"input_text": tok.bos_token + text}, tok, cfg).prompt
+    assert got == [bos] + content[-5:]
+    # Short prompts are untouched.
+    assert tokenize_sample({"input_text": "Hi"}, tok, cfg).prompt == tok("Hi")["input_ids"]

@@ -316,7 +316,8 @@ def test_sft_val_tasks_exact(make_ctx, teacher, data):
 def test_sft_test_mode_uses_model_results_and_last_item(make_ctx, teacher, data):
     u0 = data.users[0]
     results = {u0: [data.t(data.seq[u0][0]), "Not A Real Title"]}
-    out = samples(make_ctx, teacher, ["SFT-TestPersonalControlRec"], "test", seqrec_results=results)
+    with pytest.warns(UserWarning, match="teacher"):  # the other users have no stored result
+        out = samples(make_ctx, teacher, ["SFT-TestPersonalControlRec"], "test", seqrec_results=results)
     assert len(out) == len(data.users)
     f = out[0]["input_field_data"]
     assert f["target_item"] == data.seq[u0][-1] and f["sub_sequential"] == data.seq[u0][-11:-1]
@@ -400,3 +401,25 @@ def test_share_chat_gpt(make_ctx, data, share_gpt_file):
     got = {(s["input_text"], s["output_text"]) for s in chats}
     assert got <= allowed and len(got) >= 2
     assert all(s["input_field_data"] == {} for s in chats)
+
+
+def test_test_mode_teacher_fallback_is_flagged(make_ctx, teacher, data):
+    """T1: in the original, test-mode control tasks always read the model's own SeqRec result,
+    ``ad4d270:sft/dataset.py:291-292``: ``SeqRec_Result = self.SFTTestSeqRec_Result[user]`` (no teacher call; a
+    missing result crashes). reclm-jax falls back to the teacher's top-k; it must say so, per sample and once in
+    the output."""
+    u0 = data.users[0]
+    results = {u0: [data.t(data.seq[u0][0])]}
+    tasks = ["SFT-TestPersonalControlRec", "SFTTestPersonalCategoryRateEP_30", "RL-PersonalControlRec"]
+    with pytest.warns(UserWarning, match="teacher"):
+        out = samples(make_ctx, teacher, tasks, "test", seqrec_results=results)
+    for s in out:
+        f = s["input_field_data"]
+        if f["user"] == u0:
+            assert f["SeqRec_Source"] == "model" and f["SeqRec_Result"] == [data.seq[u0][0]]
+        else:  # a user without a stored result: the teacher's list, flagged (was an empty list, unflagged)
+            assert f["SeqRec_Source"] == "teacher"
+            assert f["SeqRec_Result"] == top(teacher, f["sub_sequential"], 10)
+    with pytest.warns(UserWarning, match="teacher"):
+        out = samples(make_ctx, teacher, tasks[:1], "test")  # no results at all
+    assert {s["input_field_data"]["SeqRec_Source"] for s in out} == {"teacher"}

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from reclm_jax.data.chat import ChatFormat, llama2_prompt
-from reclm_jax.data.templates import (GROUPS, INTENTION_MINUS, INTENTION_PLUS, remove_index, render_candidates,
+from reclm_jax.data.templates import (GROUPS, INTENTION_MINUS, INTENTION_PLUS, NOTICE_CONTROL, NOTICE_SEQREC,
+                                      general_llm_prompt, remove_index, render_candidates,
                                       render_history, render_output_list)
 from reclm_jax.errors import UserError
 
@@ -91,3 +92,33 @@ def test_chat_format_errors(tiny_tokenizer):
         ChatFormat("hf")
     with pytest.raises(UserError, match="ShareChatGPT needs a chat template"):
         ChatFormat("none").chat_prompt("s", ["hi"])
+
+
+def _original_flatten(input_text: str, notice: str) -> str:
+    """``ad4d270:task_test.py:76-84`` applied to a rendered llama-2 prompt."""
+    input_text = input_text.split('\n')
+    sub_text1 = input_text[1].strip()
+    sub_text2 = input_text[4].split('[/INST]')[0].strip()
+    sub_text3 = input_text[4].split('[/INST]')[1].split('[INST]')[1].strip()
+    return f'{sub_text1} {sub_text2} {sub_text3} \n{notice}'
+
+
+@pytest.mark.parametrize("group", ["ValSeqRec", "ValSeqRanking", "ValPersonalControlRec", "TestPersonalCategoryRateLP",
+                                   "TestPersonalCategoryRateLP1", "TestPersonalCategoryRateMP",
+                                   "TestPersonalCategoryRateEP"])
+def test_general_llm_prompt_strips_each_part_like_the_original(group):
+    """B2: the original flattens the llama-2 prompt and strips each part, ``ad4d270:task_test.py:76-84``:
+    ``sub_text1 = input_text[1].strip()`` ... ``input_text = f'{sub_text1} {sub_text2} {sub_text3} \\n{sub_text4}'``."""
+    template = GROUPS[group][0]
+    fields = {"history": "'A' \u2192 'B'", "item_count": 10, "candidate_titles": "'A', 'B'", "target_category": "Drama",
+              "synthetic_intention": "I like 'Drama' items. ", "category_proportion": "30%"}
+    notice = NOTICE_SEQREC if group == "ValSeqRec" else NOTICE_CONTROL
+    rendered = ChatFormat("llama-2").rec_prompt(template.sys, template.first_turn, template.instruction(fields))
+    got = general_llm_prompt(template, fields, notice)
+    assert got == _original_flatten(rendered, notice)
+    assert "  " not in got and got.endswith(f" \n{notice}")
+    if group == "ValSeqRec":  # written out: single spaces, one space before the newline
+        assert got == ("You are an expert recommender engine. You need to generate a recommendation list considering "
+                       "user's preference from historical interactions. The historical interactions are provided as "
+                       "follows: 'A' \u2192 'B'. Please generate a recommendation list with 10 different items. \n"
+                       + NOTICE_SEQREC)

@@ -63,9 +63,25 @@ def test_category_rate_and_sr_baselines():
     assert row["CategoryRateCorrect"] == 1 and row["SRCategoryRateCorrect"] == 1 and row["RewardSum"] == 4.0
     row = mp.add_sample("SFTTestPersonalCategoryRateEP_30", {**f, "category_count": 3}, out, "x",
                         vague_mapping=False)
-    assert row["CategoryRateCorrect"] == 0 and row["SRCategoryRateCorrect"] == 0  # |1-3| > 1; SR uses ==
+    assert row["CategoryRateCorrect"] == 0 and row["SRCategoryRateCorrect"] == 1  # |1-3| > 1; |2-3| <= 1
     row = lp.add_sample("SFTTestPersonalCategoryRateLP1_20", {**f, "category_count": 5}, [], "x")
     assert row["CategoryRateCorrect"] == 0  # an empty list does not satisfy "less than"
+
+
+def test_sr_category_rate_correct_ep_is_within_one():
+    """B1: the SR baseline of EP tasks uses the same rule as the model's, following ``ad4d270:utils/metrics.py:85``:
+    ``SRCategoryRateCorrect = 1 if abs(SRTargetCategoryRate - input_field_data['category_count']) <= 1 else 0``."""
+    m = Metrics([], INDEX, CATS)
+    out = ["Alpha (1)", "Beta (2)", "Gamma (3)", "Delta (4)"]  # 2 items in X
+    for sr, count, expected in ((["c", "d", "a", "d"], 2, 1),  # SR count 1 vs 2: off by one
+                                (["a", "b", "c", "d"], 3, 1),  # 2 vs 3
+                                (["c", "d", "c", "d"], 2, 0),  # 0 vs 2
+                                (["a", "b", "a", "b"], 2, 0)):  # 4 vs 2
+        f = {"item_count": 4, "sub_sequential": [], "target_category": "X", "category_count": count,
+             "SeqRec_Result": sr}
+        row = m.add_sample("SFTTestPersonalCategoryRateEP_50", f, out, "Alpha (1)", vague_mapping=False)
+        assert row["SRCategoryRateCorrect"] == expected, (sr, count)
+        assert row["CategoryRateCorrect"] == 1  # the model's list: |2 - c| <= 1 for c = 2, 3
 
 
 def test_not_in_candidate_exact_and_original_substring():
@@ -93,6 +109,32 @@ def test_parse_fine_tuned_and_general_outputs():
     assert parse_list("") == []
     text = ('"Here you go:\n1. \'Heat (1995)\' (Crime)\n2. Fargo (1996) [Drama]\nSure!\n3. Casino (1995), Crime\n'
             '4. Toy Story (1995)\n5. Babe (1995)"')
+    # "Casino (1995), Crime" does not end in ")", "]" or ",": kept whole, as the original (B3).
     assert parse_general_llm(text, "SFT+TestPersonalControlRec", 4) == ["Heat (1995)", "Fargo (1996)",
-                                                                        "Casino (1995)", "Toy Story (1995)"]
+                                                                        "Casino (1995), Crime", "Toy Story (1995)"]
     assert parse_general_llm("1. Alpha (1)\n2. Beta (2)", "SFTTestSeqRec", 10) == ["Alpha (1)", "Beta (2)"]
+
+
+def test_general_llm_annotation_needs_a_closing_character():
+    r"""B3: the original strips an annotation only from lines that end in ")", "," or "]",
+    ``ad4d270:task_test.py:122``: ``ts = [re.sub(r' *[(,\[](.*)[),\]]$', '', _) for _ in ts]``. (Where it fires,
+    reclm-jax removes only the last segment and never a bare "(year)": documented in docs/differences.md.)"""
+    task = "SFT+TestPersonalControlRec"
+    text = ("1. Crouching Tiger, Hidden Dragon\n2. Casino (1995), Crime\n3. Toy Story, Animation,\n"
+            "4. Heat (1995),\n5. American President, The (Comedy)\n6. Fargo (1996) [Drama]")
+    assert parse_general_llm(text, task, 10) == ["Crouching Tiger, Hidden Dragon", "Casino (1995), Crime",
+                                                 "Toy Story", "Heat (1995)", "American President, The",
+                                                 "Fargo (1996)"]
+    # SFTTestSeqRec titles are never cut (``if args.SFT_test_task != 'SFTTestSeqRec'``, task_test.py:121).
+    assert parse_general_llm("1. Toy Story, Animation,", "SFTTestSeqRec", 10) == ["Toy Story, Animation,"]
+
+
+def test_general_llm_drops_indented_lines_and_unquotes_before_stripping():
+    r"""B4: the original matches the index on the raw, unstripped lines, ``ad4d270:task_test.py:119-120``:
+    ``ts = raw_output.split('\n')`` then ``... for _ in ts if match_idx(_)]`` with ``re.match(r'^(\d+)\. *', s)``,
+    and removes surrounding quotes without stripping first (``task_test.py:116``:
+    ``if raw_output[0] == raw_output[-1] == '"' ...: raw_output = raw_output[1:-1]``)."""
+    assert parse_general_llm("1. A\n 2. B\n\t3. C\n4. D", "SFTTestSeqRec", 10) == ["A", "D"]
+    # Quotes are removed only when they are the very first and last characters.
+    assert parse_general_llm(' "1. A\n2. B"', "SFTTestSeqRec", 10) == ['B"']
+    assert parse_general_llm('"1. A\n2. B"', "SFTTestSeqRec", 10) == ["A", "B"]

@@ -28,6 +28,13 @@ def test_client_matches_teacher_in_batches(teacher, service, tiny_dataset_dir):
     assert client.health()["items"] == len(teacher.items)
 
 
+def test_client_k_zero(teacher, service):
+    """B8: k = 0 is part of the original protocol (``ad4d270:sft/dataset.py:163-166`` sends it;
+    ``ad4d270:unirec/asyc_server.py:69`` answers ``torch.topk(score, 0)``, an empty list)."""
+    client = TeacherClient(port=service.port, retries=0)
+    assert client.topk([["1", "2"], ["3"]], 0, ["-Drama", None]) == [[], []] == teacher.topk([["1", "2"], ["3"]], 0)
+
+
 def test_primary_down_falls_back_to_backup(teacher, service):
     dead = f"127.0.0.1:{free_port()}"  # nothing listens there
     client = TeacherClient(port=service.port, backup_ip=[dead, "127.0.0.1"], retries=0, timeout=5)

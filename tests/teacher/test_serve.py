@@ -87,7 +87,7 @@ BAD = [
     ("/inference", {"item_lists": [["1"]], "k": 5, "target_category": ["+Western"]}, "unknown category 'Western'"),
     ("/inference", {"item_lists": [["1"]], "k": 5, "target_category": ["Drama"]}, "'+<category>'"),
     ("/inference", {"item_lists": [["1"] * 2000], "k": 5}, "at most 1024"),
-    ("/inference", {"item_lists": [["1"]], "k": 0}, "'k'"),
+    ("/inference", {"item_lists": [["1"]], "k": -1}, "'k'"),
     ("/inference", {"item_lists": [["1"]], "k": "ten"}, "'k'"),
     ("/inference", {"item_lists": [["1", "2"]], "item_lengths": [3], "k": 5}, "item_lengths[0]"),
     ("/inference", {"item_lists": [["1"], ["2"]], "users": ["u1"], "k": 5}, "'users' has 1 entries"),
@@ -108,6 +108,20 @@ def test_bad_requests_get_400_with_a_message_and_the_server_keeps_serving(servic
     assert needle in r.json()["error"]
     ok = httpx.post(service.url + "/inference", json={"item_lists": [["1", "2"]], "k": 3})
     assert ok.status_code == 200 and len(ok.json()["inference"][0]) == 3
+
+
+def test_k_zero_is_answered_with_empty_lists(service):
+    """B8: the original protocol sends k = 0 (``ad4d270:sft/dataset.py:163-166``, the in/out-of-category counts of
+    SFTPersonalCategoryRate can be 0) and its server answers ``torch.topk(score, batched_data['k'])``
+    (``ad4d270:unirec/asyc_server.py:69``), i.e. ``[[]]``; the client asserts ``response.status_code == 200``
+    (``ad4d270:utils/tools.py:110``)."""
+    body = {"users": ["u1"], "item_lengths": [2], "k": 0, "item_lists": [["1", "2"]], "immediately": 1,
+            "target_category": ["+Drama"]}  # what the original's get_item_list sends
+    r = httpx.post(service.url + "/inference", json=body)
+    assert r.status_code == 200 and r.json() == {"inference": [[]]}
+    body = {"item_lists": [["1"], ["2"]], "k": 0, "immediately": 0}  # queued with company
+    r = httpx.post(service.url + "/inference", json=body)
+    assert r.status_code == 200 and r.json() == {"inference": [[], []]}
 
 
 def test_full_queue_gets_503(teacher):

@@ -102,7 +102,8 @@ def test_same_bucket_does_not_recompile(teacher, histories):
     (lambda t: t.topk([["1"]], 5, target_categories=["Drama"]), "'Drama'"),
     (lambda t: t.topk([["1"]], 5, candidates=[["1", "zzz"]]), "'zzz'"),
     (lambda t: t.ranking([["1"]], [["xx"]]), "'xx'"),
-    (lambda t: t.topk([["1"]], 0), "k must be"),
+    (lambda t: t.topk([["1"]], -1), "k must be"),
+    (lambda t: t.topk([["nope"]], 0), "'nope'"),  # k = 0 still checks its inputs
     (lambda t: t.topk([["1"], ["2"]], 5, target_categories=["+Drama"]), "target_categories"),
 ])
 def test_unknown_inputs_raise_user_error(teacher, call, needle):
@@ -114,3 +115,11 @@ def test_k_larger_than_catalogue(teacher):
     r = teacher.topk([["1"]], 100)[0]
     assert len(r) == len(teacher.items) and set(r) == set(teacher.items)
     assert r[-1] == "1"  # the history item only fills at the very end
+
+
+def test_k_zero_gives_empty_lists(teacher):
+    """B8: the original server answers k = 0 with an empty list, ``ad4d270:unirec/asyc_server.py:69``:
+    ``top_k_indices = torch.topk(score, batched_data['k']).indices`` (topk(score, 0) is empty); its
+    SFTPersonalCategoryRate asks for k = 0 when a count is 0 (``ad4d270:sft/dataset.py:163-166``)."""
+    assert teacher.topk([["1", "2"], ["3"]], 0, target_categories=["+Drama", "-Comedy"]) == [[], []]
+    assert teacher.topk([["1"]], 0, candidates=[["2", "3"]]) == [[]]

@@ -9,6 +9,7 @@ round of queries becomes a single ``Teacher.topk`` call.
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from typing import Any, Generator, Mapping, Sequence
 
 import numpy as np
@@ -163,8 +164,20 @@ class TaskContext:
         return cands
 
     def seqrec_result(self, user: str) -> list[str] | None:
-        """Test mode: the model's SeqRec titles mapped to items (``'None'`` when unknown), or None if absent."""
-        if self.seqrec_results is None:
+        """Test mode: the model's SeqRec titles mapped to items (``'None'`` when unknown), or None when no result
+        is stored for ``user`` (the builders then use the teacher and flag it: ``note_seqrec_source``)."""
+        titles = None if self.seqrec_results is None else self.seqrec_results.get(user)
+        if titles is None:
             return None
-        titles = self.seqrec_results.get(user) or []
         return [self.index.item_of(t) or "None" for t in titles]
+
+    @staticmethod
+    def note_seqrec_source(fields: dict, from_model: bool) -> None:
+        """Test mode: records where ``SeqRec_Result`` came from (``SeqRec_Source``: "model" or "teacher"); the
+        teacher fallback is not in the original (which crashes without the model's result), so it is announced."""
+        fields["SeqRec_Source"] = "model" if from_model else "teacher"
+        if not from_model:
+            # A fixed message: Python shows it once, however many samples fall back.
+            warnings.warn("test mode: a user has no stored SeqRec result of the model; its SeqRec_Result (SR "
+                          "baselines, I1-/LP categories) comes from the teacher, which the original never does. "
+                          "Such samples carry SeqRec_Source='teacher'.", UserWarning, stacklevel=2)

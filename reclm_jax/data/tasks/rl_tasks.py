@@ -1,7 +1,8 @@
 """RL tasks (section 7): prompt-only samples whose ``output_text`` is the target title.
 
 ``item_count`` is ``U{topk//2+1..topk}`` in train and ``topk`` in val/test. ``SeqRec_Result`` is the teacher's
-top-``item_count`` (train/val) or the model's own RLSeqRec output in test when given.
+top-``item_count`` (train/val) or the model's own RLSeqRec output in test when given (else the teacher's, flagged by
+``SeqRec_Source``).
 """
 
 from __future__ import annotations
@@ -34,9 +35,10 @@ def _base(ctx: TaskContext, datum: Datum, rng: np.random.Generator):
     return fields, hist, target, k
 
 
-def _result(ctx: TaskContext, datum: Datum, hist: list[str], k: int):
+def _result(ctx: TaskContext, datum: Datum, hist: list[str], k: int, fields: dict):
     if datum.mode == "test":
         result = ctx.seqrec_result(datum.key)
+        ctx.note_seqrec_source(fields, result is not None)
         if result is not None:
             return result
     (top,) = yield [ctx.query(datum, hist, k)]
@@ -55,7 +57,7 @@ def rl_control(ctx: TaskContext, datum: Datum, rng: np.random.Generator) -> Buil
     """RL+: C = a random category of the target (train) or its last one; RL-: C among the non-target
     categories counted at least min(2, max) times in SeqRec_Result (train) or the most frequent (last of ties)."""
     fields, hist, target, k = _base(ctx, datum, rng)
-    result = yield from _result(ctx, datum, hist, k)
+    result = yield from _result(ctx, datum, hist, k, fields)
     plus = datum.task == "RL+PersonalControlRec"
     train = datum.mode == "train"
     if plus:
@@ -79,7 +81,7 @@ def rl_category_rate(ctx: TaskContext, datum: Datum, rng: np.random.Generator) -
     train = datum.mode == "train"
     if not train and p is None:
         raise UserError(f"task {datum.task!r}: val/test CategoryRate tasks need a percentage, e.g. {datum.task}_30")
-    result = yield from _result(ctx, datum, hist, k)
+    result = yield from _result(ctx, datum, hist, k, fields)
     if variant in ("MP", "EP"):
         own = ctx.item2category.get(target) or [None]
         category = choice(rng, own) if train else ctx.last_category(target)

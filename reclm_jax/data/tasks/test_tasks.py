@@ -3,7 +3,7 @@ per task, and the target title as the only "label" (used for Recall/NDCG).
 
 ``SeqRec_Result`` (the unconstrained list the control metrics compare against) is the teacher's top-topk in
 val; in test it is the model's own ``SFTTestSeqRec`` output when given (``TaskContext.seqrec_results``), else
-the teacher's list.
+the teacher's list (not in the original; flagged by ``SeqRec_Source`` and a warning).
 """
 
 from __future__ import annotations
@@ -29,10 +29,12 @@ def parse_rate_task(task: str) -> tuple[str, int]:
     return m.group(1), int(m.group(2))
 
 
-def _seqrec_result(ctx: TaskContext, datum: Datum, hist: list[str]):
-    """Yields a teacher round unless test-mode model results exist; returns the item list."""
+def _seqrec_result(ctx: TaskContext, datum: Datum, hist: list[str], fields: dict):
+    """Yields a teacher round unless test-mode model results exist; returns the item list (test mode: the
+    source is noted in ``fields``)."""
     if datum.mode == "test":
         result = ctx.seqrec_result(datum.key)
+        ctx.note_seqrec_source(fields, result is not None)
         if result is not None:
             return result
     (top,) = yield [ctx.query(datum, hist, ctx.s.topk)]
@@ -67,7 +69,7 @@ def test_personal_control_rec(ctx: TaskContext, datum: Datum, rng: np.random.Gen
     (last of ties)."""
     template = GROUPS["ValPersonalControlRec"][0]
     fields, hist, target, _ = ctx.user_fields(datum, None)
-    result = yield from _seqrec_result(ctx, datum, hist)
+    result = yield from _seqrec_result(ctx, datum, hist, fields)
     plus = datum.task == "SFT+TestPersonalControlRec"
     category = ctx.last_category(target) if plus else ctx.max_categories(result, target)[-1]
     intention = choice(rng, INTENTION_PLUS if plus else INTENTION_MINUS)
@@ -83,7 +85,7 @@ def test_personal_category_rate(ctx: TaskContext, datum: Datum, rng: np.random.G
     variant, p = parse_rate_task(datum.task)
     template = GROUPS[f"TestPersonalCategoryRate{variant}"][0]
     fields, hist, target, _ = ctx.user_fields(datum, None)
-    result = yield from _seqrec_result(ctx, datum, hist)
+    result = yield from _seqrec_result(ctx, datum, hist, fields)
     if variant in ("LP", "LP1"):
         category = ctx.max_categories(result, target)[-1]
     else:
