@@ -94,11 +94,11 @@ def test_default_val_length_is_automatic(tiny_tokenizer_dir, monkeypatch):
         def token_lists(self):
             return [[] for _ in range(self.n)]
 
-    def fake_generate(model, prompts, *, max_new_tokens, **kw):
+    def fake_sampler(prompts, *, max_new_tokens, **kw):
         seen.setdefault("max_new_tokens", set()).add(max_new_tokens)
         return Result(len(prompts))
 
-    monkeypatch.setattr(generation_eval, "generate", fake_generate)
+    monkeypatch.setattr(generation_eval, "validation_sampler", lambda *a, **kw: fake_sampler)
     samples = [{"task": "SFTTestItemCount", "input_text": "Hi", "output_text": titles[0],
                 "input_field_data": {"item_count": k, "target_category": None}} for k in (11, 15, 12)]
     generation_eval.evaluate_generation(None, tok, samples, index, {}, adapter=None, max_new_tokens=0,
