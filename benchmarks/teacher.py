@@ -36,7 +36,7 @@ def build_standin(root: Path, n_users: int = 6040, n_items: int = 3706, n_cats: 
     from flax import nnx
 
     from reclm_jax.config import save_config
-    from reclm_jax.data.raw import write_raw
+    from reclm_jax.datasets.raw import write_raw
     from reclm_jax.teacher.checkpoint import ITEMS_FILE, save_params, write_json
     from reclm_jax.teacher.config import TeacherConfig
     from reclm_jax.teacher.sasrec import SASRec
@@ -140,7 +140,7 @@ def main() -> None:
     p.add_argument("--out", default=None, help="also write the results as JSON here")
     a = p.parse_args()
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
-    from reclm_jax.data.raw import load_raw
+    from reclm_jax.datasets.raw import load_raw
     from reclm_jax.teacher.checkpoint import load_run_config
     from reclm_jax.teacher.teacher import Teacher
 

@@ -12,8 +12,9 @@ from reclm_jax.config import load_config
 from reclm_jax.models.hf_loading import load_llama
 from reclm_jax.models.lora import LoraConfig, add_lora, split_trainable
 from reclm_jax.models.sharding import make_mesh
+from reclm_jax.models.tokenizer import load_tokenizer
 from reclm_jax.sft.config import SFTConfig
-from reclm_jax.sft.data import SFTData, load_tokenizer, stack_micro_batches
+from reclm_jax.sft.data import SFTData, stack_micro_batches
 from reclm_jax.sft.optim import OptimConfig, make_optimizer
 from reclm_jax.sft.step import Batch, make_train_step, state_shardings_of
 
