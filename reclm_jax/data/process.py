@@ -25,6 +25,7 @@ from reclm_jax.data.chat import CHAT_FORMATS
 from reclm_jax.data.samples import SampleBuilder
 from reclm_jax.data.task_setup import build_task_context
 from reclm_jax.data.tasks import TaskContext, TaskSettings
+from reclm_jax.data.teacher_protocol import TeacherLike
 from reclm_jax.errors import UserError
 from reclm_jax.models.tokenizer import load_tokenizer
 from reclm_jax.teacher.connect import DEFAULT_PORT, connect_teacher
@@ -94,7 +95,7 @@ def build_context(args: argparse.Namespace, tokenizer: Any) -> TaskContext:
     return ctx
 
 
-def make_teacher(args: argparse.Namespace, ctx: TaskContext) -> Any:
+def make_teacher(args: argparse.Namespace, ctx: TaskContext) -> TeacherLike | None:
     """The in-process teacher (``--teacher_checkpoint``) or the service's client (``--teacher_port``, default
     12621, at ``--backup_ip``)."""
     port = args.teacher_port if args.teacher_port is not None else 0 if args.teacher_checkpoint else DEFAULT_PORT
