@@ -17,10 +17,9 @@ import time
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-from reclm_jax.data.chat import ChatFormat  # noqa: E402
-from reclm_jax.data.item_index import load_dataset  # noqa: E402
 from reclm_jax.data.samples import SampleBuilder  # noqa: E402
-from reclm_jax.data.tasks import TaskContext, TaskSettings  # noqa: E402
+from reclm_jax.data.task_setup import build_task_context  # noqa: E402
+from reclm_jax.data.tasks import TaskSettings  # noqa: E402
 
 TASKS = "SFTSeqRec,SFTSeqRecPALR,SFTPersonalControlRec,SFTControlRec,SFTControlRec_re,SFTPersonalCategoryRate," \
         "SFTCategoryRate"
@@ -30,7 +29,7 @@ def make_teacher(raw, checkpoint: str | None, data_path: str):
     from reclm_jax.teacher.teacher import Teacher
 
     if checkpoint:
-        return Teacher.from_checkpoint(checkpoint, data_path), "trained"
+        return Teacher.from_checkpoint(checkpoint, data_path, dataset=raw), "trained"
     from flax import nnx
 
     from reclm_jax.teacher.config import SASRecConfig
@@ -72,10 +71,10 @@ def main() -> None:
     p.add_argument("--http_samples", type=int, default=2000, help="samples built one request per sample")
     a = p.parse_args()
 
-    raw, index = load_dataset(a.data_path, "title")
+    ctx, _ = build_task_context(a.data_path, "title", None, "llama-2", TaskSettings())
+    raw = ctx.raw
     teacher, kind = make_teacher(raw, a.teacher_checkpoint, a.data_path)
     teacher.warmup(a.chunk * 2, ks=(10, 12))
-    ctx = TaskContext(raw, index, TaskSettings(), ChatFormat("llama-2"), "</s>")
     tasks = a.tasks.split(",")
     builder = SampleBuilder(ctx, tasks, "train", teacher, seed=0)
     n = len(builder)

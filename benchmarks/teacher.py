@@ -36,8 +36,9 @@ def build_standin(root: Path, n_users: int = 6040, n_items: int = 3706, n_cats: 
     from flax import nnx
 
     from reclm_jax.config import save_config
-    from reclm_jax.data.raw import write_raw
-    from reclm_jax.teacher.checkpoint import ITEMS_FILE, save_params, write_json
+    from reclm_jax.datasets.raw import write_raw
+    from reclm_jax.atomic import write_json_atomic
+    from reclm_jax.teacher.checkpoint import ITEMS_FILE, save_params
     from reclm_jax.teacher.config import TeacherConfig
     from reclm_jax.teacher.sasrec import SASRec
 
@@ -54,7 +55,7 @@ def build_standin(root: Path, n_users: int = 6040, n_items: int = 3706, n_cats: 
     run = root / "run"
     cfg = TeacherConfig(data_path=str(data), output_dir=str(run))
     save_config(cfg, run)
-    write_json(run / ITEMS_FILE, items)
+    write_json_atomic(run / ITEMS_FILE, items)
     save_params(SASRec(n_items, cfg.model, nnx.Rngs(0)), run)
     return run
 
@@ -140,7 +141,7 @@ def main() -> None:
     p.add_argument("--out", default=None, help="also write the results as JSON here")
     a = p.parse_args()
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
-    from reclm_jax.data.raw import load_raw
+    from reclm_jax.datasets.raw import load_raw
     from reclm_jax.teacher.checkpoint import load_run_config
     from reclm_jax.teacher.teacher import Teacher
 

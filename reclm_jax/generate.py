@@ -44,17 +44,13 @@ def main(argv=None) -> int:
         raise UserError(f"--model {model_dir}: no such directory")
     if args.max_new_tokens < 1:
         raise UserError("--max-new-tokens must be at least 1")
-    from transformers import AutoTokenizer
-
     from reclm_jax.models.adapter_io import load_adapter
     from reclm_jax.models.generation import MAX_STOP_IDS, SamplingConfig, generate
     from reclm_jax.models.hf_loading import load_llama
     from reclm_jax.models.special_tokens import resolve_pad_id
+    from reclm_jax.models.tokenizer import load_tokenizer
 
-    try:
-        tok = AutoTokenizer.from_pretrained(model_dir)
-    except (OSError, ValueError) as e:
-        raise UserError(f"--model {model_dir}: cannot load its tokenizer ({e})") from None
+    tok = load_tokenizer(model_dir, key="--model")
     if args.chat:
         if not tok.chat_template:
             raise UserError(f"--chat: the tokenizer in {model_dir} has no chat template")

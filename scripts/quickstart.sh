@@ -37,7 +37,7 @@ start=$(date +%s)
 stamp() { echo "[$(( $(date +%s) - start ))s] $*"; }
 
 stamp "== [1/5] dataset: $DATASET -> $DATA_DIR"
-python -m reclm_jax.data.prepare --dataset "$DATASET" --out "$DATA_DIR"
+python -m reclm_jax.datasets.prepare --dataset "$DATASET" --out "$DATA_DIR"
 echo
 stamp "== [2/5] model: SmolLM2-135M-Instruct -> $MODEL_DIR"
 python -m reclm_jax.models.fetch smollm2-135m-instruct --out "$MODEL_DIR"

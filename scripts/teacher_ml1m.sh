@@ -11,7 +11,7 @@ DATA=${1:-data/ml-1m}
 OUT=${2:-runs/teacher_ml1m}
 shift $(( $# < 2 ? $# : 2 ))
 if [ ! -f "$DATA/sequential.pickle" ]; then
-  "$PY" -m reclm_jax.data.prepare --dataset ml-1m --out "$DATA"
+  "$PY" -m reclm_jax.datasets.prepare --dataset ml-1m --out "$DATA"
 fi
 start=$(date +%s)
 "$PY" -m reclm_jax.teacher.train --config configs/teacher_ml1m.yaml data_path="$DATA" output_dir="$OUT" "$@"

@@ -17,7 +17,7 @@ import re
 from pathlib import Path
 from typing import Any, Sequence
 
-from reclm_jax.data.raw import ID_INDEXES, RawDataset, load_raw
+from reclm_jax.datasets.raw import ID_INDEXES, RawDataset, load_raw, read_raw_files
 from reclm_jax.errors import UserError
 
 _COMPUTED = re.compile(r"^title(\d+)?(_t)?$")
@@ -130,11 +130,13 @@ def build_item_index(raw: RawDataset, name: str, tokenizer: Any = None) -> ItemI
 
 def load_dataset(path: str | Path, item_index: str = "title", tokenizer: Any = None,
                  require_ranking_candidates: bool = False) -> tuple[RawDataset, ItemIndex]:
-    """Loads the raw folder and builds its item index; computed indexes are derived from ``title``."""
+    """Loads the raw folder (its pickles are read once) and builds its item index; computed indexes are
+    derived from ``title``."""
+    files = read_raw_files(path, require_ranking_candidates)
     try:
-        raw = load_raw(path, item_index=item_index, require_ranking_candidates=require_ranking_candidates)
+        raw = load_raw(path, item_index=item_index, files=files)
     except UserError:
         if computed_index_spec(item_index) is None:
             raise
-        raw = load_raw(path, item_index="title", require_ranking_candidates=require_ranking_candidates)
+        raw = load_raw(path, item_index="title", files=files)
     return raw, build_item_index(raw, item_index, tokenizer)

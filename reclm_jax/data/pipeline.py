@@ -29,8 +29,10 @@ from typing import Any, Sequence
 import grain
 import numpy as np
 
+from reclm_jax.buckets import bucket
 from reclm_jax.data.samples import SampleBuilder
 from reclm_jax.errors import UserError
+from reclm_jax.models.tokenizer import pad_token_id
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,13 +106,6 @@ def load_static(path: str | Path) -> list[list[dict]]:
     return obj
 
 
-def _bucket(n: int, buckets: Sequence[int]) -> int:
-    for b in buckets:
-        if b >= n:
-            return b
-    return buckets[-1]
-
-
 class Tokenized:
     """Token ids of one sample (prompt with its BOS, output without)."""
 
@@ -158,8 +153,8 @@ def tokenize_sample(sample: dict, tokenizer: Any, cfg: PipelineConfig) -> Tokeni
 def collate(items: Sequence[Tokenized], cfg: PipelineConfig, pad_id: int) -> dict:
     """Pads a list of tokenized samples into the arrays described in the module doc."""
     b = len(items)
-    p = _bucket(max(len(t.prompt) for t in items), cfg.prompt_buckets)
-    o = _bucket(max(len(t.output) for t in items), cfg.output_buckets) if cfg.with_output else 0
+    p = bucket(max(len(t.prompt) for t in items), cfg.prompt_buckets)
+    o = bucket(max(len(t.output) for t in items), cfg.output_buckets) if cfg.with_output else 0
     ids = np.full((b, p + o), pad_id, np.int32)
     mask = np.zeros((b, p + o), np.int32)
     loss = np.zeros((b, p + o), np.float32)
@@ -175,14 +170,6 @@ def collate(items: Sequence[Tokenized], cfg: PipelineConfig, pad_id: int) -> dic
     positions = np.maximum(np.cumsum(mask, axis=1) - 1, 0).astype(np.int32) * mask
     return {"input_ids": ids, "attention_mask": mask, "positions": positions, "loss_mask": loss,
             "prompt_length": p, "samples": [t.sample for t in items]}
-
-
-def pad_token_id(tokenizer: Any) -> int:
-    for name in ("pad_token_id", "unk_token_id", "eos_token_id"):
-        v = getattr(tokenizer, name, None)
-        if v is not None:
-            return int(v)
-    return 0
 
 
 def batch_dataset(source: Any, tokenizer: Any, cfg: PipelineConfig) -> grain.MapDataset:

@@ -15,19 +15,20 @@ the data folder). Labels come from the in-process teacher (``--teacher_checkpoin
 from __future__ import annotations
 
 import argparse
-import os
-import pickle
 import sys
 from pathlib import Path
 from typing import Any, Sequence
 
+from reclm_jax.atomic import write_pickle_atomic
 from reclm_jax.cli import run_main
-from reclm_jax.data.chat import CHAT_FORMATS, ChatFormat
-from reclm_jax.data.item_index import load_dataset
+from reclm_jax.data.chat import CHAT_FORMATS
 from reclm_jax.data.samples import SampleBuilder
+from reclm_jax.data.task_setup import build_task_context
 from reclm_jax.data.tasks import TaskContext, TaskSettings
-from reclm_jax.data.tasks.share_chat_gpt import load_share_chat
+from reclm_jax.data.teacher_protocol import TeacherLike
 from reclm_jax.errors import UserError
+from reclm_jax.models.tokenizer import load_tokenizer
+from reclm_jax.teacher.connect import DEFAULT_PORT, connect_teacher
 
 SFT_TRAIN_DEFAULT = "SFTSeqRec,SFTPersonalControlRec,SFTControlRec_re,SFTPersonalCategoryRate"
 SFT_VAL_DEFAULT = ("SFTTestSeqRec,SFT+TestPersonalControlRec,SFT-TestPersonalControlRec,"
@@ -36,7 +37,6 @@ RL_TRAIN_DEFAULT = ("RLSeqRec,RL+PersonalControlRec,RL-PersonalControlRec,RLPers
                     "RLPersonalCategoryRateMP,RLPersonalCategoryRateEP")
 RL_VAL_DEFAULT = ("RLSeqRec,RL+PersonalControlRec,RL-PersonalControlRec,RLPersonalCategoryRateLP_20,"
                   "RLPersonalCategoryRateMP_30,RLPersonalCategoryRateEP_50,RLItemCount")
-DEFAULT_EOS = "</s>"  # Llama-2's, used when no tokenizer is given
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -65,7 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--idx", action="store_true", help="number the output lines (every published script sets it)")
     p.add_argument("--tokenizer", default=None, help="HF tokenizer folder: EOS, hf chat template, *_t item indexes")
     p.add_argument("--teacher_checkpoint", default=None, help="teacher run folder: label in-process")
-    p.add_argument("--teacher_port", type=int, default=12621)
+    p.add_argument("--teacher_port", type=int, default=None,
+                   help=f"teacher service port (default {DEFAULT_PORT} without --teacher_checkpoint)")
     p.add_argument("--backup_ip", default="127.0.0.1", help="teacher service host(s), comma-separated")
     p.add_argument("--keep_held_out", action="store_true",
                    help="allow users' val/test targets in train labels (the original's behaviour)")
@@ -80,58 +81,33 @@ def _tasks(text: str, flag: str) -> list[str]:
     return tasks
 
 
-def load_tokenizer(path: str | None) -> Any:
-    if path is None:
-        return None
-    if not Path(path).exists():
-        raise UserError(f"--tokenizer: folder not found: {path}")
-    from transformers import AutoTokenizer
-    try:
-        return AutoTokenizer.from_pretrained(path)
-    except Exception as e:  # a folder without tokenizer files
-        raise UserError(f"--tokenizer {path}: cannot load a tokenizer ({type(e).__name__}: {e})") from None
-
-
-def make_teacher(args: argparse.Namespace) -> Any:
-    if args.teacher_checkpoint:
-        from reclm_jax.teacher.teacher import Teacher
-        return Teacher.from_checkpoint(args.teacher_checkpoint, args.data_path)
-    from reclm_jax.teacher.client import TeacherClient
-    hosts = [h.strip() for h in args.backup_ip.split(",") if h.strip()]
-    return TeacherClient(port=args.teacher_port, backup_ip=hosts if len(hosts) > 1 else hosts[0])
-
-
-def write_pickle(obj: Any, path: Path) -> None:
-    """Temp file then rename: an interrupted run never leaves a complete-looking file."""
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            pickle.dump(obj, f, protocol=pickle.HIGHEST_PROTOCOL)
-        tmp.replace(path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def build_context(args: argparse.Namespace, tokenizer: Any) -> TaskContext:
+    """The task context of the parsed flags (dataset warnings printed to stderr)."""
     chat_name = args.chat_template or ("llama-2" if args.llama2_chat_template else "none")
-    raw, index = load_dataset(args.data_path, args.item_index, tokenizer)
-    for w in raw.warnings:
-        print(f"warning: {w}", file=sys.stderr)
     settings = TaskSettings(topk=args.topk, candidate_num=args.candidate_num, max_item_length=args.max_item_length,
                             idx=args.idx, val_num_per_task=args.val_num_per_task,
-                            share_chat_gpt_ratio=args.share_chat_gpt_ratio, max_token_length=args.max_token_length,
-                            exclude_held_out=not args.keep_held_out)
-    share = load_share_chat(args.share_chat_gpt_path, tokenizer) if args.share_chat_gpt_path else None
-    eos = tokenizer.eos_token if tokenizer is not None and tokenizer.eos_token else DEFAULT_EOS
-    return TaskContext(raw, index, settings, ChatFormat(chat_name, tokenizer), eos, share_chat=share)
+                            share_chat_gpt_ratio=args.share_chat_gpt_ratio, max_prompt_length=args.max_token_length,
+                            keep_held_out=args.keep_held_out)
+    ctx, _ = build_task_context(args.data_path, args.item_index, tokenizer, chat_name, settings,
+                                args.share_chat_gpt_path)
+    for w in ctx.raw.warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    return ctx
+
+
+def make_teacher(args: argparse.Namespace, ctx: TaskContext) -> TeacherLike | None:
+    """The in-process teacher (``--teacher_checkpoint``) or the service's client (``--teacher_port``, default
+    12621, at ``--backup_ip``)."""
+    port = args.teacher_port if args.teacher_port is not None else 0 if args.teacher_checkpoint else DEFAULT_PORT
+    return connect_teacher(args.teacher_checkpoint or "", port, args.backup_ip, data_path=args.data_path,
+                           dataset=ctx.raw, keys=("--teacher_checkpoint", "--teacher_port", "--backup_ip"))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.topk < 1 or args.candidate_num < args.topk:
         raise UserError("--topk must be >= 1 and --candidate_num >= --topk")
-    tokenizer = load_tokenizer(args.tokenizer)
+    tokenizer = load_tokenizer(args.tokenizer, key="--tokenizer") if args.tokenizer else None
     ctx = build_context(args, tokenizer)
     out = Path(args.output_dir or args.data_path)
     out.mkdir(parents=True, exist_ok=True)
@@ -144,16 +120,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         train_tasks = _tasks(args.RL_train_tasks, "--RL_train_tasks")
         val_tasks, n_train = _tasks(args.RL_val_tasks, "--RL_val_tasks"), args.num_episodes
-    teacher = make_teacher(args)
+    teacher = make_teacher(args, ctx)
     train = SampleBuilder(ctx, train_tasks, "train", teacher, args.seed)
     val = SampleBuilder(ctx, val_tasks, "val", teacher, args.seed)
     if n_train > 0:
         epochs = [list(train.iter_epoch(e, args.chunk, progress=True, desc=f"{stage} train {e + 1}/{n_train}"))
                   for e in range(n_train)]
-        write_pickle(epochs, out / f"{stage}_dataset_train.pickle")
+        write_pickle_atomic(out / f"{stage}_dataset_train.pickle", epochs)
         print(f"wrote {out / f'{stage}_dataset_train.pickle'}: {n_train} x {len(train)} samples")
     val_epoch = list(val.iter_epoch(0, args.chunk, progress=True, desc=f"{stage} val"))
-    write_pickle([val_epoch], out / f"{stage}_dataset_val.pickle")
+    write_pickle_atomic(out / f"{stage}_dataset_val.pickle", [val_epoch])
     print(f"wrote {out / f'{stage}_dataset_val.pickle'}: {len(val_epoch)} samples")
     return 0
 

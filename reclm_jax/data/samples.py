@@ -9,21 +9,16 @@ never on the batch they were built in.
 
 from __future__ import annotations
 
-from typing import Any, Iterator, Protocol, Sequence
+from typing import Any, Iterator, Sequence
 
 from tqdm import tqdm
 
 from reclm_jax.data.sampling import sample_rng
 from reclm_jax.data.tasks import Datum, TaskContext, TopK, builder_for, datum_list
+from reclm_jax.data.teacher_protocol import TeacherLike
 
 
-class TopKTeacher(Protocol):
-    def topk(self, histories: Sequence[Sequence[str]], k: int,
-             target_categories: Sequence[str | None] | None = None,
-             candidates: Sequence[Sequence[str] | None] | None = None) -> list[list[str]]: ...
-
-
-def answer_queries(teacher: TopKTeacher | None, queries: Sequence[TopK]) -> list[list[str]]:
+def answer_queries(teacher: TeacherLike | None, queries: Sequence[TopK]) -> list[list[str]]:
     """One ``teacher.topk`` call for all ``queries``; each answer has ``exclude`` removed and is cut to its k."""
     answers: list[list[str]] = [[] for _ in queries]
     live = [j for j, q in enumerate(queries) if q.k > 0]
@@ -46,7 +41,7 @@ def answer_queries(teacher: TopKTeacher | None, queries: Sequence[TopK]) -> list
 class SampleBuilder:
     """All samples of a task list in one mode; ``build(indices, epoch)`` makes any subset, in any order."""
 
-    def __init__(self, ctx: TaskContext, tasks: Sequence[str], mode: str, teacher: TopKTeacher | None = None,
+    def __init__(self, ctx: TaskContext, tasks: Sequence[str], mode: str, teacher: TeacherLike | None = None,
                  seed: int = 0):
         self.ctx = ctx
         self.tasks = list(tasks)

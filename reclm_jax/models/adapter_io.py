@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
 from pathlib import Path
 
 import jax
@@ -27,6 +26,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding
 
+from reclm_jax.atomic import replace_dir, temp_dir
 from reclm_jax.errors import UserError
 from reclm_jax.models.hf_loading import read_safetensors_header
 from reclm_jax.models.lora import (LoraConfig, add_lora, adapter_modules, full_copy_modules, linear_modules,
@@ -72,25 +72,10 @@ def save_adapter(path: str | Path, model: nnx.Module, name: str = "default", *, 
             "full_tune": sorted(f"{mod}.weight" for mod in owned), "base_model": base_model}
     meta["targets"] = list(cfg.targets)
 
-    tmp = path.with_name(path.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
+    tmp = temp_dir(path)
     write_safetensors(tmp / ADAPTER_WEIGHTS, specs)
     (tmp / ADAPTER_JSON).write_text(json.dumps(meta, indent=2))
-    _replace_dir(tmp, path)
-    return path
-
-
-def _replace_dir(tmp: Path, final: Path) -> None:
-    old = final.with_name(final.name + ".old")
-    if final.exists():
-        if old.exists():
-            shutil.rmtree(old)
-        final.rename(old)
-    tmp.rename(final)
-    if old.exists():
-        shutil.rmtree(old)
+    return replace_dir(tmp, path)
 
 
 def read_adapter_meta(path: str | Path) -> dict:

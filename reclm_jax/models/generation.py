@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from reclm_jax.buckets import bucket  # noqa: F401  (re-exported: callers import it from here)
 from reclm_jax.errors import UserError
 
 MAX_STOP_IDS = 8
@@ -82,19 +83,6 @@ def trace_count() -> int:
     from reclm_jax.models import sampler
 
     return sampler.total_traces()
-
-
-def bucket(n: int, buckets: Sequence[int] | None, minimum: int = 1) -> int:
-    """The smallest bucket >= n: from ``buckets`` if given, else the next power of two >= max(n, minimum)."""
-    if buckets:
-        for b in sorted(buckets):
-            if b >= n:
-                return b
-        raise UserError(f"length {n} exceeds the largest bucket {max(buckets)}")
-    b = max(minimum, 1)
-    while b < n:
-        b *= 2
-    return b
 
 
 def sample_tokens(logits: jnp.ndarray, key: jax.Array, cfg: SamplingConfig) -> jnp.ndarray:

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 from pathlib import Path
 
 import numpy as np
 
+from reclm_jax.atomic import replace_dir, temp_dir
 from reclm_jax.errors import UserError
 
 _LAYER_NAMES = {
@@ -172,9 +172,7 @@ def convert_gguf_to_hf(gguf_path: str | Path, out_dir: str | Path) -> Path:
     except Exception as e:
         raise UserError(f"{gguf_path}: not a readable GGUF file ({e})") from None
     cfg = read_gguf_config(reader)
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    tmp = temp_dir(out)
     tokenizer = build_tokenizer(reader)
     tokenizer.save_pretrained(tmp)
     weights = convert_weights(reader, cfg)
@@ -183,7 +181,4 @@ def convert_gguf_to_hf(gguf_path: str | Path, out_dir: str | Path) -> Path:
     gen = {"bos_token_id": cfg["bos_token_id"], "eos_token_id": cfg["eos_token_id"],
            "pad_token_id": cfg["pad_token_id"], "do_sample": False}
     (tmp / "generation_config.json").write_text(json.dumps(gen, indent=2))
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.replace(out)
-    return out
+    return replace_dir(tmp, out)

@@ -19,6 +19,7 @@ import numpy as np
 from flax import nnx
 from tqdm.auto import tqdm
 
+from reclm_jax.atomic import replace_dir, temp_dir
 from reclm_jax.errors import UserError
 from reclm_jax.models.adapter_io import ADAPTER_WEIGHTS, read_adapter_meta
 from reclm_jax.models.hf_loading import hf_key, read_safetensors_header
@@ -120,17 +121,7 @@ def _prepare_out(out: Path, overwrite: bool) -> Path:
     occupied = out.is_file() or (out.is_dir() and any(out.iterdir()))
     if occupied and not overwrite:
         raise UserError(f"{out} already exists; choose another --out or pass --overwrite")
-    tmp = out.with_name(out.name + ".partial")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    return tmp
-
-
-def _finish(tmp: Path, out: Path) -> None:
-    if out.exists():
-        shutil.rmtree(out) if out.is_dir() else out.unlink()
-    tmp.rename(out)
+    return temp_dir(out, suffix=".partial")
 
 
 def export_merged(model: nnx.Module, base_dir: str | Path, out: str | Path, *, adapter: str | None = None,
@@ -176,7 +167,7 @@ def export_merged(model: nnx.Module, base_dir: str | Path, out: str | Path, *, a
         (tmp / "generation_config.json").write_text(json.dumps(
             {k: hf_cfg[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id") if k in hf_cfg}, indent=2))
     copy_tokenizer(base_dir, tmp)
-    _finish(tmp, out)
+    replace_dir(tmp, out)
     return out
 
 
@@ -235,5 +226,5 @@ def export_peft(adapter_dir: str | Path, out: str | Path, *, base_model: str | N
         "use_dora": False,
     }
     (tmp / "adapter_config.json").write_text(json.dumps(config, indent=2))
-    _finish(tmp, out)
+    replace_dir(tmp, out)
     return out

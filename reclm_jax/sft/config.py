@@ -42,7 +42,7 @@ class DataSettings:
 class TeacherSettings:
     checkpoint: str = ""  # a teacher training run's output_dir (in-process teacher)
     port: int = 0  # or an HTTP teacher service (`python -m reclm_jax.teacher.serve`) on this port
-    backup_ip: str = "127.0.0.1"  # comma-separated hosts, tried in order
+    hosts: str = "127.0.0.1"  # comma-separated hosts, tried in order (the original's --backup_ip)
 
 
 @dataclasses.dataclass(frozen=True)

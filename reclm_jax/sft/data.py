@@ -8,58 +8,42 @@ so the loss does not change).
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
 
-from reclm_jax.data.chat import ChatFormat
-from reclm_jax.data.item_index import ItemIndex, load_dataset
+from reclm_jax.data.item_index import ItemIndex
 from reclm_jax.data.pipeline import PipelineConfig, epoch_iterator, load_static, static_epoch_iterator
 from reclm_jax.data.samples import SampleBuilder
+from reclm_jax.data.task_setup import build_task_context
 from reclm_jax.data.tasks import TaskContext, TaskSettings
-from reclm_jax.data.tasks.share_chat_gpt import load_share_chat
+from reclm_jax.data.teacher_protocol import TeacherLike
 from reclm_jax.errors import UserError
+from reclm_jax.models.tokenizer import pad_token_id
 from reclm_jax.sft.config import SFTConfig
+from reclm_jax.teacher.connect import connect_teacher
 
-FALLBACK_EOS = "</s>"
-
-
-def load_tokenizer(model_dir: str | Path):
-    from transformers import AutoTokenizer
-
-    try:
-        return AutoTokenizer.from_pretrained(str(model_dir))
-    except (OSError, ValueError) as e:
-        raise UserError(f"{model_dir}: cannot load its tokenizer ({e})") from None
-
-
-def make_teacher(cfg: SFTConfig):
-    """The in-process teacher, the HTTP client, or None (static data needs none)."""
-    t = cfg.teacher
-    if t.checkpoint:
-        from reclm_jax.teacher.teacher import Teacher
-
-        return Teacher.from_checkpoint(t.checkpoint, cfg.data_path)
-    if t.port:
-        from reclm_jax.teacher.client import TeacherClient
-
-        hosts = [h.strip() for h in t.backup_ip.split(",") if h.strip()]
-        return TeacherClient(port=t.port, backup_ip=hosts if len(hosts) > 1 else hosts[0])
-    return None
+__all__ = ["SFTData", "build_context", "make_teacher", "stack_micro_batches", "take_step_batches"]
 
 
 def build_context(cfg: SFTConfig, tokenizer: Any) -> tuple[TaskContext, ItemIndex]:
+    """The task context of ``cfg.data`` on ``cfg.data_path`` and its item index."""
     d = cfg.data
-    raw, index = load_dataset(cfg.data_path, d.item_index, tokenizer)
-    settings = TaskSettings(topk=d.topk, candidate_num=d.candidate_num, val_num_per_task=d.val_num_per_task,
-                            share_chat_gpt_ratio=d.share_chat_gpt_ratio, max_token_length=d.max_prompt_length,
-                            exclude_held_out=not d.keep_held_out)
-    share = load_share_chat(d.share_chat_gpt_path, tokenizer) if d.share_chat_gpt_path else None
-    if "ShareChatGPT" in d.train_tasks and share is None:
+    if "ShareChatGPT" in d.train_tasks and not d.share_chat_gpt_path:
         raise UserError("data.train_tasks has ShareChatGPT but data.share_chat_gpt_path is empty")
-    eos = tokenizer.eos_token or FALLBACK_EOS
-    return TaskContext(raw, index, settings, ChatFormat(d.chat_template, tokenizer), eos, share_chat=share), index
+    settings = TaskSettings(topk=d.topk, candidate_num=d.candidate_num, val_num_per_task=d.val_num_per_task,
+                            share_chat_gpt_ratio=d.share_chat_gpt_ratio, max_prompt_length=d.max_prompt_length,
+                            keep_held_out=d.keep_held_out)
+    return build_task_context(cfg.data_path, d.item_index, tokenizer, d.chat_template, settings,
+                              d.share_chat_gpt_path)
+
+
+def make_teacher(cfg: SFTConfig, ctx: TaskContext) -> TeacherLike | None:
+    """The in-process teacher (``teacher.checkpoint``), the HTTP client (``teacher.port`` at ``teacher.hosts``)
+    or None (static data needs none); the in-process one reuses ``ctx``'s loaded dataset."""
+    t = cfg.teacher
+    return connect_teacher(t.checkpoint, t.port, t.hosts, data_path=cfg.data_path, dataset=ctx.raw,
+                           keys=("teacher.checkpoint", "teacher.port", "teacher.hosts"))
 
 
 class SFTData:
@@ -78,7 +62,7 @@ class SFTData:
         self.ctx, self.index = build_context(cfg, tokenizer)
         self.static = load_static(d.train_data_file) if d.train_data_file else None
         needs_teacher = self.static is None or not d.val_data_file
-        self.teacher = make_teacher(cfg) if needs_teacher else None
+        self.teacher = make_teacher(cfg, self.ctx) if needs_teacher else None
         if needs_teacher and self.teacher is None:
             raise UserError("dynamic SFT data needs a teacher: set teacher.checkpoint (a teacher run folder) or "
                             "teacher.port, or give data.train_data_file and data.val_data_file")
@@ -111,8 +95,6 @@ class SFTData:
         return SampleBuilder(self.ctx, list(d.val_tasks), "val", self.teacher, self.cfg.train.seed).epoch(0)
 
     def pad_id(self) -> int:
-        from reclm_jax.data.pipeline import pad_token_id
-
         return pad_token_id(self.tokenizer)
 
 

@@ -13,7 +13,6 @@ Outputs under ``output_dir`` (written by the primary process only)::
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +25,9 @@ from reclm_jax.errors import UserError
 from reclm_jax.eval.generation_eval import evaluate_generation, mean_metric, validation_sampler
 from reclm_jax.models.adapter_io import save_adapter
 from reclm_jax.sft.config import SFTConfig
-from reclm_jax.sft.data import SFTData, load_tokenizer, stack_micro_batches, take_step_batches
+from reclm_jax.atomic import write_json_atomic
+from reclm_jax.models.tokenizer import load_tokenizer
+from reclm_jax.sft.data import SFTData, stack_micro_batches, take_step_batches
 from reclm_jax.sft.step import Batch, make_train_step
 from reclm_jax.train.backbone import load_backbone, resolve_model_path
 from reclm_jax.train.cadence import Budget, Cadence, Hooks
@@ -58,7 +59,7 @@ class SFTTrainer:
             raise UserError("train.batch_size and train.grad_accum must be >= 1")
         self.local_batch = self.runtime.local_rows(t.batch_size, "train.batch_size")
         self.model_path = resolve_model_path(cfg.model.path)
-        self.tokenizer = load_tokenizer(self.model_path)
+        self.tokenizer = load_tokenizer(self.model_path, key="model.path")
         self.data = SFTData(cfg, self.tokenizer, local_batch_size=self.local_batch)
         self.steps_per_epoch = self.data.steps_per_epoch()
         if self.steps_per_epoch == 0:
@@ -150,9 +151,7 @@ class SFTTrainer:
     def _write_metrics(self) -> None:
         if not self.runtime.is_primary:
             return
-        tmp = self.out / "metrics.json.tmp"
-        tmp.write_text(json.dumps(self.history, indent=2))
-        tmp.replace(self.out / "metrics.json")
+        write_json_atomic(self.out / "metrics.json", self.history)
 
     # -- loop -----------------------------------------------------------------------------------------
     def run(self) -> dict:

@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
+from reclm_jax.atomic import replace_dir, temp_dir
 from reclm_jax.config import CONFIG_FILENAME, load_config
 from reclm_jax.errors import UserError
 from reclm_jax.teacher.config import TeacherConfig
@@ -26,13 +26,6 @@ from reclm_jax.teacher.sasrec import SASRec
 ITEMS_FILE = "items.json"
 BEST_DIR = "best"
 METRICS_FILE = "metrics.json"
-
-
-def write_json(path: Path, obj: Any) -> None:
-    """Writes ``obj`` as JSON via a temp file and a rename, so a reader never sees half a file."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2))
-    tmp.replace(path)
 
 
 def _params_dict(model: SASRec) -> dict:
@@ -46,17 +39,13 @@ def _params_dict(model: SASRec) -> dict:
 def save_params(model: SASRec, out_dir: str | Path) -> Path:
     """Saves the model's parameters to ``<out_dir>/best`` (written beside it, then renamed into place)."""
     out = Path(out_dir).absolute()
-    final, tmp = out / BEST_DIR, out / (BEST_DIR + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
+    final = out / BEST_DIR
+    tmp = temp_dir(final, create=False)  # Orbax creates the folder itself
     params = jax.tree.map(np.asarray, _params_dict(model))
     with ocp.StandardCheckpointer() as ckptr:
         ckptr.save(tmp, params)
         ckptr.wait_until_finished()
-    if final.exists():
-        shutil.rmtree(final)
-    tmp.rename(final)
-    return final
+    return replace_dir(tmp, final)
 
 
 def load_run_config(run_dir: str | Path) -> TeacherConfig:

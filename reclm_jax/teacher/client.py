@@ -14,6 +14,7 @@ from typing import Any, Sequence
 import requests
 
 from reclm_jax.errors import UserError
+from reclm_jax.teacher.connect import DEFAULT_PORT
 
 
 class TeacherUnavailableError(UserError):
@@ -28,12 +29,13 @@ def _base_url(host: str, port: int) -> str:
 
 
 class TeacherClient:
-    def __init__(self, port: int = 12621, backup_ip: str | Sequence[str] = "127.0.0.1", timeout: float = 30.0,
+    def __init__(self, port: int = DEFAULT_PORT, hosts: str | Sequence[str] = "127.0.0.1", timeout: float = 30.0,
                  retries: int = 3, batch_size: int = 256, backoff: float = 0.2):
-        """``backup_ip``: one host or a list (primary first); an entry may carry its own ``:port``."""
-        hosts = [backup_ip] if isinstance(backup_ip, str) else list(backup_ip)
+        """``hosts``: one host or a list (primary first; the original's ``--backup_ip``); an entry may carry
+        its own ``:port``."""
+        hosts = [hosts] if isinstance(hosts, str) else list(hosts)
         if not hosts:
-            raise UserError("TeacherClient needs at least one host in backup_ip")
+            raise UserError("TeacherClient needs at least one host")
         self.urls = [_base_url(h, port) for h in hosts]
         self.timeout, self.retries, self.batch_size, self.backoff = timeout, retries, batch_size, backoff
         self._session = requests.Session()

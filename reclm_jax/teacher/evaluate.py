@@ -12,10 +12,11 @@ from pathlib import Path
 
 from flax import nnx
 
+from reclm_jax.atomic import write_json_atomic
 from reclm_jax.cli import run_main
-from reclm_jax.data.raw import load_raw
+from reclm_jax.datasets.raw import load_raw
 from reclm_jax.errors import UserError
-from reclm_jax.teacher.checkpoint import load_items, load_model, load_run_config, write_json
+from reclm_jax.teacher.checkpoint import load_items, load_model, load_run_config
 from reclm_jax.teacher.splits import build_splits
 from reclm_jax.teacher.train import final_metrics, format_report, make_score_fn
 
@@ -41,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data_path", default=None, help="raw dataset folder (default: the run's config)")
     a = p.parse_args(argv)
     report = evaluate_run(a.checkpoint, a.data_path)
-    write_json(Path(a.checkpoint) / "eval.json", report)
+    write_json_atomic(Path(a.checkpoint) / "eval.json", report)
     print(format_report(report))
     return 0
 

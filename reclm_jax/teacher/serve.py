@@ -31,6 +31,7 @@ from fastapi import FastAPI, Request
 from starlette.responses import Response
 
 from reclm_jax.errors import UserError
+from reclm_jax.teacher.connect import DEFAULT_PORT
 from reclm_jax.teacher.batcher import Job, MicroBatcher, QueueFullError
 from reclm_jax.teacher.teacher import Teacher
 
@@ -235,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m reclm_jax.teacher.serve", description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", required=True, help="teacher run folder (training output_dir)")
     p.add_argument("--data_path", default=None, help="raw dataset folder (default: the run's config)")
-    p.add_argument("--port", type=int, default=12621)
+    p.add_argument("--port", type=int, default=DEFAULT_PORT)
     p.add_argument("--host", default="127.0.0.1", help="0.0.0.0 to serve other machines")
     p.add_argument("--workers", type=int, default=1, help="processes, each with its own copy of the model")
     p.add_argument("--http", default="auto", choices=("auto", "h11", "httptools"),

@@ -18,7 +18,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from reclm_jax.data.raw import load_raw
+from reclm_jax.buckets import bucket
+from reclm_jax.datasets.raw import RawDataset, load_raw
 from reclm_jax.errors import UserError
 from reclm_jax.teacher.checkpoint import load_items, load_model, load_run_config
 from reclm_jax.teacher.sasrec import PAD, SASRec
@@ -26,10 +27,6 @@ from reclm_jax.teacher.splits import left_pad
 
 BATCH_BUCKETS = (1, 4, 16, 64, 256, 1024)
 MIN_K_BUCKET = 16
-
-
-def _bucket(n: int) -> int:
-    return next((b for b in BATCH_BUCKETS if b >= n), BATCH_BUCKETS[-1])
 
 
 class Teacher:
@@ -87,13 +84,16 @@ class Teacher:
         self._ranks_fn = jax.jit(ranks)
 
     @classmethod
-    def from_checkpoint(cls, checkpoint_dir: str | Path, data_path: str | Path | None = None) -> "Teacher":
-        """Loads a training run folder; the raw dataset comes from its config.yaml unless ``data_path`` is given."""
+    def from_checkpoint(cls, checkpoint_dir: str | Path, data_path: str | Path | None = None,
+                        dataset: RawDataset | None = None) -> "Teacher":
+        """Loads a training run folder. The raw dataset is ``dataset`` when the caller has loaded it already
+        (only its items, categories and users are used, so any item index will do), else read from
+        ``data_path`` or, without one, from the run's config.yaml."""
         cfg = load_run_config(checkpoint_dir)
-        data = data_path if data_path is not None else cfg.data_path
+        data = dataset.root if dataset is not None else data_path if data_path is not None else cfg.data_path
         if not data:
             raise UserError(f"{checkpoint_dir}: the run's config has no data_path; pass data_path")
-        raw = load_raw(data, item_index="id")
+        raw = dataset if dataset is not None else load_raw(data, item_index="id")
         items = load_items(checkpoint_dir)
         if set(items) != set(raw.items):
             missing = sorted(set(items) ^ set(raw.items))[:3]
@@ -127,6 +127,15 @@ class Teacher:
         window = np.stack([left_pad(r, self.window) for r in rows]) if rows else np.zeros((0, self.window), np.int32)
         return window, rows
 
+    def _check_users(self, users: Sequence[str] | None, n: int) -> None:
+        if users is None:
+            return
+        if len(users) != n:
+            raise UserError(f"users has {len(users)} entries for {n} histories")
+        for b, u in enumerate(users):
+            if self.users and str(u) not in self.users:
+                raise UserError(f"unknown user {u!r} (users[{b}])")
+
     def validate(self, histories: Sequence[Sequence[str]],
                  target_categories: Sequence[str | None] | None = None,
                  candidates: Sequence[Sequence[str] | None] | None = None) -> None:
@@ -146,7 +155,7 @@ class Teacher:
         step = BATCH_BUCKETS[-1]
         for start in range(0, n, step):
             stop = min(start + step, n)
-            yield start, stop, _bucket(stop - start)
+            yield start, stop, bucket(stop - start, BATCH_BUCKETS)
 
     @staticmethod
     def _pad(a: np.ndarray, size: int) -> np.ndarray:
@@ -167,14 +176,17 @@ class Teacher:
 
     def topk(self, histories: Sequence[Sequence[str]], k: int,
              target_categories: Sequence[str | None] | None = None,
-             candidates: Sequence[Sequence[str] | None] | None = None) -> list[list[str]]:
+             candidates: Sequence[Sequence[str] | None] | None = None,
+             users: Sequence[str] | None = None) -> list[list[str]]:
         """The k best items per history, as item ids: list of B lists of k strings (k = 0: B empty lists,
         as the original server's ``torch.topk(score, 0)``; the inputs are still checked).
 
         Per row: candidates given -> only those; else "+C" -> items of C; "-C" -> items not in C; None -> all
         items; the latter three exclude every item of the history. When fewer than k items qualify, the
-        best remaining items fill the list. Ties go to the lower catalogue index.
+        best remaining items fill the list. Ties go to the lower catalogue index. ``users`` (optional, one
+        per history) are checked against the known users, as the HTTP service does.
         """
+        self._check_users(users, len(histories))
         if not isinstance(k, int) or isinstance(k, bool) or k < 0:
             raise UserError(f"k must be a non-negative integer, got {k!r}")
         n = len(histories)
@@ -199,7 +211,7 @@ class Teacher:
         if k == 0:
             return [[] for _ in range(n)]
         n_allowed = allowed.sum(axis=1)
-        kk = min(max(MIN_K_BUCKET, 1 << (k - 1).bit_length()), len(self.items) + 1)
+        kk = min(bucket(k, minimum=MIN_K_BUCKET), len(self.items) + 1)
         results: list[list[str]] = []
         for start, stop, size in self._chunks(n):
             short = bool((n_allowed[start:stop] < k).any())
@@ -213,14 +225,17 @@ class Teacher:
                 results.append([self.items[r - 1] for r in picked])
         return results
 
-    def ranking(self, histories: Sequence[Sequence[str]], candidates: Sequence[Sequence[str]]) -> list[list[int]]:
-        """0-based rank of each candidate among all catalogue items by score (history not excluded)."""
+    def ranking(self, histories: Sequence[Sequence[str]], candidates: Sequence[Sequence[str]],
+                users: Sequence[str] | None = None) -> list[list[int]]:
+        """0-based rank of each candidate among all catalogue items by score (history not excluded); ``users``
+        as in ``topk``."""
+        self._check_users(users, len(histories))
         if len(candidates) != len(histories):
             raise UserError(f"candidates has {len(candidates)} entries for {len(histories)} histories")
         window, _ = self._histories(histories)
         cand_rows = [self._rows(c, f"candidates {b}") for b, c in enumerate(candidates)]
         width = max((len(c) for c in cand_rows), default=0)
-        m = max(8, 1 << (width - 1).bit_length()) if width else 8  # candidate slots, bucketed
+        m = bucket(width, minimum=8)  # candidate slots, bucketed
         cand = np.zeros((len(cand_rows), m), np.int32)
         for b, c in enumerate(cand_rows):
             cand[b, : len(c)] = c
@@ -236,7 +251,7 @@ class Teacher:
         """Compiles every batch bucket up to ``max_batch`` for top-k (each k in ``ks``) and ranking."""
         h = [self.items[:1]]
         for size in BATCH_BUCKETS:
-            if size > _bucket(max_batch):
+            if size > bucket(min(max_batch, BATCH_BUCKETS[-1]), BATCH_BUCKETS):
                 break
             for k in ks:
                 self.topk(h * size, k)

@@ -20,11 +20,12 @@ import optax
 from flax import nnx
 from tqdm.auto import tqdm
 
-from reclm_jax.cli import run_main
 from reclm_jax.config import load_config, parse_stage_args, save_config
-from reclm_jax.data.raw import load_raw
+from reclm_jax.atomic import write_json_atomic
+from reclm_jax.cli import run_main
+from reclm_jax.datasets.raw import load_raw
 from reclm_jax.errors import UserError
-from reclm_jax.teacher.checkpoint import ITEMS_FILE, METRICS_FILE, save_params, write_json
+from reclm_jax.teacher.checkpoint import ITEMS_FILE, METRICS_FILE, save_params
 from reclm_jax.teacher.config import TeacherConfig
 from reclm_jax.teacher.metrics import evaluate, popularity_score_fn
 from reclm_jax.teacher.sasrec import SASRec
@@ -94,7 +95,7 @@ def train(cfg: TeacherConfig) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     (out / METRICS_FILE).unlink(missing_ok=True)  # a stale report must not make a new, unfinished run look done
     save_config(cfg, out)
-    write_json(out / ITEMS_FILE, items)
+    write_json_atomic(out / ITEMS_FILE, items)
 
     tc = cfg.train
     model = SASRec(len(items), cfg.model, nnx.Rngs(params=tc.seed))
@@ -188,7 +189,7 @@ def train(cfg: TeacherConfig) -> dict:
             for name, v in m.items():
                 writer.add_scalar(f"final/{who}/{split_name}/{name}", v, best_epoch)
     writer.close()
-    write_json(out / METRICS_FILE, report)
+    write_json_atomic(out / METRICS_FILE, report)
     return report
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from reclm_jax.data.raw import write_raw
+from reclm_jax.datasets.raw import write_raw
 
 GENRES = ("Action", "Comedy", "Drama", "Horror")
 _ADJ = ("Silent", "Golden", "Broken", "Hidden", "Last", "Crimson", "Frozen", "Wild", "Secret", "Lonely",

@@ -198,9 +198,9 @@ def write_tiny_llama(out_dir: str | Path, variant: str = "smollm2", seed: int = 
         for f in Path(tokenizer_dir).iterdir():
             if f.name.startswith(("tokenizer", "special_tokens", "chat_template")):
                 (out / f.name).write_bytes(f.read_bytes())
-    from transformers import AutoTokenizer
+    from reclm_jax.models.tokenizer import load_tokenizer
 
-    tok = AutoTokenizer.from_pretrained(out)
+    tok = load_tokenizer(out)
     cfg = tiny_llama_config(variant, vocab_size=len(tok), num_layers=num_layers)
     cfg.update(bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
     (out / "config.json").write_text(json.dumps(cfg, indent=2))

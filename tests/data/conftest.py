@@ -27,9 +27,9 @@ def teacher_service(teacher):
 
 @pytest.fixture(scope="session")
 def tiny_tokenizer(tiny_tokenizer_dir):
-    from transformers import AutoTokenizer
+    from reclm_jax.models.tokenizer import load_tokenizer
 
-    return AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
+    return load_tokenizer(tiny_tokenizer_dir)
 
 
 @pytest.fixture(scope="session")

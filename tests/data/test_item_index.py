@@ -6,7 +6,7 @@ import pytest
 
 from reclm_jax.data.fuzzy import FuzzyMatcher
 from reclm_jax.data.item_index import build_item_index, load_dataset, make_unique, normalise_title
-from reclm_jax.data.raw import write_raw
+from reclm_jax.datasets.raw import write_raw
 from reclm_jax.errors import UserError
 
 

@@ -38,6 +38,9 @@ def test_user_errors(tiny_dataset_dir, tiny_teacher_dir, tmp_path):
     with pytest.raises(UserError, match="ShareChatGPT needs a ShareGPT file"):
         main(["--data_path", str(tiny_dataset_dir), "--output_dir", str(tmp_path), "--teacher_checkpoint",
               str(tiny_teacher_dir), "--share_chat_gpt_ratio", "0.5", "--epoch", "1"])
+    with pytest.raises(UserError, match="give --teacher_checkpoint .* or --teacher_port .*, not both"):
+        main(["--data_path", str(tiny_dataset_dir), "--output_dir", str(tmp_path), "--teacher_checkpoint",
+              str(tiny_teacher_dir), "--teacher_port", "12621"])
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     r = subprocess.run([sys.executable, "-m", "reclm_jax.data.process", "--data_path", str(tmp_path / "nope")],
                        capture_output=True, text=True, env=env)

@@ -51,7 +51,7 @@ def test_no_val_or_test_target_in_train_labels_or_histories(sft_epochs, make_ctx
 def test_keep_held_out_reproduces_the_original(make_ctx, teacher):
     """With the original's behaviour a teacher list can contain the held-out items, so the exclusion above is
     doing real work."""
-    ctx = make_ctx(exclude_held_out=False)
+    ctx = make_ctx(keep_held_out=True)
     found = 0
     for e in range(3):
         for s in SampleBuilder(ctx, ["SFTSeqRec"], "train", teacher, seed=0).epoch(e):
@@ -132,7 +132,7 @@ def test_batched_teacher_calls(sft_epochs):
 def test_http_teacher_gives_identical_samples(make_ctx, teacher, teacher_service):
     from reclm_jax.teacher.client import TeacherClient
 
-    client = TeacherClient(port=teacher_service.port, backup_ip="127.0.0.1", batch_size=64)
+    client = TeacherClient(port=teacher_service.port, hosts="127.0.0.1", batch_size=64)
     tasks = ["SFTSeqRec", "SFTPersonalControlRec", "SFTPersonalCategoryRate"]
     local = SampleBuilder(make_ctx(), tasks, "train", teacher, seed=3).epoch(0)
     remote = SampleBuilder(make_ctx(), tasks, "train", client, seed=3).epoch(0)

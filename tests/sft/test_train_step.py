@@ -11,10 +11,11 @@ import numpy as np
 from reclm_jax.config import load_config
 from reclm_jax.models.hf_loading import load_llama
 from reclm_jax.models.lora import LoraConfig, add_lora, split_trainable
+from reclm_jax.models.tokenizer import load_tokenizer
 from reclm_jax.sft.config import SFTConfig
-from reclm_jax.sft.data import SFTData, load_tokenizer, stack_micro_batches
-from reclm_jax.train.optim import OptimConfig, make_optimizer
+from reclm_jax.sft.data import SFTData, stack_micro_batches
 from reclm_jax.sft.step import Batch, make_train_step
+from reclm_jax.train.optim import OptimConfig, make_optimizer
 from reclm_jax.train.runtime import local_runtime
 from reclm_jax.train.state import place_state
 

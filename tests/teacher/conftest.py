@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from reclm_jax.data.raw import write_raw
+from reclm_jax.datasets.raw import write_raw
 
 
 def write_cycle_dataset(out_dir, n_items: int = 200, n_users: int = 300, seed: int = 0):

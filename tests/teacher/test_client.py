@@ -14,7 +14,7 @@ from reclm_jax.teacher.serve import BackgroundServer, free_port
 
 
 def test_client_matches_teacher_in_batches(teacher, service, tiny_dataset_dir):
-    from reclm_jax.data.raw import load_raw
+    from reclm_jax.datasets.raw import load_raw
 
     raw = load_raw(tiny_dataset_dir, item_index="id")
     users = list(raw.sequential)
@@ -22,7 +22,7 @@ def test_client_matches_teacher_in_batches(teacher, service, tiny_dataset_dir):
     targets = [None, "+Drama", "-Comedy", None] * 10
     cands = [raw.ranking_candidate[u][:8] if n % 4 == 3 else None for n, u in enumerate(users)]
     client = TeacherClient(port=service.port, batch_size=7)
-    assert client.topk(hist, 10, targets, cands, users=users) == teacher.topk(hist, 10, targets, cands)
+    assert client.topk(hist, 10, targets, cands, users=users) == teacher.topk(hist, 10, targets, cands, users=users)
     rc = [raw.ranking_candidate[u] for u in users]
     assert client.ranking(hist, rc) == teacher.ranking(hist, rc)
     assert client.health()["items"] == len(teacher.items)
@@ -37,12 +37,12 @@ def test_client_k_zero(teacher, service):
 
 def test_primary_down_falls_back_to_backup(teacher, service):
     dead = f"127.0.0.1:{free_port()}"  # nothing listens there
-    client = TeacherClient(port=service.port, backup_ip=[dead, "127.0.0.1"], retries=0, timeout=5)
+    client = TeacherClient(port=service.port, hosts=[dead, "127.0.0.1"], retries=0, timeout=5)
     assert client.topk([["1", "2"]], 4) == teacher.topk([["1", "2"]], 4)
 
 
 def test_all_hosts_down_raises_after_retries_with_backoff():
-    client = TeacherClient(port=free_port(), backup_ip=["127.0.0.1", f"127.0.0.1:{free_port()}"], retries=2,
+    client = TeacherClient(port=free_port(), hosts=["127.0.0.1", f"127.0.0.1:{free_port()}"], retries=2,
                            timeout=2, backoff=0.1)
     t0 = time.time()
     with pytest.raises(TeacherUnavailableError, match="3 rounds"):

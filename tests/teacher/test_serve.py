@@ -15,7 +15,7 @@ import httpx
 import numpy as np
 import pytest
 
-from reclm_jax.data.raw import load_raw
+from reclm_jax.datasets.raw import load_raw
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from reclm_jax.data.raw import load_raw
+from reclm_jax.datasets.raw import load_raw
 from reclm_jax.errors import UserError
 
 
@@ -105,6 +105,8 @@ def test_same_bucket_does_not_recompile(teacher, histories):
     (lambda t: t.topk([["1"]], -1), "k must be"),
     (lambda t: t.topk([["nope"]], 0), "'nope'"),  # k = 0 still checks its inputs
     (lambda t: t.topk([["1"], ["2"]], 5, target_categories=["+Drama"]), "target_categories"),
+    (lambda t: t.topk([["1"]], 5, users=["nobody"]), "unknown user 'nobody'"),
+    (lambda t: t.ranking([["1"]], [["2"]], users=["u1", "u2"]), "users has 2 entries"),
 ])
 def test_unknown_inputs_raise_user_error(teacher, call, needle):
     with pytest.raises(UserError, match=needle):

@@ -77,7 +77,7 @@ def test_cli_user_errors_exit_2_without_traceback(args, needle):
 
 
 def test_train_examples_never_see_the_last_two_items(cycle_dataset):
-    from reclm_jax.data.raw import load_raw
+    from reclm_jax.datasets.raw import load_raw
     from reclm_jax.teacher.splits import build_splits
 
     raw = load_raw(cycle_dataset[0], item_index="id")

@@ -2,8 +2,8 @@
 
 A task builder is a generator ``build(ctx, datum, rng)``: it draws its randomness from ``rng`` (the sample's own
 generator), ``yield``s a list of ``TopK`` teacher queries (possibly none, possibly twice), receives one item
-list per query, and finally ``return``s the sample dict. ``batch.py`` drives many builders at once so that each
-round of queries becomes a single ``Teacher.topk`` call.
+list per query, and finally ``return``s the sample dict. ``samples.py`` drives many builders at once so that each
+round of queries becomes a single ``topk`` call of the teacher (any ``teacher_protocol.TeacherLike``).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import numpy as np
 
 from reclm_jax.data.chat import ChatFormat
 from reclm_jax.data.item_index import ItemIndex
-from reclm_jax.data.raw import RawDataset
+from reclm_jax.datasets.raw import RawDataset
 from reclm_jax.data.sampling import choices_excluding, shuffled, uniform_int
 from reclm_jax.data.splits import MAX_ITEM_LENGTH, held_out, window
 from reclm_jax.data.templates import Template, render_candidates, render_history, render_output_list
@@ -25,8 +25,9 @@ from reclm_jax.errors import UserError
 
 @dataclasses.dataclass(frozen=True)
 class TaskSettings:
-    """The original's task flags. ``exclude_held_out`` keeps each user's val/test targets out of train labels,
-    candidates and teacher lists (the original could place them there); set False for the original behaviour."""
+    """The original's task flags (``max_prompt_length`` is its ``--max_token_length``). Unless
+    ``keep_held_out``, each user's val/test targets stay out of train labels, candidates and teacher lists (the
+    original could place them there); set it True for the original behaviour."""
 
     topk: int = 10
     candidate_num: int = 10
@@ -34,8 +35,8 @@ class TaskSettings:
     idx: bool = True
     val_num_per_task: int = 320
     share_chat_gpt_ratio: float = 0.0
-    max_token_length: int = 512
-    exclude_held_out: bool = True
+    max_prompt_length: int = 512
+    keep_held_out: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,7 +115,7 @@ class TaskContext:
         return fields, hist, target, pos
 
     def exclusions(self, datum: Datum) -> tuple[str, ...]:
-        if datum.mode != "train" or not self.s.exclude_held_out or datum.key not in self.sequential:
+        if datum.mode != "train" or self.s.keep_held_out or datum.key not in self.sequential:
             return ()
         return held_out(self.sequential[datum.key])
 

@@ -8,7 +8,7 @@ up to and including the turn; when absent it is computed with the tokenizer (cha
 Sampling, as the original: a random conversation, a random human turn that a gpt answer follows (the answer is
 the label, plus EOS), then a start turn chosen uniformly among the admissible ones found by walking back two
 turns at a time (the first step is effectively four) while the start turn's own length stays under
-``max_token_length - 64``.
+``max_token_length - 64`` (``TaskSettings.max_prompt_length``).
 """
 
 from __future__ import annotations
@@ -128,7 +128,7 @@ def share_chat_gpt(ctx: TaskContext, datum: Datum, rng: np.random.Generator) -> 
     j = int(rng.integers(len(data)))
     conv = data.conversations[j]
     end = choice(rng, data.answerable[j])
-    start = choice(rng, admissible_starts(conv, end, ctx.s.max_token_length))
+    start = choice(rng, admissible_starts(conv, end, ctx.s.max_prompt_length))
     turns = [t["value"] for t in conv[start:end + 1]]
     prompt = ctx.chat.chat_prompt(SYSTEM_CHAT, turns)
     return {"input_text": prompt, "output_text": conv[end + 1]["value"] + ctx.eos, "task": datum.task,

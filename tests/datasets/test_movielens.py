@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from reclm_jax.data.movielens import convert_movielens
-from reclm_jax.data.raw import load_raw, write_raw
+from reclm_jax.datasets.movielens import convert_movielens
+from reclm_jax.datasets.raw import load_raw, write_raw
 from reclm_jax.errors import UserError
 
 ML1M_ITEMS = """item_id:token\tmovie_title:token\trelease_year:float\tgenre:token
@@ -88,7 +88,7 @@ def test_interaction_with_unknown_item_is_reported(tmp_path):
 
 @pytest.mark.realdata
 def test_real_ml1m(tmp_path):
-    from reclm_jax.data.prepare import prepare_movielens
+    from reclm_jax.datasets.prepare import prepare_movielens
 
     ds = load_raw(prepare_movielens("ml-1m", tmp_path / "ml-1m"))
     s = ds.summary()

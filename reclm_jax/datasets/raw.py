@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from reclm_jax.atomic import write_pickle_atomic
 from reclm_jax.errors import UserError
 
 FILES = ("category.pickle", "meta.pickle", "sequential.pickle", "ranking_candidate.pickle")
@@ -135,13 +136,10 @@ def _id_dict(obj: Any, fname: str, what: str, problems: list[str]) -> dict[str, 
     return out
 
 
-def load_raw(path: str | Path, item_index: str = "title", require_ranking_candidates: bool = False,
-             min_sequence_length: int = MIN_SEQUENCE_LENGTH) -> RawDataset:
-    """Loads and validates the dataset folder ``path``.
-
-    Raises ``UserError`` listing every problem (one per line, each naming file and key). Problems that do not
-    prevent use (duplicate index strings) are returned in ``RawDataset.warnings``.
-    """
+def read_raw_files(path: str | Path, require_ranking_candidates: bool = False) -> dict[str, Any]:
+    """The unpickled objects of the dataset folder ``path`` by file name (``ranking_candidate.pickle`` only
+    when present), not yet validated: ``load_raw(path, files=...)`` validates them under any item index
+    without reading the folder again. Raises ``UserError`` for a missing folder or missing/unreadable files."""
     root = Path(path)
     if not root.is_dir():
         raise UserError(f"dataset folder not found: {root}")
@@ -156,6 +154,21 @@ def load_raw(path: str | Path, item_index: str = "title", require_ranking_candid
         raw[name] = _load_pickle(p, problems)
     if problems:
         raise UserError("\n".join(problems))
+    return raw
+
+
+def load_raw(path: str | Path, item_index: str = "title", require_ranking_candidates: bool = False,
+             min_sequence_length: int = MIN_SEQUENCE_LENGTH, files: dict[str, Any] | None = None) -> RawDataset:
+    """Loads and validates the dataset folder ``path`` (from ``files``, when ``read_raw_files`` read it).
+
+    Raises ``UserError`` listing every problem (one per line, each naming file and key). Problems that do not
+    prevent use (duplicate index strings) are returned in ``RawDataset.warnings``.
+    """
+    root = Path(path)
+    raw = files if files is not None else read_raw_files(root, require_ranking_candidates)
+    problems: list[str] = []
+    if require_ranking_candidates and "ranking_candidate.pickle" not in raw:
+        raise UserError(f"ranking_candidate.pickle: missing in {root}")
 
     category2item = _id_dict(raw["category.pickle"], "category.pickle", "item ids", problems)
     sequential = _id_dict(raw["sequential.pickle"], "sequential.pickle", "item ids", problems)
@@ -252,8 +265,5 @@ def write_raw(path: str | Path, category2item: dict, meta: dict, sequential: dic
     if ranking_candidate is not None:
         objs["ranking_candidate.pickle"] = ranking_candidate
     for name, obj in objs.items():
-        tmp = root / (name + ".tmp")
-        with open(tmp, "wb") as f:
-            pickle.dump(obj, f, protocol=pickle.HIGHEST_PROTOCOL)
-        tmp.replace(root / name)
+        write_pickle_atomic(root / name, obj)
     return root
