@@ -7,6 +7,7 @@ depend on weight values, so a randomly initialised model times the same as the p
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import time
 
@@ -24,6 +25,12 @@ from reclm_jax.train.optim import OptimConfig, make_optimizer
 from reclm_jax.sft.step import Batch, make_train_step
 from reclm_jax.train.runtime import Runtime
 from reclm_jax.train.state import place_state
+
+# JAX's persistent-cache events (hits, misses), counted so that a benchmark can say whether its step was loaded
+# from the cache or compiled; one listener for the process (listeners cannot be removed).
+_CACHE_EVENTS: collections.Counter = collections.Counter()
+jax.monitoring.register_event_listener(
+    lambda event, **_: _CACHE_EVENTS.update([event]) if event.startswith("/jax/compilation_cache/") else None)
 
 # RecLM-gen's defaults: r 16, alpha 8, dropout 0.1 on every linear layer including lm_head.
 LORA = LoraConfig(rank=16, alpha=8.0, dropout=0.1, targets=ALL_LINEARS + ("lm_head",))
@@ -99,7 +106,9 @@ class JaxStep:
     frozen: object
     batch: Batch
     rng: jax.Array
-    compile_s: float = 0.0
+    compile_s: float = 0.0  # trace + lower + compile (or load from the persistent cache)
+    lower_s: float = 0.0  # trace + lower alone: paid on every run, cache or not
+    cache_hit: bool = False  # the step's executable came from JAX's persistent compilation cache
 
     def run(self, n: int) -> list[float]:
         """Runs ``n`` steps; the wall time of each, waiting for its result."""
@@ -119,7 +128,8 @@ def prepare_jax_step(model: LlamaForCausalLM, arrays: dict[str, np.ndarray], mes
                      lora: LoraConfig = LORA, weighting: str = "token", accum: int = 1,
                      rng_impl: str = "threefry2x32") -> JaxStep:
     """Adds the LoRA adapter, splits the model and compiles the library's train step (AOT, so ``compile_s``
-    is the compile alone). ``arrays``: int32 [B, T] as ``synthetic_batch``; ``accum`` splits the B rows into
+    is tracing, lowering and compiling alone, or loading the executable from JAX's persistent cache if one is
+    configured: ``cache_hit``). ``arrays``: int32 [B, T] as ``synthetic_batch``; ``accum`` splits the B rows into
     that many micro-batches, accumulated inside the step (same update, less activation memory). ``rng_impl``:
     the PRNG of the dropout key ("threefry2x32", JAX's default, or "rbg": XLA's RngBitGenerator)."""
     mesh = mesh if mesh is not None else make_mesh()
@@ -140,9 +150,13 @@ def prepare_jax_step(model: LlamaForCausalLM, arrays: dict[str, np.ndarray], mes
     rng = jax.random.key(0, impl=rng_impl)
     t = time.perf_counter()
     with runtime.activate():  # as the trainer: the activation sharding constraints apply
-        compiled = step.lower(trainable, opt_state, frozen, batch, rng).compile()
+        lowered = step.lower(trainable, opt_state, frozen, batch, rng)
+        lower_s = time.perf_counter() - t
+        hits = _CACHE_EVENTS["/jax/compilation_cache/cache_hits"]
+        compiled = lowered.compile()
     compile_s = time.perf_counter() - t
-    return JaxStep(compiled, trainable, opt_state, frozen, batch, rng, compile_s)
+    cache_hit = _CACHE_EVENTS["/jax/compilation_cache/cache_hits"] > hits
+    return JaxStep(compiled, trainable, opt_state, frozen, batch, rng, compile_s, lower_s, cache_hit)
 
 
 def matmul_params(cfg: LlamaConfig) -> int:

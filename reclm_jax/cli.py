@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from typing import Callable
 
+from reclm_jax.compile_cache import enable_compilation_cache
 from reclm_jax.errors import UserError
 
 
@@ -12,8 +13,12 @@ def run_main(main: Callable[[], int | None]) -> None:
     """Runs ``main`` and turns user mistakes into one ``error:`` line on stderr with exit code 2.
 
     Ctrl-C exits with 130 and a short note instead of a traceback; real bugs keep their traceback.
+
+    Every stage passes through here before its first compile, so this is where JAX's persistent compilation
+    cache is turned on (``reclm_jax.compile_cache``; ``RECLM_JAX_COMPILATION_CACHE=0`` turns it off).
     """
     try:
+        enable_compilation_cache()
         code = main()
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)

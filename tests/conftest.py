@@ -8,11 +8,22 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-import pytest
+from reclm_jax.assets import cache_dir  # noqa: E402
+from reclm_jax.compile_cache import ENV as COMPILE_CACHE_ENV, enable_compilation_cache  # noqa: E402
 
-from reclm_jax.testing.tiny_data import write_tiny_dataset
-from reclm_jax.testing.tiny_model import build_tokenizer, write_tiny_llama
-from reclm_jax.testing.tiny_teacher import train_tiny_teacher
+# A second local run of the suite loads the tiny models' compiled programs instead of compiling them again.
+# Their own folder (not the stages' one) so that hundreds of test programs never crowd a user's real entries and
+# can be deleted on their own; set in os.environ so that the stages the tests start as subprocesses share it.
+# Entries are keyed by the program itself, so a test never sees another test's or an older code version's
+# executable (only an identical program), and a cold cache (CI) only misses.
+os.environ.setdefault(COMPILE_CACHE_ENV, str(cache_dir() / "jax_compilation_cache_tests"))
+enable_compilation_cache()  # before any import below can compile
+
+import pytest  # noqa: E402
+
+from reclm_jax.testing.tiny_data import write_tiny_dataset  # noqa: E402
+from reclm_jax.testing.tiny_model import build_tokenizer, write_tiny_llama  # noqa: E402
+from reclm_jax.testing.tiny_teacher import train_tiny_teacher  # noqa: E402
 
 
 @pytest.fixture(scope="session")
