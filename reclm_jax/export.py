@@ -36,19 +36,10 @@ def main(argv=None) -> int:
         raise UserError(f"--base {base}: no such directory")
     if not adapter.is_dir():
         raise UserError(f"--adapter {adapter}: no such directory")
-    from reclm_jax.models.hf_export import copy_tokenizer, export_merged, export_peft
+    from reclm_jax.models.hf_export import export_adapter
 
-    if args.format == "peft":
-        export_peft(adapter, out, base_model=str(base), overwrite=args.overwrite)
-        copy_tokenizer(base, out)
-    else:
-        from reclm_jax.models.adapter_io import load_adapter
-        from reclm_jax.models.hf_loading import load_llama
-
-        model = load_llama(base, param_dtype="float32")
-        name = load_adapter(adapter, model)
-        export_merged(model, base, out, adapter=name, dtype=args.dtype, max_shard_size=args.max_shard_size,
-                      overwrite=args.overwrite)
+    export_adapter(base, adapter, out, fmt=args.format, dtype=args.dtype, max_shard_size=args.max_shard_size,
+                   overwrite=args.overwrite)
     print(f"wrote {args.format} export to {out}", file=sys.stderr)
     return 0
 

@@ -21,8 +21,8 @@ from tqdm.auto import tqdm
 
 from reclm_jax.atomic import replace_dir, temp_dir
 from reclm_jax.errors import UserError
-from reclm_jax.models.adapter_io import ADAPTER_WEIGHTS, read_adapter_meta
-from reclm_jax.models.hf_loading import hf_key, read_safetensors_header
+from reclm_jax.models.adapter_io import ADAPTER_WEIGHTS, load_adapter, read_adapter_meta
+from reclm_jax.models.hf_loading import hf_key, load_llama, read_safetensors_header
 from reclm_jax.models.linear import LoRAParam
 from reclm_jax.models.llama_config import read_hf_config
 from reclm_jax.models.lora import adapter_modules, full_copy_modules, linear_modules
@@ -227,4 +227,22 @@ def export_peft(adapter_dir: str | Path, out: str | Path, *, base_model: str | N
     }
     (tmp / "adapter_config.json").write_text(json.dumps(config, indent=2))
     replace_dir(tmp, out)
+    return out
+
+
+def export_adapter(base: str | Path, adapter: str | Path, out: str | Path, *, fmt: str = "merged",
+                   dtype: str | None = None, max_shard_size: str = "2GB", overwrite: bool = False) -> Path:
+    """Exports the adapter checkpoint ``adapter`` (``adapter_io.save_adapter``) trained on the HF folder ``base``:
+    ``fmt="merged"``, a standalone HF folder with the adapter folded in; ``"peft"``, a PEFT adapter folder (plus
+    the tokenizer). Used by ``python -m reclm_jax.export`` and ``python -m reclm_jax.sft.merge``."""
+    base, adapter, out = Path(base), Path(adapter), Path(out)
+    if fmt == "peft":
+        export_peft(adapter, out, base_model=str(base), overwrite=overwrite)
+        copy_tokenizer(base, out)
+        return out
+    if fmt != "merged":
+        raise UserError(f"export format must be 'merged' or 'peft', got {fmt!r}")
+    model = load_llama(base, param_dtype="float32")
+    name = load_adapter(adapter, model)
+    export_merged(model, base, out, adapter=name, dtype=dtype, max_shard_size=max_shard_size, overwrite=overwrite)
     return out

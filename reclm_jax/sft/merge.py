@@ -8,6 +8,7 @@ the default output is ``<run>/merged`` (or ``<run>/peft``).
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from reclm_jax.cli import run_main
@@ -35,16 +36,14 @@ def main(argv=None) -> int:
         adapter = run / "adapter"
     if not adapter.is_dir():
         raise UserError(f"{run}: no trained adapter yet (looked for best_adapter/ and adapter/)")
-    from reclm_jax.export import main as export_main
+    from reclm_jax.models.hf_export import export_adapter
     from reclm_jax.train.backbone import resolve_model_path
 
-    out = args.out or str(run / ("merged" if args.format == "merged" else "peft"))
-    cmd = ["--base", str(resolve_model_path(cfg.model.path)), "--adapter", str(adapter), "--out", out, "--format", args.format]
-    if args.dtype:
-        cmd += ["--dtype", args.dtype]
-    if args.overwrite:
-        cmd.append("--overwrite")
-    return export_main(cmd)
+    out = Path(args.out or run / ("merged" if args.format == "merged" else "peft"))
+    export_adapter(resolve_model_path(cfg.model.path), adapter, out, fmt=args.format, dtype=args.dtype,
+                   overwrite=args.overwrite)
+    print(f"wrote {args.format} export to {out}", file=sys.stderr)
+    return 0
 
 
 if __name__ == "__main__":

@@ -14,14 +14,13 @@ from typing import Any
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 from flax import nnx
 
-from reclm_jax.atomic import replace_dir, temp_dir
 from reclm_jax.config import CONFIG_FILENAME, load_config
 from reclm_jax.errors import UserError
 from reclm_jax.teacher.config import TeacherConfig
 from reclm_jax.teacher.sasrec import SASRec
+from reclm_jax.train.checkpoint import restore_snapshot, save_snapshot
 
 ITEMS_FILE = "items.json"
 BEST_DIR = "best"
@@ -38,14 +37,7 @@ def _params_dict(model: SASRec) -> dict:
 
 def save_params(model: SASRec, out_dir: str | Path) -> Path:
     """Saves the model's parameters to ``<out_dir>/best`` (written beside it, then renamed into place)."""
-    out = Path(out_dir).absolute()
-    final = out / BEST_DIR
-    tmp = temp_dir(final, create=False)  # Orbax creates the folder itself
-    params = jax.tree.map(np.asarray, _params_dict(model))
-    with ocp.StandardCheckpointer() as ckptr:
-        ckptr.save(tmp, params)
-        ckptr.wait_until_finished()
-    return replace_dir(tmp, final)
+    return save_snapshot(Path(out_dir) / BEST_DIR, jax.tree.map(np.asarray, _params_dict(model)))
 
 
 def load_run_config(run_dir: str | Path) -> TeacherConfig:
@@ -71,13 +63,7 @@ def load_model(run_dir: str | Path, cfg: TeacherConfig, n_items: int) -> SASRec:
     if not path.is_dir():
         raise UserError(f"{path}: no best checkpoint; training has not saved one yet")
     abstract = nnx.eval_shape(lambda: SASRec(n_items, cfg.model, nnx.Rngs(0)))
-    target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), _params_dict(abstract))
-    with ocp.StandardCheckpointer() as ckptr:
-        try:
-            restored = ckptr.restore(path, target)
-        except Exception as e:  # shape/structure mismatch: the checkpoint is not from this config
-            raise UserError(f"{path}: cannot be restored with the run's config ({type(e).__name__}: "
-                            f"{str(e).splitlines()[0] if str(e) else ''})") from None
+    restored = restore_snapshot(path, _params_dict(abstract))
     params = nnx.state(abstract, nnx.Param)
 
     def intkeys(d: Any) -> Any:

@@ -46,3 +46,31 @@ class CheckpointStore:
 
     def close(self) -> None:
         self._manager.close()
+
+
+def save_snapshot(directory: str | Path, tree: Any) -> Path:
+    """One array pytree saved to ``directory`` on its own (no steps, no metadata): e.g. the teacher's best
+    parameters. Written beside it and renamed into place, so a reader never sees half a snapshot."""
+    from reclm_jax.atomic import replace_dir, temp_dir
+
+    final = Path(directory).absolute()
+    tmp = temp_dir(final, create=False)  # Orbax creates the folder itself
+    with ocp.StandardCheckpointer() as ckptr:
+        ckptr.save(tmp, tree)
+        ckptr.wait_until_finished()
+    return replace_dir(tmp, final)
+
+
+def restore_snapshot(directory: str | Path, like: Any) -> Any:
+    """The pytree ``save_snapshot`` wrote; ``like`` gives the structure, shapes and dtypes (arrays or
+    ``ShapeDtypeStruct``s). Raises ``UserError`` naming the folder when it does not match ``like``."""
+    from reclm_jax.errors import UserError
+
+    path = Path(directory).absolute()
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
+    with ocp.StandardCheckpointer() as ckptr:
+        try:
+            return ckptr.restore(path, abstract)
+        except Exception as e:  # structure or shape mismatch: the snapshot is not of this model
+            first = str(e).splitlines()[0] if str(e) else ""
+            raise UserError(f"{path}: cannot be restored into this model ({type(e).__name__}: {first})") from None

@@ -65,7 +65,10 @@ def test_accumulating_4_micro_batches_of_2_equals_one_batch_of_8(sft_world, tmp_
 
 def test_tiny_model_overfits_a_tiny_batch_without_recompiling(sft_world, tmp_path, tiny_overrides):
     arrays = _batch8(sft_world, tmp_path, tiny_overrides)
-    g, tr, fr, opt, step = _setup(sft_world, lr=1e-2)
+    # lr 5e-3: at 1e-2 (r 16, alpha 32, lm_head adapted) Adam is on the edge of stability and whether the loss
+    # falls 10x in 80 steps hinges on single tokens of the batch (measured: 0.43x vs 0.06x for a batch differing
+    # in 4 prompt tokens); at 5e-3 it falls by 1e-4 on both.
+    g, tr, fr, opt, step = _setup(sft_world, lr=5e-3)
     batch = _as_batch(arrays, 1)
     losses = []
     for i in range(80):
