@@ -99,8 +99,11 @@ def enable_compilation_cache() -> Path | None:
         path = resolve_dir()
         if path is not None:
             path.mkdir(parents=True, exist_ok=True)
-    except OSError as e:  # e.g. a read-only home: a slower start, not a reason to stop the stage
-        print(f"warning: JAX compilation cache off ({e})", file=sys.stderr)
+    except Exception as e:
+        # E.g. a read-only home, or no home at all (Path.home() raises RuntimeError): a slower start, never a
+        # reason to stop the stage (run_main calls this before every stage). One line, whatever the message.
+        message = " ".join(f"{type(e).__name__}: {e}".split())
+        print(f"warning: JAX compilation cache off ({message})", file=sys.stderr)
         return None
     if "jax" not in sys.modules:
         if path is None:

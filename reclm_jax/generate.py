@@ -30,13 +30,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def stop_ids(tokenizer, model_dir: Path) -> list[int]:
-    """The model's stop ids: the shared rule of ``models/special_tokens.py`` (validation uses it too)."""
-    from reclm_jax.models.special_tokens import resolve_stop_ids
-
-    return resolve_stop_ids(tokenizer, model_dir)
-
-
 def main(argv=None) -> int:
     args = parse_args(argv)
     model_dir = Path(args.model)
@@ -47,8 +40,8 @@ def main(argv=None) -> int:
     from reclm_jax.models.adapter_io import load_adapter
     from reclm_jax.models.generation import MAX_STOP_IDS, SamplingConfig, generate
     from reclm_jax.models.hf_loading import load_llama
-    from reclm_jax.models.special_tokens import resolve_pad_id
-    from reclm_jax.models.tokenizer import load_tokenizer
+    from reclm_jax.models.special_tokens import resolve_stop_ids
+    from reclm_jax.models.tokenizer import load_tokenizer, pad_token_id
 
     tok = load_tokenizer(model_dir, key="--model")
     if args.chat:
@@ -63,10 +56,10 @@ def main(argv=None) -> int:
         raise UserError("--prompt is empty after tokenisation")
     model = load_llama(model_dir, dtype=args.dtype)
     adapter = load_adapter(args.adapter, model) if args.adapter else None
-    stops = stop_ids(tok, model_dir)
+    stops = resolve_stop_ids(tok, model_dir)  # the rules validation uses too (models/special_tokens.py)
     if len(stops) > MAX_STOP_IDS:
         raise UserError(f"{model_dir} declares {len(stops)} stop ids {stops}; generation supports {MAX_STOP_IDS}")
-    result = generate(model, [ids], max_new_tokens=args.max_new_tokens, pad_id=resolve_pad_id(tok, model.config),
+    result = generate(model, [ids], max_new_tokens=args.max_new_tokens, pad_id=pad_token_id(tok),
                       stop_ids=stops, adapter=adapter, seed=args.seed,
                       sampling=SamplingConfig(args.temperature, args.top_k, args.top_p))
     new = result.token_lists()[0]

@@ -54,14 +54,14 @@ stamp "== [4/5] LoRA SFT of SmolLM2 -> $SFT_RUN ($SFT_STEPS steps, validation be
 rm -rf "$SFT_RUN"
 # CPU settings: bf16 compute (fp32 LoRA weights and optimiser state), 2 rows x 4 micro-batches per update, one
 # sequence shape (384 prompt + 192 output tokens) so the step compiles once; the learning-rate schedule spans
-# exactly SFT_STEPS steps (no warm-up); 16 validation samples per task, decoded in one batch.
+# exactly SFT_STEPS steps (no warm-up); 16 validation samples for each of the original's 4 validation tasks,
+# decoded in one batch, each up to the longest list the item index allows (no list is cut).
 python -m reclm_jax.sft --config configs/sft_smollm2_ml1m.yaml \
   data_path="$DATA_DIR" teacher.checkpoint="$TEACHER_RUN" model.path="$MODEL_DIR" output_dir="$SFT_RUN" \
   train.batch_size=2 train.grad_accum=4 train.max_steps="$SFT_STEPS" train.time_budget_s="$SFT_SECONDS" \
   train.log_every=1 optim.warmup_ratio=0 \
   "data.prompt_buckets=[384]" "data.output_buckets=[192]" data.max_prompt_length=384 data.max_output_length=192 \
-  "data.val_tasks=[SFTTestSeqRec,SFT+TestPersonalControlRec,SFT-TestPersonalControlRec]" \
-  data.val_num_per_task=16 train.val_batch_size=48 train.val_max_new_tokens=128
+  data.val_num_per_task=16 train.val_batch_size=64
 echo
 stamp "== [5/5] merge the adapter into an HF folder -> $SFT_RUN/merged"
 python -m reclm_jax.sft.merge --run "$SFT_RUN" --overwrite
@@ -69,6 +69,6 @@ echo
 stamp "quickstart done"
 echo "  data     $DATA_DIR"
 echo "  model    $MODEL_DIR"
-echo "  teacher  $TEACHER_RUN  (metrics.json)"
+echo "  teacher  $TEACHER_RUN  (metrics.json, log.jsonl)"
 echo "  SFT      $SFT_RUN  (metrics.json, log.jsonl, tensorboard/, adapter/, merged/)"
 python -m reclm_jax.sft.report "$SFT_RUN"

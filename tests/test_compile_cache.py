@@ -45,7 +45,7 @@ from reclm_jax.compile_cache import enable_compilation_cache
 import jax.numpy as jnp
 from reclm_jax.models.hf_loading import load_llama
 from reclm_jax.models.lora import LoraConfig, add_lora, split_trainable
-from reclm_jax.sft.optim import OptimConfig, make_optimizer
+from reclm_jax.train.optim import OptimConfig, make_optimizer
 from reclm_jax.sft.step import Batch, make_train_step
 
 out = {"dir": str(enable_compilation_cache())}
@@ -81,12 +81,39 @@ run_main(main)
 """
 
 
-def _run(code: str, env: dict, *args: str) -> dict:
+# The cache root cannot be found (no home: Path.home() raises RuntimeError): the stage still runs, without a
+# persistent cache, after one warning line.
+NO_CACHE_ROOT = """
+import reclm_jax.assets
+from reclm_jax.cli import run_main
+
+
+def no_home():
+    raise RuntimeError("Could not determine home directory.")
+
+
+reclm_jax.assets.cache_dir = no_home  # what compile_cache.resolve_dir calls for the default folder
+
+
+def main():
+    import json
+    import jax
+    import jax.numpy as jnp
+    value = float(jax.jit(lambda x: jnp.tanh(x).sum())(jnp.ones(4)))
+    print("RESULT " + json.dumps({"value": value, "dir": jax.config.jax_compilation_cache_dir}))
+
+run_main(main)
+"""
+
+
+def _run(code: str, env: dict, *args: str, stderr: list | None = None) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_", "RECLM_JAX_"))} | env
     env |= {"PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu"}
     r = subprocess.run([sys.executable, "-c", code, *args], env=env, capture_output=True, text=True, timeout=300)
     lines = [ln for ln in r.stdout.splitlines() if ln.startswith("RESULT ")]
     assert r.returncode == 0 and lines, r.stderr[-3000:]
+    if stderr is not None:
+        stderr.append(r.stderr)
     return json.loads(lines[-1][len("RESULT "):])
 
 
@@ -137,3 +164,11 @@ def test_a_jax_cache_dir_is_kept_when_reclm_sets_none(tmp_path):
     assert out["dir"] == str(jax_dir)
     assert any(p.name.startswith("jit_") for p in jax_dir.iterdir())
     assert not (tmp_path / SUBDIR).exists()
+
+
+def test_a_failing_cache_root_warns_once_and_the_stage_runs_without_a_cache():
+    stderr = []
+    out = _run(NO_CACHE_ROOT, {}, stderr=stderr)
+    assert out["value"] > 0 and out["dir"] is None  # the program ran; no persistent cache folder was set
+    warnings = [ln for ln in stderr[0].splitlines() if "compilation cache" in ln]
+    assert warnings == ["warning: JAX compilation cache off (RuntimeError: Could not determine home directory.)"]

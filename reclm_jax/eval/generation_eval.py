@@ -10,7 +10,6 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 import numpy as np
-from flax import nnx
 from tqdm.auto import tqdm
 
 from reclm_jax.data.item_index import ItemIndex, longest_list_tokens
@@ -19,28 +18,24 @@ from reclm_jax.eval.metrics import Metrics
 from reclm_jax.eval.parsing import parse_list
 from reclm_jax.models.generation import SamplingConfig
 from reclm_jax.models.sampler import Sampler
-from reclm_jax.models.special_tokens import resolve_pad_id, resolve_stop_ids
+from reclm_jax.models.special_tokens import resolve_stop_ids
+from reclm_jax.models.tokenizer import pad_token_id
 
 # Prompt-length buckets for validation decoding: steps of about 1.5x, so padding wastes at most a third of the
 # prefill while a validation set still compiles only a few programs.
 PROMPT_BUCKETS = (64, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048)
 
 
-def stop_token_ids(tokenizer: Any, model_dir: str | None = None) -> list[int]:
-    """The model's stop ids: the shared rule of ``models/special_tokens.py`` (the generate CLI uses it too);
-    ``model_dir`` defaults to the folder the tokenizer was loaded from."""
-    return resolve_stop_ids(tokenizer, model_dir)
-
-
 def validation_sampler(model, tokenizer: Any, *, batch_size: int = 16, runtime=None) -> Sampler:
-    """The Sampler validation decodes with: the tokenizer's pad and stop ids, validation's prompt buckets.
+    """The Sampler validation decodes with: validation's prompt buckets and the shared rules for the pad id
+    (``models.tokenizer.pad_token_id``, as training batches and the generate CLI) and the stop ids
+    (``special_tokens.resolve_stop_ids``; the model folder is the one the tokenizer was loaded from).
 
     ``model``: a ``LlamaForCausalLM``, ``(graphdef, state)`` or ``(graphdef, trainable, frozen)``. A trainer
     keeps the returned Sampler and calls ``update_params(trainable)`` before each validation, so every
     validation of a run reuses the programs compiled by the first."""
-    config = (model if isinstance(model, nnx.Module) else nnx.merge(*model)).config
-    return Sampler(model, pad_id=resolve_pad_id(tokenizer, config), stop_ids=stop_token_ids(tokenizer),
-                   runtime=runtime, prompt_buckets=PROMPT_BUCKETS, batch_buckets=(batch_size,))
+    return Sampler(model, pad_id=pad_token_id(tokenizer), stop_ids=resolve_stop_ids(tokenizer), runtime=runtime,
+                   prompt_buckets=PROMPT_BUCKETS, batch_buckets=(batch_size,))
 
 
 def evaluate_generation(sampler_or_model, tokenizer: Any, samples: Sequence[dict], index: ItemIndex,

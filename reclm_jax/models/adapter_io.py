@@ -3,7 +3,8 @@
 Checkpoint format: a directory holding
 
 - ``lora_adapter.json``: ``{"format": "reclm_jax.lora", "version": 1, "name", "rank", "alpha", "dropout",
-  "targets", "init", "modules": [dotted module names], "full_tune": [HF tensor names], "base_model"}``
+  "targets", "init", "modules": [dotted module names], "full_tune": [HF tensor names], "base_model"}``;
+  ``modules`` is empty for an adapter that only owns full copies (its LoRA fields are then placeholders)
 - ``lora_adapter.safetensors``: ``<module>.lora_A.weight`` [r, in] and ``<module>.lora_B.weight`` [out, r]
   in float32 (PEFT's orientation, so a PEFT export is a rename), and each full kernel copy the adapter owns
   under its module's HF weight name and HF orientation (``lm_head.weight`` [vocab, hidden]), in float32.
@@ -52,11 +53,12 @@ def save_adapter(path: str | Path, model: nnx.Module, name: str = "default", *, 
         cfg = config
     elif mods:
         first = next(iter(mods.values()))
-        rank = first.lora[name]["a"][...].shape[1]
+        a = first.lora[name]["a"][...]
         scale, dropout = first.adapters[name]
-        cfg = LoraConfig(rank=rank, alpha=scale * rank, dropout=dropout, targets=tuple(mods))
-    else:  # full copies only: the LoRA fields are placeholders
-        cfg = LoraConfig(targets=())
+        cfg = LoraConfig(rank=a.shape[1], alpha=scale * a.shape[1], dropout=dropout, targets=tuple(mods),
+                         param_dtype=str(a.dtype))
+    else:  # full copies only: the LoRA fields are placeholders; param_dtype is the copies' (loading uses it)
+        cfg = LoraConfig(targets=(), param_dtype=str(next(iter(owned.values())).full[name][...].dtype))
     specs = []
     for mod, lin in mods.items():
         a, b = lin.lora[name]["a"], lin.lora[name]["b"]
@@ -110,8 +112,10 @@ def load_adapter(path: str | Path, model: nnx.Module, name: str | None = None) -
         raise UserError(f"{path}: missing {ADAPTER_WEIGHTS}")
     refs = read_safetensors_header(weights_file)
     cfg = adapter_config(meta)
-    add_lora(model, cfg, name, modules=list(meta["modules"]))
-    mods = adapter_modules(model, name)
+    mods = {}
+    if meta["modules"]:  # an adapter may own only full copies: then there is no LoRA factor to attach
+        add_lora(model, cfg, name, modules=list(meta["modules"]))
+        mods = adapter_modules(model, name)
     for mod, lin in mods.items():
         for part, suffix in (("a", "lora_A"), ("b", "lora_B")):
             key = f"{mod}.{suffix}.weight"

@@ -132,9 +132,10 @@ def generate(model, prompts: Sequence[Sequence[int]], *, max_new_tokens: int | S
     A thin wrapper over ``Sampler`` (see there for every argument): one call's Sampler is kept per
     (graphdef, settings) in a small process-wide cache, so calling ``generate`` again and again with the same
     model reuses its compiled programs; the weights are taken from ``model`` at every call. ``model`` is a
-    ``LlamaForCausalLM``, ``(graphdef, state)`` or ``(graphdef, trainable, frozen)``. ``seed``: an int (row i
-    draws from stream i of that seed), one int per prompt, or a JAX key (turned into an int seed).
-    ``runtime``: an optional ``reclm_jax.train.runtime.Runtime``.
+    ``LlamaForCausalLM``, ``(graphdef, state)`` or ``(graphdef, trainable, frozen)``. ``seed``: an int (each
+    row draws the stream of its global row index from it), one int per prompt (a list or numpy array), or one
+    JAX key, typed (``jax.random.key``) or raw uint32[2] (``jax.random.PRNGKey``), whose bits become the int
+    seed; anything else is a ``UserError``. ``runtime``: an optional ``reclm_jax.train.runtime.Runtime``.
     """
     from reclm_jax.models.sampler import shared_sampler
 
@@ -142,8 +143,6 @@ def generate(model, prompts: Sequence[Sequence[int]], *, max_new_tokens: int | S
         raise UserError("generate: no prompts given")
     if any(len(p) == 0 for p in prompts):  # before touching the model, so the message names the real mistake
         raise UserError("generate: every prompt needs at least one token")
-    if isinstance(seed, jax.Array) and jnp.issubdtype(seed.dtype, jax.dtypes.prng_key):
-        seed = int(jax.random.bits(seed, dtype=jnp.uint32))
     with shared_sampler(model, pad_id=pad_id, cache_dtype=cache_dtype, prompt_buckets=prompt_buckets,
                         batch_buckets=batch_buckets, min_prompt_bucket=min_prompt_bucket, runtime=runtime) as s:
         return s(prompts, max_new_tokens=max_new_tokens, stop_ids=stop_ids, sampling=sampling, seeds=seed,

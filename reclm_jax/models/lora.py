@@ -82,9 +82,15 @@ def _a_init(cfg: LoraConfig, key, fan_in: int) -> jnp.ndarray:
     return jax.random.uniform(key, shape, jnp.float32, -bound, bound)
 
 
-def _mesh_of(model: nnx.Module):
-    s = getattr(model.model.embed_tokens.weight[...], "sharding", None)
-    return s.mesh if isinstance(s, NamedSharding) else None
+def mesh_of(tree):
+    """The mesh of the first ``NamedSharding`` leaf of ``tree`` (an array or a pytree of arrays, e.g. an
+    ``nnx.State``), or None when nothing is on a mesh. The one helper for "which mesh do these weights live
+    on" (LoRA placement here, the Sampler's default ``Runtime``)."""
+    for leaf in jax.tree_util.tree_leaves(tree):
+        s = getattr(leaf, "sharding", None)
+        if isinstance(s, NamedSharding):
+            return s.mesh
+    return None
 
 
 def _check_adapter_name(name: str) -> None:
@@ -107,7 +113,7 @@ def add_lora(model: nnx.Module, cfg: LoraConfig, name: str = "default", *, seed:
         raise UserError(f"LoRA dropout must be in [0, 1), got {cfg.dropout}")
     linears = linear_modules(model)
     chosen = modules if modules is not None else select_targets(model, cfg.targets)
-    mesh = _mesh_of(model)
+    mesh = mesh_of(model.model.embed_tokens.weight[...])
     key = jax.random.key(seed)
     dtype = jnp.dtype(cfg.param_dtype)
     for i, mod_name in enumerate(chosen):
@@ -150,7 +156,7 @@ def own_full_copy(model: nnx.Module, adapter: str, targets: tuple[str, ...],
     _check_adapter_name(adapter)
     linears = linear_modules(model)
     chosen = select_targets(model, tuple(targets))
-    mesh = _mesh_of(model)
+    mesh = mesh_of(model.model.embed_tokens.weight[...])
     for mod_name in chosen:
         lin = linears[mod_name]
         if adapter in lin.full_copies:

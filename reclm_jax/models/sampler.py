@@ -7,8 +7,11 @@ varies per call is a traced array:
 
 - ``max_new_tokens`` is a per-row int32 limit inside a bucketed output length (powers of two >= 16 by
   default), so lengths within a bucket reuse one program;
-- each row draws from its own key, ``fold_in(fold_in(key(seed), stream), step)``: a row's sample depends on
-  its seed, stream and logits only, never on its batch neighbours or its position in the batch;
+- each row draws from its own key, ``fold_in(fold_in(key(seed), stream), step)``, so a row's sample depends
+  on its seed, stream and logits only, never on its batch neighbours. With one int seed per prompt the stream
+  is 0: the row's sample is reproducible wherever it sits in any batch. With one int seed for the call the
+  stream is the row's *global* row index (its position in the batch summed over all processes), so rows, and
+  the same row on two processes, draw different numbers, and a row's sample depends on its index;
 - ``update_params`` swaps in new trainable weights (same tree, shapes and shardings) without recompiling;
 - stop ids are per row ([B, 8], -1 = unused), so one batch can mix requests with different stop tokens.
 
@@ -18,7 +21,10 @@ inside it and never leaves it, so there is nothing worth donating: no input buff
 
 Batch rows are padded to batch buckets and prompts left-padded to prompt buckets. With a ``Runtime`` the
 program runs inside ``runtime.activate()`` (so the model's activation constraints apply) and batch arrays are
-assembled with ``runtime.place`` from this process's rows; the results are this process's rows.
+assembled with ``runtime.place`` from this process's rows. With more than one process every process must call
+the Sampler together (it is a collective): they first agree on the largest row count, prompt length and
+``max_new_tokens`` (``runtime.agree_max``) so all compile the same global shapes, and each gets back its own
+rows, read from the shards on its own devices (no gather across hosts).
 """
 
 from __future__ import annotations
@@ -31,13 +37,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from jax.sharding import NamedSharding
 
 from reclm_jax.errors import UserError
 from reclm_jax.models.generation import (MAX_STOP_IDS, GenerationResult, LogitsProcessor, SamplingConfig, bucket,
                                          left_pad, sample_tokens)
 from reclm_jax.models.kv_cache import init_cache
 from reclm_jax.models.linear import LoRAParam
+from reclm_jax.models.lora import mesh_of
 from reclm_jax.models.sharding import constrain
 
 _TRACES = [0]  # every Sampler's traces together (generation.trace_count)
@@ -63,27 +69,99 @@ def split_model(model) -> tuple[Any, nnx.State, nnx.State]:
                     f"{type(model).__name__}")
 
 
-def mesh_of(tree):
-    """The mesh of the first ``NamedSharding`` leaf of ``tree`` (None when nothing is on a mesh)."""
-    for leaf in jax.tree_util.tree_leaves(tree):
-        s = getattr(leaf, "sharding", None)
-        if isinstance(s, NamedSharding):
-            return s.mesh
+def runtime_for(tree):
+    """A ``Runtime`` over the mesh ``tree``'s weights live on (this process's place in it), or None when they
+    are on no mesh. ``models/`` imports ``train/`` only here, lazily (see docs/architecture.md)."""
+    mesh = mesh_of(tree)
+    if mesh is None:
+        return None
+    from reclm_jax.train.runtime import Runtime
+
+    return Runtime(mesh, jax.process_index(), jax.process_count())
+
+
+def key_seed(seed) -> int | None:
+    """The int seed of a JAX key (typed, ``jax.random.key``, or raw uint32[2], ``jax.random.PRNGKey``), else None.
+
+    Only a ``jax.Array`` of the raw key shape and dtype counts as a raw key; per-prompt seeds are ints (a list or
+    a numpy array). A typed key array of another shape than () is refused: one key is one seed."""
+    if not isinstance(seed, jax.Array):
+        return None
+    if jnp.issubdtype(seed.dtype, jax.dtypes.prng_key):
+        if seed.shape != ():
+            raise UserError(f"seed: one JAX key (shape ()), got a key array of shape {seed.shape}; give one "
+                            f"int seed per prompt instead")
+        return int(jax.random.bits(seed, dtype=jnp.uint32))
+    # The default implementation's raw key shape ((2,) for threefry), found abstractly: nothing runs.
+    raw_shape = jax.eval_shape(lambda: jax.random.key_data(jax.random.key(0))).shape
+    if seed.dtype == jnp.uint32 and seed.shape == raw_shape:
+        return int(jax.random.bits(jax.random.wrap_key_data(seed), dtype=jnp.uint32))
     return None
 
 
-def row_seeds(seeds, n: int) -> np.ndarray:
-    """uint32 [n, 2] (seed, stream) per row: an int -> (seed, i) for row i; n ints -> (seed_i, 0)."""
-    if isinstance(seeds, (int, np.integer)):
-        out = np.stack([np.full(n, int(seeds)), np.arange(n)], axis=1)
+def row_seeds(seeds, n: int, rows: np.ndarray | None = None) -> np.ndarray:
+    """uint32 [n, 2] (seed, stream) per row.
+
+    An int (or a JAX key, ``key_seed``) -> (seed, rows[i]) for row i, ``rows`` being the rows' global row
+    indices (default 0..n-1, one process); n ints -> (seed_i, 0), independent of the row's position."""
+    key = key_seed(seeds)
+    if key is not None:
+        seeds = key
+    if isinstance(seeds, (int, np.integer)) and not isinstance(seeds, bool):
+        streams = np.arange(n) if rows is None else np.asarray(rows[:n], np.int64)
+        out = np.stack([np.full(n, int(seeds)), streams], axis=1)
     else:
         s = np.asarray(seeds).reshape(-1)
         if len(s) != n or not np.issubdtype(s.dtype, np.integer):
-            raise UserError(f"Sampler: seeds must be an int or one int per prompt ({n}), got {seeds!r}")
-        out = np.stack([s, np.zeros(n, np.int64)], axis=1)
+            raise UserError(f"Sampler: seeds must be an int, a JAX key or one int per prompt ({n}), got {seeds!r}")
+        out = np.stack([s.astype(np.int64), np.zeros(n, np.int64)], axis=1)
     if (out < 0).any() or (out >= 2 ** 32).any():
         raise UserError("Sampler: seeds must lie in [0, 2**32)")
     return out.astype(np.uint32)
+
+
+def process_rows(runtime, rows: int) -> np.ndarray:
+    """The global row indices of this process's ``rows`` batch rows, in order, as ``runtime.place`` lays them out.
+
+    ``jax.make_array_from_process_local_data`` maps a process's local rows, in order, onto the sorted row blocks
+    its devices hold in the batch sharding; so this is the sorted union of those blocks (0..rows-1 with one
+    process)."""
+    if runtime is None or runtime.process_count == 1:
+        return np.arange(rows)
+    total = rows * runtime.process_count
+    held = runtime.batch_sharding(1, total).addressable_devices_indices_map((total,))
+    ids = sorted({r for index in held.values() for r in range(*index[0].indices(total))})
+    if len(ids) != rows:  # a non-uniform batch sharding: runtime.place would have refused it too
+        raise UserError(f"Sampler: this process's devices hold {len(ids)} of the {total} batch rows, "
+                        f"not its {rows}")
+    return np.asarray(ids)
+
+
+def read_rows(x: jax.Array, rows: np.ndarray) -> np.ndarray:
+    """Rows ``rows`` (global indices) of ``x`` as numpy, read from the shards on this process's devices only.
+
+    The program constrains its outputs to the batch sharding its inputs were placed with, so the rows a process
+    supplied are on its own devices; nothing is gathered across hosts. Raises if some row is not (which the
+    constraint rules out) rather than gathering: a gather is a collective, and only this process would enter it.
+    """
+    out = np.zeros((len(rows), *x.shape[1:]), x.dtype)
+    seen = np.zeros(out.shape, bool)
+    where = {int(r): i for i, r in enumerate(rows)}
+    for shard in x.addressable_shards:
+        index = shard.index
+        pairs = [(j, where[r]) for j, r in enumerate(range(*index[0].indices(x.shape[0]))) if r in where]
+        if not pairs:
+            continue
+        src, dst = (np.asarray(v) for v in zip(*pairs))
+        rest = index[1:]
+        if seen[(dst, *rest)].all():
+            continue  # a replica of rows already read
+        out[(dst, *rest)] = np.asarray(shard.data)[src]
+        seen[(dst, *rest)] = True
+    if not seen.all():
+        raise RuntimeError("Sampler: this process's rows are not all on its own devices (the program's output "
+                           "sharding differs from the batch sharding)")
+    return out
 
 
 def _stop_rows(stop_ids, n: int) -> list[list[int]]:
@@ -117,13 +195,7 @@ class Sampler:
         self.pad_id = int(pad_id)
         self.stop_ids = tuple(int(s) for s in stop_ids)
         _stop_rows(self.stop_ids, 1)  # validates the count
-        if runtime is None:
-            mesh = mesh_of((self.trainable, self.frozen))
-            if mesh is not None:
-                from reclm_jax.train.runtime import Runtime
-
-                runtime = Runtime(mesh, jax.process_index(), jax.process_count())
-        self.runtime = runtime
+        self.runtime = runtime if runtime is not None else runtime_for((self.trainable, self.frozen))
         self.cache_dtype = cache_dtype
         self.prompt_buckets = tuple(prompt_buckets) if prompt_buckets else None
         self.batch_buckets = tuple(batch_buckets) if batch_buckets else None
@@ -137,7 +209,12 @@ class Sampler:
         """Swaps in new trainable weights (e.g. LoRA after a training step); the programs are reused.
 
         ``trainable`` must have the current tree structure, shapes and dtypes; leaves on another sharding
-        are moved onto the current one (a different sharding would otherwise be a new compile)."""
+        are moved onto the current one (a different sharding would otherwise be a new compile).
+
+        The Sampler keeps references to the arrays it was given (here or at construction), not copies. A
+        train step that donates them (the SFT step donates ``trainable``) deletes those buffers, and a later
+        call would fail on deleted arrays: call ``update_params`` with the step's fresh arrays before every use
+        after such a step (the SFT trainer does, before each validation)."""
         old_leaves, old_tree = jax.tree.flatten(self.trainable)
         new_leaves, new_tree = jax.tree.flatten(trainable)
         if old_tree != new_tree:
@@ -151,25 +228,23 @@ class Sampler:
             placed.append(n if s is None or getattr(n, "sharding", None) == s else jax.device_put(n, s))
         self.trainable = jax.tree.unflatten(new_tree, placed)
 
-    def set_model(self, model) -> None:
-        """Replaces every weight (same graphdef); a change of shapes or shardings compiles anew."""
-        graphdef, self.trainable, self.frozen = split_model(model)
-        if graphdef != self.graphdef:
-            raise UserError("Sampler.set_model: the model has another structure than this Sampler's")
-
     # -- generation ---------------------------------------------------------------------------------------
     def __call__(self, prompts: Sequence[Sequence[int]], *, max_new_tokens: int | Sequence[int],
-                 seeds: int | Sequence[int] = 0, sampling: SamplingConfig = SamplingConfig(),
+                 seeds: int | Sequence[int] | jax.Array = 0, sampling: SamplingConfig = SamplingConfig(),
                  adapter: str | None = None, stop_ids=None, logits_processor: LogitsProcessor | None = None,
                  processor_data: Any = None, rows: int | None = None) -> GenerationResult:
         """Continues each prompt (a non-empty list of token ids) by up to ``max_new_tokens`` tokens.
 
-        max_new_tokens: an int or one per prompt (each >= 1). seeds: an int (row i draws from stream i of it)
-        or one int per prompt (the row's sample is then reproducible wherever it sits in any batch); only
-        used when ``sampling.temperature > 0``. adapter: the LoRA adapter (None = base weights). stop_ids:
-        ints for every row or one list per prompt (at most 8 each); None = the Sampler's. rows: pad the
-        batch to exactly this many rows instead of its bucket. Returns this process's rows: tokens int32
-        and logprobs float32 [n, max(max_new_tokens)], lengths int32 [n], stopped bool [n].
+        max_new_tokens: an int or one per prompt (each >= 1). seeds: an int or a JAX key (typed or raw
+        uint32[2]; its bits become the int), from which each row draws the stream of its global row index
+        (its position in the batch over all processes), or one int per prompt (the row's sample is then
+        reproducible wherever it sits in any batch); only used when ``sampling.temperature > 0``. adapter: the
+        LoRA adapter (None = base weights). stop_ids: ints for every row or one list per prompt (at most 8
+        each); None = the Sampler's. rows: pad this process's batch to exactly this many rows instead of its
+        bucket (with several processes: the largest ``rows`` any of them asks for). Returns this process's
+        rows: tokens int32 and logprobs float32 [n, max(max_new_tokens)], lengths int32 [n], stopped bool [n].
+
+        With more than one process this is a collective: every process calls it, with its own prompts.
         """
         n = len(prompts)
         if n == 0:
@@ -183,9 +258,18 @@ class Sampler:
         stops = _stop_rows(self.stop_ids if stop_ids is None else stop_ids, n)
         if rows is not None and rows < n:
             raise UserError(f"generate: {n} prompts do not fit in rows={rows}")
-        b = rows or bucket(n, self.batch_buckets)
-        p = bucket(max(len(q) for q in prompts), self.prompt_buckets, self.min_prompt_bucket)
-        length = bucket(int(limits.max()), self.length_buckets, self.min_length_bucket)
+        rt = self.runtime
+        n_rows, longest, top = rows or n, max(len(q) for q in prompts), int(limits.max())
+        if rt is not None and rt.process_count > 1:  # every process must compile the same global shapes
+            agree = getattr(rt, "agree_max", None)
+            if agree is None:
+                raise UserError("Sampler: with more than one process the runtime must provide agree_max (the "
+                                "processes agree on the batch, prompt and output buckets)")
+            n_rows, longest, top = agree([n_rows, longest, top])
+        b = n_rows if rows else bucket(n_rows, self.batch_buckets)
+        p = bucket(longest, self.prompt_buckets, self.min_prompt_bucket)
+        length = bucket(top, self.length_buckets, self.min_length_bucket)
+        mine = process_rows(rt, b)  # the global row index of each of this process's rows
 
         tokens, mask = left_pad(prompts, p, b, self.pad_id)
         lim = np.zeros(b, np.int32)  # idle rows: limit 0, done before the first step
@@ -194,22 +278,18 @@ class Sampler:
         for i, s in enumerate(stops):
             stop_arr[i, : len(s)] = s
         seed_arr = np.zeros((b, 2), np.uint32)
-        seed_arr[:n] = row_seeds(seeds, n)
+        seed_arr[:n] = row_seeds(seeds, n, mine)
         shared, per_row = _split_processor_data(logits_processor, processor_data, n, b)
 
         batch = (tokens, mask, lim, stop_arr, seed_arr, per_row)
         program = self._program(sampling, adapter, logits_processor, length)
-        rt = self.runtime
         if rt is not None:
             batch, shared = rt.place_tree(batch), rt.replicate(shared)
         with rt.activate() if rt is not None else contextlib.nullcontext():
             out = program(self.trainable, self.frozen, *batch, shared)
-        toks, logp, lens, stopped = rt.to_host(out) if rt is not None else jax.device_get(out)
-        first = rt.process_index * b if rt is not None and rt.process_count > 1 else 0
+        toks, logp, lens, stopped = (read_rows(x, mine[:n]) for x in out)
         width = int(limits.max())
-        keep = slice(first, first + n)
-        return GenerationResult(tokens=np.asarray(toks[keep, :width]), logprobs=np.asarray(logp[keep, :width]),
-                                lengths=np.asarray(lens[keep]), stopped=np.asarray(stopped[keep]))
+        return GenerationResult(tokens=toks[:, :width], logprobs=logp[:, :width], lengths=lens, stopped=stopped)
 
     def _program(self, sampling: SamplingConfig, adapter: str | None, processor: LogitsProcessor | None,
                  length: int):
@@ -306,7 +386,9 @@ def _decode(model, tokens, mask, limits, stops, seeds, data, *, length, sampling
 
     carry = (jnp.int32(1), out.cache, tok, done, stopped, lengths, out_tokens, out_logp, proc_state)
     _, _, _, _, stopped, lengths, out_tokens, out_logp, _ = jax.lax.while_loop(cond, body, carry)
-    return out_tokens, out_logp, lengths, stopped
+    # The batch layout the inputs were placed with, so each process finds its own rows on its own devices.
+    return (constrain(out_tokens, "batch", None), constrain(out_logp, "batch", None), constrain(lengths, "batch"),
+            constrain(stopped, "batch"))
 
 
 # -- generate()'s process-wide Samplers ---------------------------------------------------------------------
@@ -321,11 +403,7 @@ def shared_sampler(model, *, pad_id: int, cache_dtype=None, prompt_buckets=None,
     ``with`` block runs (they are dropped afterwards, so the cache never keeps a model alive)."""
     graphdef, trainable, frozen = split_model(model)
     if runtime is None:
-        mesh = mesh_of((trainable, frozen))
-        if mesh is not None:
-            from reclm_jax.train.runtime import Runtime
-
-            runtime = Runtime(mesh, jax.process_index(), jax.process_count())
+        runtime = runtime_for((trainable, frozen))
     key = (graphdef, int(pad_id), cache_dtype, tuple(prompt_buckets or ()), tuple(batch_buckets or ()),
            min_prompt_bucket, runtime)
     sampler = _SHARED.pop(key, None)

@@ -94,16 +94,12 @@ def resolve_stop_ids(tokenizer: Any, model_dir: str | Path | None = None) -> lis
     return sorted(set(ids))
 
 
-def resolve_pad_id(tokenizer: Any, config: Any = None) -> int:
-    """The pad id: the tokenizer's pad, else the model config's ``pad_token_id``, else EOS (tokenizer, then
-    config), else 0. ``config``: a ``LlamaConfig``, an HF ``config.json`` dict, or None."""
-    if tokenizer is not None and tokenizer.pad_token_id is not None:
+def resolve_pad_id(tokenizer: Any) -> int:
+    """The pad id: the tokenizer's pad, else its EOS, else 0. From the tokenizer only (a model config's
+    ``pad_token_id`` is ignored), so training batches, validation and the generate CLI, which all hold the
+    tokenizer, pad with the same id; use it through ``models.tokenizer.pad_token_id``."""
+    if tokenizer.pad_token_id is not None:
         return int(tokenizer.pad_token_id)
-    get = (config.get if isinstance(config, dict) else lambda k: getattr(config, k, None)) if config is not None \
-        else (lambda k: None)
-    if get("pad_token_id") is not None:
-        return int(get("pad_token_id"))
-    if tokenizer is not None and tokenizer.eos_token_id is not None:
+    if tokenizer.eos_token_id is not None:
         return int(tokenizer.eos_token_id)
-    eos = _ids(get("eos_token_ids")) or _ids(get("eos_token_id"))
-    return eos[0] if eos else 0
+    return 0

@@ -59,7 +59,9 @@ class TrainSettings:
     log_every: int = 10
     val_every: int = 0  # optimiser steps between validations; 0 = at the end of every epoch
     val_before: bool = True  # validate the base model first (the "before" column)
-    val_batch_size: int = 16  # global, as batch_size
+    # Rows per validation decode on each process: every process decodes the whole validation set (validation
+    # is not split across processes yet), so unlike batch_size this is per process.
+    val_batch_size: int = 16
     # <= 0: automatic, the tokens of the longest list the item index allows (data.item_index.longest_list_tokens);
     # a fixed length can cut 10-item lists of long titles (the original allows at least 512).
     val_max_new_tokens: int = 0

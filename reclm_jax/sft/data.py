@@ -98,9 +98,10 @@ class SFTData:
         return pad_token_id(self.tokenizer)
 
 
-def stack_micro_batches(batches: list[dict], pad_id: int) -> dict[str, np.ndarray]:
-    """[A] micro-batch dicts -> int32 arrays [A, B, T] (right-padded to the longest)."""
-    width = max(b["input_ids"].shape[1] for b in batches)
+def stack_micro_batches(batches: list[dict], pad_id: int, width: int = 0) -> dict[str, np.ndarray]:
+    """[A] micro-batch dicts -> int32 arrays [A, B, T], right-padded to the longest or to ``width`` if larger
+    (processes agree on one width, so their rows form one global array)."""
+    width = max(width, *(b["input_ids"].shape[1] for b in batches))
 
     def pad(x: np.ndarray, value) -> np.ndarray:
         return np.pad(x, ((0, 0), (0, width - x.shape[1])), constant_values=value)

@@ -87,14 +87,3 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, *, adapter: str 
 
     out_shardings = None if state_shardings is None else (*state_shardings, None)
     return jax.jit(step, donate_argnums=(0, 1), out_shardings=out_shardings)
-
-
-def make_loss_fn(graphdef, *, adapter: str | None = "default", weighting: str = "sequence") -> Callable:
-    """Jitted ``loss(trainable, frozen, tokens, attention_mask, loss_mask) -> (numerator, denominator)``
-    on one [B, T] batch, without dropout (validation loss)."""
-
-    def fn(trainable, frozen, tokens, attention_mask, loss_mask):
-        return _loss_parts(graphdef, trainable, frozen, tokens, attention_mask, loss_mask, None, adapter, weighting)
-
-    return jax.jit(fn)
-

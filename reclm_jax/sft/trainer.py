@@ -68,8 +68,7 @@ class SFTTrainer:
         self.total_steps = self.steps_per_epoch * t.epochs
         if t.max_steps > 0:
             self.total_steps = min(self.total_steps, t.max_steps)
-        self.cadence = Cadence(log_every=t.log_every, save_every=t.save_every, val_every=t.val_every,
-                               time_budget_s=t.time_budget_s)
+        self.cadence = Cadence(log_every=t.log_every, save_every=t.save_every, val_every=t.val_every)
 
         self.backbone = load_backbone(cfg.model, {ADAPTER: cfg.lora}, self.runtime, seed=t.seed,
                                       progress=self.progress)
@@ -90,15 +89,19 @@ class SFTTrainer:
         self.data_state: dict | None = None
         self.best = -1.0
         self.history: dict[str, Any] = {}
+        self.last_val_step = -1  # the step of the latest validation (saved, so a resume does not repeat it)
 
     # -- state ----------------------------------------------------------------------------------------
     def _state(self) -> dict:
         return {"trainable": self.trainable, "opt_state": self.opt_state}
 
-    def save_checkpoint(self, data_state: dict | None) -> None:
+    def save_checkpoint(self, data_state: dict | None, replace: bool = False) -> None:
+        """A collective (every process calls it). The metadata carries the validation results so far, so a
+        checkpoint is (re)written after any validation at its step."""
+        self.data_state = data_state
         meta = {"step": self.step, "epoch": self.epoch, "data_state": data_state, "best": self.best,
-                "history": self.history}
-        self.store.save(self.step, self._state(), meta)
+                "history": self.history, "last_val_step": self.last_val_step}
+        self.store.save(self.step, self._state(), meta, replace=replace)
 
     def restore_latest(self) -> bool:
         step = self.store.latest_step()
@@ -108,6 +111,7 @@ class SFTTrainer:
         self.trainable, self.opt_state = state["trainable"], state["opt_state"]
         self.step, self.epoch, self.data_state = meta["step"], meta["epoch"], meta["data_state"]
         self.best, self.history = meta["best"], meta.get("history", {})
+        self.last_val_step = meta.get("last_val_step", -1)
         return True
 
     def model(self) -> nnx.Module:
@@ -140,6 +144,10 @@ class SFTTrainer:
         return {"results": results, "ratios": metrics.ratios(), "mean_NDCG": ndcg, "table": metrics.table(),
                 "examples": [{"task": s["task"], "target": s["output_text"], "generated": g}
                              for s, g in list(zip(samples, texts))[:3]]}
+
+    def _validate_adapter(self, samples: list[dict], label: str, log: RunLog | None) -> None:
+        self._after_validation(self.validate(samples, ADAPTER, label, log))
+        self.last_val_step = self.step
 
     def _after_validation(self, res: dict) -> None:
         self.history["after"] = {k: res[k] for k in ("results", "ratios", "mean_NDCG")}
@@ -176,25 +184,21 @@ class SFTTrainer:
         bar = log.bar(self.total_steps, initial=self.step, desc="SFT")
         speed = Throughput()
         stop = False
-        last_val_step = -1
         try:
             while self.epoch < t.epochs and not stop and self.step < self.total_steps:
                 it = self.data.epoch_batches(self.epoch)
                 if self.data_state is not None:
                     it.set_state(self.data_state)
-                    self.data_state = None
                 while True:
                     micro = take_step_batches(it, t.grad_accum)
                     if micro is None:
                         break
-                    arrays = stack_micro_batches(micro, self.data.pad_id())
-                    batch = self._place(arrays)
+                    batch = self._place(self._stack(micro))
                     rng = jax.random.fold_in(base_key, self.step)
                     self.trainable, self.opt_state, m = self.step_fn(self.trainable, self.opt_state, self.frozen,
                                                                      batch, rng)
                     self.step += 1
-                    # Label tokens counted on the host (global: every process sees the same count per row).
-                    speed.add(float(arrays["loss_mask"][:, :, 1:].sum()) * self.runtime.process_count)
+                    speed.add(m["tokens"])  # the global label-token count, summed on device
                     bar.update(1)
                     if self.cadence.log(self.step):
                         loss = float(m["loss"])  # waits for the step: the throughput window ends here
@@ -206,13 +210,16 @@ class SFTTrainer:
                         if rate is not None:
                             record["label_tokens_per_s"] = rate
                         log.write("train", self.step, record)
-                    out_of_time = budget.exhausted()
+                    # One clock decides for every process, so all of them stop (and save) at the same step.
+                    out_of_time = self.runtime.primary_decides(budget.exhausted())
                     done = self.step >= self.total_steps or out_of_time
+                    # Validate before saving: the checkpoint then carries this validation's best and history.
+                    if self.cadence.validate(self.step) and val_samples:
+                        self._validate_adapter(val_samples, f"step {self.step}", log)
+                        speed.restart()
                     if self.cadence.save(self.step) or done:
                         self.save_checkpoint(it.get_state())
-                    if self.cadence.validate(self.step) and val_samples:
-                        self._after_validation(self.validate(val_samples, ADAPTER, f"step {self.step}", log))
-                        last_val_step = self.step
+                        speed.restart()
                     self.hooks.run_after_step(self.step)
                     if done:
                         stop = True
@@ -220,20 +227,28 @@ class SFTTrainer:
                             print(f"\ntime budget of {t.time_budget_s:.0f}s reached at step {self.step}")
                         break
                 if not stop:
+                    if t.val_every == 0 and val_samples and self.last_val_step != self.step:
+                        self._validate_adapter(val_samples, f"epoch {self.epoch + 1}", log)
                     self.epoch += 1
-                    if self.store.latest_step() != self.step:
-                        self.save_checkpoint(None)
-                if t.val_every == 0 and val_samples and last_val_step != self.step:
-                    self._after_validation(self.validate(val_samples, ADAPTER, f"epoch {self.epoch}", log))
-                    last_val_step = self.step
+                    self.save_checkpoint(None, replace=True)  # the next epoch starts from a fresh iterator
+                    speed.restart()
         finally:
             bar.close()
             log.close()
-        if val_samples and last_val_step != self.step:
-            self._after_validation(self.validate(val_samples, ADAPTER, "final", log=None))
+        if val_samples and self.last_val_step != self.step:
+            self._validate_adapter(val_samples, "final", log=None)
+            self.save_checkpoint(self.data_state, replace=True)  # a resumed finished run does not validate again
         self.save_adapter("adapter")
         self.store.close()
         return {"steps": self.step, "epochs_done": self.epoch, "best_mean_NDCG": self.best, **self.history}
+
+    def _stack(self, micro: list[dict]) -> dict[str, np.ndarray]:
+        """This process's micro-batches as [A, B_local, T]; with several processes T is agreed first, so the
+        rows of all processes form one global array."""
+        width = max(b["input_ids"].shape[1] for b in micro)
+        if self.runtime.process_count > 1:
+            width = self.runtime.agree_max([width])[0]
+        return stack_micro_batches(micro, self.data.pad_id(), width)
 
 
 def trainable_leaves(trainer: SFTTrainer) -> list[np.ndarray]:

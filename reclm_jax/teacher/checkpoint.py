@@ -16,6 +16,7 @@ import jax
 import numpy as np
 from flax import nnx
 
+from reclm_jax.atomic import recover_dir
 from reclm_jax.config import CONFIG_FILENAME, load_config
 from reclm_jax.errors import UserError
 from reclm_jax.teacher.config import TeacherConfig
@@ -60,6 +61,7 @@ def load_items(run_dir: str | Path) -> list[str]:
 def load_model(run_dir: str | Path, cfg: TeacherConfig, n_items: int) -> SASRec:
     """Builds the model abstractly and fills it from ``<run_dir>/best``."""
     path = (Path(run_dir) / BEST_DIR).absolute()
+    recover_dir(path)  # a run killed while replacing best/ leaves the previous best as best.old
     if not path.is_dir():
         raise UserError(f"{path}: no best checkpoint; training has not saved one yet")
     abstract = nnx.eval_shape(lambda: SASRec(n_items, cfg.model, nnx.Rngs(0)))

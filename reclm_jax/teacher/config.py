@@ -47,6 +47,6 @@ class TeacherTrainConfig:
 @dataclasses.dataclass(frozen=True)
 class TeacherConfig:
     data_path: str = ""  # raw dataset folder (the four pickles)
-    output_dir: str = ""  # run folder: config.yaml, items.json, best/ checkpoint, metrics.json, tensorboard/
+    output_dir: str = ""  # run folder: config.yaml, items.json, best/ checkpoint, metrics.json, log.jsonl, tensorboard/
     model: SASRecConfig = dataclasses.field(default_factory=SASRecConfig)
     train: TeacherTrainConfig = dataclasses.field(default_factory=TeacherTrainConfig)

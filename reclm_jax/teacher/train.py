@@ -2,13 +2,19 @@
 data_path=DIR output_dir=DIR``.
 
 Full-softmax cross-entropy over all items, Adam, early stopping on valid NDCG@10 and LR halving on plateau
-(the original's UniRec recipe). Writes the run folder described in ``checkpoint.py`` plus TensorBoard scalars
-under ``<output_dir>/tensorboard``, and prints valid/test HR@10/20 and NDCG@10/20 of the best model next to
-the popularity baseline under the same protocol.
+(the original's UniRec recipe). Writes the run folder described in ``checkpoint.py`` plus the run log
+(``reclm_jax.train.run_log.RunLog``): ``<output_dir>/log.jsonl`` and TensorBoard scalars under
+``<output_dir>/tensorboard``, with step = epoch: ``train`` (loss, lr) and ``valid`` (hr/ndcg@10/20) per epoch,
+then ``final/<teacher|popularity>/<valid|test>`` at the best epoch. Prints valid/test HR@10/20 and NDCG@10/20 of
+the best model next to the popularity baseline under the same protocol.
+
+``train.max_minutes`` is a wall-clock budget for the whole run (loading included), checked after every step:
+once spent, the epoch ends early, is validated, and training stops.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from pathlib import Path
@@ -30,8 +36,11 @@ from reclm_jax.teacher.config import TeacherConfig
 from reclm_jax.teacher.metrics import evaluate, popularity_score_fn
 from reclm_jax.teacher.sasrec import SASRec
 from reclm_jax.teacher.splits import build_splits
+from reclm_jax.train.cadence import Budget
+from reclm_jax.train.run_log import RunLog
 
 KS = (10, 20)
+LOG_FILE = "log.jsonl"  # what RunLog writes in the run folder
 SELECT_METRIC = "ndcg@10"
 
 
@@ -81,6 +90,7 @@ def train(cfg: TeacherConfig) -> dict:
     if not cfg.output_dir:
         raise UserError("output_dir is not set: pass output_dir=DIR")
     t0 = time.time()
+    budget = time_budget(cfg.train.max_minutes)  # the whole run as the user sees it: loading and compiles too
     raw = load_raw(cfg.data_path, item_index="id")
     items = raw.items
     item_row = {item: k + 1 for k, item in enumerate(items)}
@@ -94,6 +104,7 @@ def train(cfg: TeacherConfig) -> dict:
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / METRICS_FILE).unlink(missing_ok=True)  # a stale report must not make a new, unfinished run look done
+    (out / LOG_FILE).unlink(missing_ok=True)  # every run starts from scratch, so its log holds this run only
     save_config(cfg, out)
     write_json_atomic(out / ITEMS_FILE, items)
 
@@ -110,9 +121,6 @@ def train(cfg: TeacherConfig) -> dict:
     rng = np.random.default_rng(tc.seed)
     key = jax.random.key(tc.seed)
 
-    from tensorboardX import SummaryWriter
-
-    writer = SummaryWriter(str(out / "tensorboard"))
     print(f"teacher: {len(raw.sequential):,} users, {len(items):,} items, {n_train:,} training examples, "
           f"{steps_per_epoch} steps/epoch of {bs}")
     best, best_epoch, best_params = -1.0, -1, None
@@ -122,75 +130,83 @@ def train(cfg: TeacherConfig) -> dict:
     history_log = []
 
     def out_of_time() -> bool:
-        return tc.max_minutes is not None and time.time() - t0 > 60 * tc.max_minutes
+        return budget is not None and budget.exhausted()
 
-    for epoch in range(1, tc.max_epochs + 1):
-        perm = rng.permutation(n_train)
-        losses = []
-        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch}", disable=not tc.progress, leave=False)
-        for b in bar:
-            idx = perm[b * bs:(b + 1) * bs]
-            weight = np.ones(bs, np.float32)
-            if len(idx) < bs:  # pad the last batch to the fixed shape; padded rows carry no weight
-                weight[len(idx):] = 0.0
-                idx = np.concatenate([idx, np.zeros(bs - len(idx), idx.dtype)])
-            params, opt_state, loss = step(params, rest, opt_state, splits.train_history[idx],
-                                           splits.train_target[idx], weight, jax.random.fold_in(key, global_step))
-            losses.append(loss)
-            global_step += 1
-            if b % 50 == 0:
-                bar.set_postfix(loss=f"{float(loss):.4f}")
-            if out_of_time():  # validate what we have, then stop (an epoch can outlast the budget on CPU)
+    with contextlib.closing(RunLog(out, primary=True, tensorboard=True, progress=tc.progress)) as log:
+        for epoch in range(1, tc.max_epochs + 1):
+            perm = rng.permutation(n_train)
+            losses = []
+            with log.bar(steps_per_epoch, desc=f"epoch {epoch}") as bar:
+                bar.leave = False  # a transient bar per epoch; the epoch's summary line below stays
+                for b in range(steps_per_epoch):
+                    idx = perm[b * bs:(b + 1) * bs]
+                    weight = np.ones(bs, np.float32)
+                    if len(idx) < bs:  # pad the last batch to the fixed shape; padded rows carry no weight
+                        weight[len(idx):] = 0.0
+                        idx = np.concatenate([idx, np.zeros(bs - len(idx), idx.dtype)])
+                    params, opt_state, loss = step(params, rest, opt_state, splits.train_history[idx],
+                                                   splits.train_target[idx], weight,
+                                                   jax.random.fold_in(key, global_step))
+                    losses.append(loss)
+                    global_step += 1
+                    bar.update()
+                    if b % 50 == 0:  # reading the loss also keeps dispatch near the device (budget checks)
+                        bar.set_postfix(loss=f"{float(loss):.4f}")
+                    if out_of_time():  # validate what we have, then stop (an epoch can outlast the budget on CPU)
+                        break
+            train_loss = float(np.mean([float(x) for x in losses]))
+            valid = evaluate(lambda h: score(params, rest, h), splits.valid, n_rows, eval_bs, KS)
+            log.write("train", epoch, {"loss": train_loss, "lr": lr})
+            log.write("valid", epoch, valid)
+            history_log.append({"epoch": epoch, "loss": train_loss, "lr": lr, **valid})
+            improved = valid[SELECT_METRIC] > best
+            if improved:
+                best, best_epoch, bad_epochs, plateau = valid[SELECT_METRIC], epoch, 0, 0
+                best_params = jax.tree.map(np.asarray, params)
+                nnx.update(model, best_params)
+                save_params(model, out)
+            else:
+                bad_epochs += 1
+                plateau += 1
+                if plateau > tc.lr_plateau_patience and lr > tc.min_lr:  # torch ReduceLROnPlateau semantics
+                    lr = max(lr * tc.lr_factor, tc.min_lr)
+                    opt_state.hyperparams["learning_rate"] = jnp.asarray(lr, jnp.float32)
+                    plateau = 0
+            if log.progress:
+                tqdm.write(f"epoch {epoch}: loss {train_loss:.4f}  valid hr@10 {valid['hr@10']:.4f} "
+                           f"ndcg@10 {valid['ndcg@10']:.4f}  lr {lr:.2e}{'  *best' if improved else ''}")
+            if bad_epochs >= tc.early_stop_patience:
                 break
-        train_loss = float(np.mean([float(x) for x in losses]))
-        valid = evaluate(lambda h: score(params, rest, h), splits.valid, n_rows, eval_bs, KS)
-        writer.add_scalar("train/loss", train_loss, epoch)
-        writer.add_scalar("train/lr", lr, epoch)
-        for name, v in valid.items():
-            writer.add_scalar(f"valid/{name}", v, epoch)
-        history_log.append({"epoch": epoch, "loss": train_loss, "lr": lr, **valid})
-        improved = valid[SELECT_METRIC] > best
-        if improved:
-            best, best_epoch, bad_epochs, plateau = valid[SELECT_METRIC], epoch, 0, 0
-            best_params = jax.tree.map(np.asarray, params)
-            nnx.update(model, best_params)
-            save_params(model, out)
-        else:
-            bad_epochs += 1
-            plateau += 1
-            if plateau > tc.lr_plateau_patience and lr > tc.min_lr:  # torch ReduceLROnPlateau semantics
-                lr = max(lr * tc.lr_factor, tc.min_lr)
-                opt_state.hyperparams["learning_rate"] = jnp.asarray(lr, jnp.float32)
-                plateau = 0
-        if tc.progress:
-            tqdm.write(f"epoch {epoch}: loss {train_loss:.4f}  valid hr@10 {valid['hr@10']:.4f} "
-                       f"ndcg@10 {valid['ndcg@10']:.4f}  lr {lr:.2e}{'  *best' if improved else ''}")
-        if bad_epochs >= tc.early_stop_patience:
-            break
-        if out_of_time():
-            if tc.progress:
-                tqdm.write(f"stopping: time budget of {tc.max_minutes} minutes spent")
-            break
-    train_seconds = time.time() - t0
+            if out_of_time():
+                if log.progress:
+                    tqdm.write(f"stopping: time budget of {tc.max_minutes} minutes spent")
+                break
+        train_seconds = time.time() - t0
 
-    assert best_params is not None
-    report = {
-        "best_epoch": best_epoch,
-        "epochs_run": len(history_log),
-        "train_seconds": round(train_seconds, 1),
-        "users": len(raw.sequential),
-        "items": len(items),
-        "train_examples": n_train,
-        **final_metrics(lambda h: score(best_params, rest, h), splits, n_rows, eval_bs),
-        "history": history_log,
-    }
-    for who in ("teacher", "popularity"):
-        for split_name, m in report[who].items():
-            for name, v in m.items():
-                writer.add_scalar(f"final/{who}/{split_name}/{name}", v, best_epoch)
-    writer.close()
+        assert best_params is not None
+        report = {
+            "best_epoch": best_epoch,
+            "epochs_run": len(history_log),
+            "train_seconds": round(train_seconds, 1),
+            "users": len(raw.sequential),
+            "items": len(items),
+            "train_examples": n_train,
+            **final_metrics(lambda h: score(best_params, rest, h), splits, n_rows, eval_bs),
+            "history": history_log,
+        }
+        for who in ("teacher", "popularity"):
+            for split_name, m in report[who].items():
+                log.write(f"final/{who}/{split_name}", best_epoch, m)
     write_json_atomic(out / METRICS_FILE, report)
     return report
+
+
+def time_budget(max_minutes: float | None) -> Budget | None:
+    """``train.max_minutes`` as a ``Budget`` started now (None: no budget). ``Budget`` reads 0 seconds as no
+    budget; 0 (or fewer) minutes here means no time at all, as it always did: stop after the first step."""
+    if max_minutes is None:
+        return None
+    return Budget(max(60.0 * max_minutes, 1e-9))
 
 
 def final_metrics(score_fn, splits, n_rows: int, batch_size: int) -> dict:

@@ -18,7 +18,6 @@ class Cadence:
     log_every: int = 10
     save_every: int = 100
     val_every: int = 0
-    time_budget_s: float = 0.0  # stop cleanly after this many seconds of training; 0 = no budget
 
     def log(self, step: int) -> bool:
         """Log the first step (its loss shows the start) and every ``log_every``-th."""

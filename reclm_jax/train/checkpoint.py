@@ -31,8 +31,14 @@ class CheckpointStore:
     def all_steps(self) -> list[int]:
         return list(self._manager.all_steps())
 
-    def save(self, step: int, state: Any, meta: dict) -> None:
-        """``state``: pytree of arrays (params, optimiser state, raw RNG key data); ``meta``: JSON-able dict."""
+    def save(self, step: int, state: Any, meta: dict, replace: bool = False) -> None:
+        """``state``: pytree of arrays (params, optimiser state, raw RNG key data); ``meta``: JSON-able dict.
+
+        ``replace=True`` rewrites ``step`` if it was saved already (e.g. with metadata that a validation at the
+        same step has since changed). The old copy is deleted first, so an interruption in between leaves the
+        previous step as the latest: a resumed run repeats a few steps, it never reads a stale or half copy."""
+        if replace and step in self._manager.all_steps():
+            self._manager.delete(step)
         self._manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                                          meta=ocp.args.JsonSave(meta)), force=True)
         self._manager.wait_until_finished()
@@ -43,6 +49,10 @@ class CheckpointStore:
         out = self._manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
                                                                   meta=ocp.args.JsonRestore()))
         return out["state"], out["meta"]
+
+    def read_meta(self, step: int) -> dict:
+        """The JSON metadata of ``step`` alone (no arrays are read)."""
+        return self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
 
     def close(self) -> None:
         self._manager.close()
@@ -64,9 +74,11 @@ def save_snapshot(directory: str | Path, tree: Any) -> Path:
 def restore_snapshot(directory: str | Path, like: Any) -> Any:
     """The pytree ``save_snapshot`` wrote; ``like`` gives the structure, shapes and dtypes (arrays or
     ``ShapeDtypeStruct``s). Raises ``UserError`` naming the folder when it does not match ``like``."""
+    from reclm_jax.atomic import recover_dir
     from reclm_jax.errors import UserError
 
     path = Path(directory).absolute()
+    recover_dir(path)  # a save interrupted mid-swap leaves the previous snapshot as <dir>.old
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
     with ocp.StandardCheckpointer() as ckptr:
         try:

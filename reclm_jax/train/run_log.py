@@ -56,26 +56,33 @@ class RunLog:
 
 
 class Throughput:
-    """Tokens per second of the steps themselves: the window restarts after the first step (which includes
-    compilation) and after every report, so the figure is the recent steps' rate, not a cumulative average.
+    """Tokens per second of the steps themselves, over a window that restarts at every report: the first window
+    (which includes compilation) is not reported, and ``restart()`` after a checkpoint or a validation keeps
+    their time out of the next figure.
 
-    ``add(tokens)`` after each step; ``rate()`` when the caller has synchronised with the device (e.g. after
-    reading the loss), which ends the window.
+    ``add(tokens)`` after each step, with a host number or a device scalar (read only at report time, so
+    adding does not wait for the step); ``rate()`` once the caller has synchronised with the device (e.g. read
+    the loss).
     """
 
     def __init__(self):
         self._start = time.perf_counter()
-        self._tokens = 0.0
-        self._steps = 0
+        self._pending: list = []
         self._warm = False
 
-    def add(self, tokens: float) -> None:
-        self._tokens += tokens
-        self._steps += 1
+    def add(self, tokens) -> None:
+        self._pending.append(tokens)
+
+    def restart(self) -> None:
+        """Begins a new window now (the steps added so far are dropped from the figure)."""
+        self._start, self._pending = time.perf_counter(), []
 
     def rate(self) -> float | None:
-        """Tokens/s since the window began, then a new window; None for the compile-bearing first window."""
+        """Tokens/s since the window began, then a new window; None for the compile-bearing first window or
+        a window without steps."""
         now = time.perf_counter()
-        rate = self._tokens / max(now - self._start, 1e-9) if self._warm else None
-        self._start, self._tokens, self._steps, self._warm = now, 0.0, 0, True
+        rate = None
+        if self._warm and self._pending:
+            rate = sum(float(t) for t in self._pending) / max(now - self._start, 1e-9)
+        self._start, self._pending, self._warm = now, [], True
         return rate

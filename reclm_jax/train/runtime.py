@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import jax
 import numpy as np
@@ -46,6 +46,28 @@ class Runtime:
         """Sets the mesh (``jax.set_mesh``) so traced code sees it: the models' ``constrain`` calls apply."""
         with jax.set_mesh(self.mesh):
             yield self
+
+    # -- agreement across processes ---------------------------------------------------------------------
+    def agree_max(self, values: Sequence[int]) -> list[int]:
+        """Element-wise maximum of ``values`` over all processes (a collective: every process calls it), so
+        that processes padding their own rows choose the same bucketed global shape. Identity with one
+        process."""
+        values = [int(v) for v in values]
+        if self.process_count == 1:
+            return values
+        from jax.experimental import multihost_utils
+
+        gathered = multihost_utils.process_allgather(np.asarray(values, np.int64))
+        return [int(v) for v in np.max(np.asarray(gathered).reshape(self.process_count, -1), axis=0)]
+
+    def primary_decides(self, flag: bool) -> bool:
+        """The primary process's ``flag`` on every process (a collective), for decisions such as "the time
+        budget is spent" that each process's own clock could answer differently."""
+        if self.process_count == 1:
+            return bool(flag)
+        from jax.experimental import multihost_utils
+
+        return bool(multihost_utils.broadcast_one_to_all(np.asarray(flag, np.int32)))
 
     # -- batches ----------------------------------------------------------------------------------------
     @property

@@ -25,7 +25,3 @@ def shardings_of(tree: Any) -> Any:
     """The pytree of each array's sharding."""
     return jax.tree.map(lambda x: x.sharding, tree)
 
-
-def tree_size(tree: Any) -> int:
-    """Number of scalars in a pytree of arrays."""
-    return int(sum(x.size for x in jax.tree.leaves(tree)))

@@ -8,6 +8,8 @@ from reclm_jax.eval.generation_eval import evaluate_generation, validation_sampl
 from reclm_jax.models.generation import generate
 from reclm_jax.models.hf_loading import load_llama
 from reclm_jax.models.lora import LoraConfig, add_lora
+from reclm_jax.models.tokenizer import pad_token_id
+from reclm_jax.testing.tiny_model import write_tiny_llama
 
 INDEX = ItemIndex(["a", "b", "c", "d"], ["Alpha (1)", "Beta (2)", "Gamma (3)", "Delta (4)"], "title")
 CATS = {"X": ["a", "b"], "Y": ["c"]}
@@ -40,3 +42,12 @@ def test_one_sampler_serves_every_batch_and_later_validations(tiny_llama_factory
                                        sampler.trainable))
     _, changed = evaluate_generation(sampler, tok, samples, INDEX, CATS, **kw)
     assert changed != texts and sampler.traces == 1
+
+
+def test_validation_pads_like_training_batches(tmp_path):
+    d = write_tiny_llama(tmp_path / "llama2", "llama2", num_layers=1, tokenizer_style="llama2")
+    tok = AutoTokenizer.from_pretrained(d)
+    assert tok.pad_token_id is None and tok.eos_token_id != 0
+    model = load_llama(d, progress=False)
+    model.config = model.config.replace(pad_token_id=0)  # a config pad id other than the tokenizer rule's
+    assert validation_sampler(model, tok, batch_size=2).pad_id == pad_token_id(tok) == tok.eos_token_id

@@ -157,6 +157,23 @@ def test_save_and_load_adapter_round_trip(tiny_llama_factory, tmp_path):
         load_adapter(tmp_path, fresh)
 
 
+
+def test_an_adapter_of_full_copies_only_round_trips(tiny_llama_factory, tmp_path):
+    d = tiny_llama_factory("llama3")
+    model = load_llama(d, progress=False)
+    own_full_copy(model, "head", ("lm_head",), param_dtype="bfloat16")  # no LoRA factors at all
+    perturb_full_copy(model, "head")
+    want = np.asarray(model(TOKENS, adapter="head").logits)
+    ckpt = save_adapter(tmp_path / "ckpt", model, "head")
+    fresh = load_llama(d, progress=False)
+    base = np.asarray(fresh(TOKENS).logits)
+    assert load_adapter(ckpt, fresh) == "head"
+    assert adapter_modules(fresh, "head") == {} and fresh.lm_head.full_copies == ("head",)
+    assert fresh.lm_head.full["head"][...].dtype == jnp.bfloat16  # the copy's own dtype, not the LoRA default
+    np.testing.assert_array_equal(np.asarray(fresh(TOKENS, adapter="head").logits), want)
+    np.testing.assert_array_equal(np.asarray(fresh(TOKENS).logits), base)
+
+
 def test_value_head_shapes_and_init():
     head = ValueHead(128, rngs=nnx.Rngs(0))
     w = np.asarray(head.dense.kernel[...])

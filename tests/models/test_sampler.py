@@ -1,5 +1,7 @@
 """Sampler: one compile per bucket, per-row seeds, weight updates without recompiling, per-row processor data."""
 
+import contextlib
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -133,3 +135,98 @@ def test_per_row_stop_ids(model, prompts):
     assert res.stopped.tolist() == [True, False, True]
     with pytest.raises(UserError, match="one list per prompt"):
         sampler(prompts, max_new_tokens=8, stop_ids=[[1], [2]])
+
+
+class FakeProcess:
+    """Process ``index`` of ``count`` that all hold the same rows, simulated on one device.
+
+    ``place`` tiles this process's rows into the global batch (every process supplies the same rows),
+    ``batch_sharding`` says which global rows are this process's (block ``index``), ``agree_max`` folds in the
+    other processes' values ``others`` and records what this process asked. It has no ``to_host``: the Sampler
+    reads a process's rows from its own shards and gathers nothing."""
+
+    mesh = None
+
+    def __init__(self, index: int, count: int = 2, others=None):
+        self.process_index, self.process_count, self.others = index, count, others
+        self.agreed, self.placed = [], []
+
+    def agree_max(self, values):
+        self.agreed.append([int(v) for v in values])
+        return [max(int(v), o) for v, o in zip(values, self.others or [0] * len(values))]
+
+    def batch_sharding(self, ndim, global_rows, batch_dim=0):
+        return _BlockSharding(self.process_index, global_rows // self.process_count)
+
+    def place(self, local, batch_dim=0):
+        whole = np.concatenate([np.asarray(local)] * self.process_count, axis=batch_dim)
+        self.placed.append(whole.shape)
+        return jnp.asarray(whole)
+
+    def place_tree(self, tree, batch_dim=0):
+        return jax.tree.map(lambda x: self.place(x, batch_dim), tree)
+
+    def replicate(self, tree):
+        return tree
+
+    def activate(self):
+        return contextlib.nullcontext()
+
+
+class _BlockSharding:
+    def __init__(self, index, rows):
+        self.index, self.rows = index, rows
+
+    def addressable_devices_indices_map(self, shape):
+        return {"this process": (slice(self.index * self.rows, (self.index + 1) * self.rows),)
+                + (slice(None),) * (len(shape) - 1)}
+
+
+def test_int_seed_streams_follow_the_global_row_across_processes(model, prompts):
+    four = prompts + [prompts[0]]  # the batch bucket exactly: no idle rows
+    kw = dict(max_new_tokens=10, sampling=SamplingConfig(temperature=1.0), seeds=7)
+    per_process = [Sampler(model, pad_id=3, runtime=FakeProcess(i, others=[0, 0, 0]))(four, **kw).token_lists()
+                   for i in (0, 1)]
+    assert per_process[0][0] != per_process[1][0]  # row 0 of each process draws from its own stream
+    # an int seed's stream is the global row index: the processes' rows sample as one global batch would
+    assert per_process[0] + per_process[1] == Sampler(model, pad_id=3)(four * 2, **kw).token_lists()
+
+
+def test_processes_agree_on_buckets_and_return_their_own_rows(model, prompts):
+    rt = FakeProcess(1, others=[9, 40, 30])  # the other process has 9 rows, a 40-token prompt, 30 new tokens
+    sampler = Sampler(model, pad_id=3, runtime=rt)
+    res = sampler(prompts, max_new_tokens=[2, 5, 4])
+    assert rt.agreed == [[3, 11, 5]]
+    assert rt.placed[0] == (2 * 16, 64)  # tokens: 2 processes x bucket(9) rows, bucket(40) prompt positions
+    assert [key[-1] for key in sampler._programs] == [32]  # the output length bucket of 30
+    assert res.tokens.shape == (3, 5) and res.lengths.tolist() == [2, 5, 4]
+    ref = Sampler(model, pad_id=3, prompt_buckets=(64,), length_buckets=(32,))(prompts, max_new_tokens=[2, 5, 4],
+                                                                               rows=32)
+    assert res.token_lists() == ref.token_lists()
+    rows = FakeProcess(0, others=[6, 0, 0])  # rows= is agreed too: the largest any process asked for
+    Sampler(model, pad_id=3, runtime=rows)(prompts, max_new_tokens=2, rows=4)
+    assert rows.agreed == [[4, 11, 2]] and rows.placed[0] == (2 * 6, 16)
+    with pytest.raises(UserError, match="agree_max"):
+        no_agree = FakeProcess(0)
+        no_agree.agree_max = None
+        Sampler(model, pad_id=3, runtime=no_agree)(prompts, max_new_tokens=2)
+
+
+def test_jax_keys_are_one_seed_and_other_arrays_must_be_one_int_per_prompt(model, prompts):
+    two = prompts[:2]
+    kw = dict(max_new_tokens=8, pad_id=3, sampling=SamplingConfig(temperature=1.0))
+    raw = jax.random.PRNGKey(5)  # uint32[2]: one key, not two seeds
+    typed = jax.random.wrap_key_data(raw)
+    want = generate(model, two, seed=int(jax.random.bits(typed, dtype=jnp.uint32)), **kw).token_lists()
+    assert generate(model, two, seed=raw, **kw).token_lists() == want
+    assert generate(model, two, seed=typed, **kw).token_lists() == want
+    assert Sampler(model, pad_id=3)(two, max_new_tokens=8, sampling=kw["sampling"], seeds=raw).token_lists() == want
+    per_row = generate(model, two, seed=np.asarray([0, 5], np.uint32), **kw).token_lists()  # numpy: per-row seeds
+    assert per_row == generate(model, two, seed=[0, 5], **kw).token_lists() != want
+    for bad in (np.asarray([0.5, 1.5]), jnp.zeros(2, jnp.float32), jax.random.split(typed, 2), [1, 2, 3], "x", 1.5):
+        with pytest.raises(UserError, match="seed"):
+            generate(model, two, seed=bad, **kw)
+
+
+def test_sampler_has_no_set_model():
+    assert not hasattr(Sampler, "set_model")  # replaced by update_params / a new Sampler

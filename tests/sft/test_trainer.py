@@ -112,3 +112,27 @@ def test_merged_export_equals_the_trained_adapter_model(reference_run, tmp_path,
     got = load_llama(out, progress=False)(tokens).logits
     assert float(jax.numpy.max(jax.numpy.abs(want - base(tokens).logits))) > 1e-4  # the adapter matters
     assert float(jax.numpy.max(jax.numpy.abs(want - got))) <= 1e-5
+
+
+def test_checkpoints_carry_the_validation_of_their_step(tmp_path, tiny_overrides):
+    """Validation at a step runs before that step's checkpoint, so a resume sees its best score and history;
+    and the logged throughput leaves out the first (compiling) window."""
+    from reclm_jax.train.checkpoint import CheckpointStore
+
+    args = tiny_overrides(tmp_path, "train.max_steps=4", "train.save_every=2", "train.val_every=2",
+                          "data.val_tasks=[SFTTestSeqRec]", "data.val_num_per_task=4", "data.topk=3")
+    r = _sft(args, _env())
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = [json.loads(x) for x in (tmp_path / "log.jsonl").read_text().splitlines()]
+    val_steps = [row["step"] for row in rows if row["kind"] == "val"]
+    assert val_steps == [2, 4]
+    store = CheckpointStore(tmp_path / "checkpoints", create=False)
+    for step in (2, 4):
+        meta = store.read_meta(step)
+        assert meta["last_val_step"] == step
+        assert "after" in meta["history"] and meta["best"] >= 0.0
+    store.close()
+    train = [row for row in rows if row["kind"] == "train"]
+    assert "label_tokens_per_s" not in train[0]  # step 1's window holds the compile
+    assert all(row["label_tokens_per_s"] > 0 for row in train[1:] if "label_tokens_per_s" in row)
+    assert any("label_tokens_per_s" in row for row in train[1:])

@@ -39,6 +39,20 @@ def test_cli_learns_a_deterministic_successor(cycle_dataset, tmp_path):
     assert any(p.name.startswith("events.out.tfevents") for p in (out / "tensorboard").iterdir())
     assert report["epochs_run"] == 8 and 1 <= report["best_epoch"] <= 8
     assert len(report["history"]) == 8
+    # the run log: per epoch (step = epoch) the training loss and lr, then the validation metrics; the final
+    # report's metrics at the best epoch
+    records = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
+    per_epoch = [r for r in records if r["kind"] in ("train", "valid")]
+    assert [(r["kind"], r["step"]) for r in per_epoch] == [(k, e) for e in range(1, 9) for k in ("train", "valid")]
+    for r, h in zip(per_epoch[::2], report["history"]):
+        assert (r["loss"], r["lr"]) == (h["loss"], h["lr"])
+    for r, h in zip(per_epoch[1::2], report["history"]):
+        assert r["ndcg@10"] == h["ndcg@10"] and set(r) == {"time", "kind", "step", "hr@10", "hr@20", "ndcg@10",
+                                                           "ndcg@20"}
+    final = {r["kind"]: r for r in records[len(per_epoch):]}
+    assert sorted(final) == [f"final/{w}/{s}" for w in ("popularity", "teacher") for s in ("test", "valid")]
+    assert final["final/teacher/test"]["step"] == report["best_epoch"]
+    assert final["final/teacher/test"]["hr@10"] == report["teacher"]["test"]["hr@10"]
     # re-evaluating the saved best checkpoint reproduces the training's final report
     from reclm_jax.teacher.evaluate import evaluate_run
 
@@ -56,7 +70,10 @@ def test_trained_teacher_predicts_the_successor(cycle_dataset, tmp_path):
     data, succ = cycle_dataset
     out = tmp_path / "run"
     train(tiny_teacher_config(data, out, seed=1, epochs=8))
+    # A run killed while swapping in a new best/ leaves the previous one as best.old only: the reader recovers it.
+    (out / "best").rename(out / "best.old")
     t = Teacher.from_checkpoint(out)
+    assert (out / "best").is_dir() and not (out / "best.old").exists()
     starts = ["1", "50", "123", "200"]
     histories = [[s, succ[s]] for s in starts]
     top1 = t.topk(histories, 1)
@@ -90,3 +107,23 @@ def test_train_examples_never_see_the_last_two_items(cycle_dataset):
     pairs = set(zip(sp.train_history[:, -1].tolist(), sp.train_target.tolist()))
     assert pairs <= inside
     assert np.all(sp.item_counts[0] == 0)
+
+
+@pytest.mark.parametrize("minutes", [0, 1e-6])
+def test_a_spent_time_budget_stops_after_one_step_and_still_reports(cycle_dataset, tmp_path, minutes, capsys):
+    import dataclasses
+
+    from reclm_jax.testing.tiny_teacher import tiny_teacher_config
+    from reclm_jax.teacher.train import train
+
+    cfg = tiny_teacher_config(cycle_dataset[0], tmp_path / "run", epochs=5)
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, max_minutes=minutes, progress=True))
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "log.jsonl").write_text('{"kind": "train", "step": 99}\n')  # an earlier run's log
+    report = train(cfg)
+    # the budget is spent before the first step ends: that epoch is cut short, validated, and training stops
+    assert report["epochs_run"] == 1 and report["best_epoch"] == 1
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["epochs_run"] == 1
+    records = [json.loads(x) for x in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert [(r["kind"], r["step"]) for r in records[:2]] == [("train", 1), ("valid", 1)]  # this run's only
+    assert f"stopping: time budget of {minutes} minutes spent" in capsys.readouterr().out

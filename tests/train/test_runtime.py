@@ -79,6 +79,13 @@ def test_throughput_leaves_out_the_compiling_first_window():
     time.sleep(0.02)
     rate = speed.rate()
     assert rate is not None and 1000 / 0.5 < rate < 1000 / 0.02  # this window only: no compile, no earlier tokens
+    speed.add(1000.0)
+    time.sleep(0.2)  # a checkpoint or a validation
+    speed.restart()
+    speed.add(1000.0)
+    time.sleep(0.02)
+    assert speed.rate() > 1000 / 0.15  # the pause before restart() is not in the figure
+    assert speed.rate() is None  # a window without steps has no rate
 
 
 def test_cadence_rules():
