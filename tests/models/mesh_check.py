@@ -20,7 +20,9 @@ import jax.numpy as jnp  # noqa: E402
 from reclm_jax.models.generation import LogitsProcessor, generate  # noqa: E402
 from reclm_jax.models.hf_loading import load_llama  # noqa: E402
 from reclm_jax.models.lora import LoraConfig, add_lora  # noqa: E402
-from reclm_jax.models.sampler import Sampler  # noqa: E402
+from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
+
+from reclm_jax.models.sampler import Sampler, read_rows  # noqa: E402
 from reclm_jax.models.sharding import MeshConfig, make_mesh, path_name  # noqa: E402
 from reclm_jax.train.runtime import Runtime  # noqa: E402
 
@@ -63,7 +65,11 @@ def main(model_dir: str) -> None:
     gs_ban = sampler(prompts, max_new_tokens=8, logits_processor=BanPerRow(), processor_data=banned)
     single_ban = Sampler(single_model, pad_id=3)(prompts, max_new_tokens=8, logits_processor=BanPerRow(),
                                                  processor_data=banned)
-    print(json.dumps({"devices": jax.device_count(), "specs": specs, "max_diff": float(np.abs(a - b).max()),
+    # the Sampler reads results from the shards: rows split over data x fsdp, columns over tp, replicas
+    grid = np.arange(8 * 6).reshape(8, 6)
+    placed = jax.device_put(grid, NamedSharding(mesh, P(("data", "fsdp"), "tp")))
+    read_ok = bool((read_rows(placed, np.array([5, 1, 6])) == grid[[5, 1, 6]]).all())
+    print(json.dumps({"devices": jax.device_count(), "read_rows_ok": read_ok, "specs": specs, "max_diff": float(np.abs(a - b).max()),
                       "generate_equal": ga == gb, "sampler_equal": gs.token_lists() == gb,
                       "sampler_prefix_equal": gs5 == [t[:5] for t in gb], "sampler_traces": sampler.traces,
                       "row_data_equal": gs_ban.token_lists() == single_ban.token_lists(),

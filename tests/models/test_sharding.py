@@ -38,6 +38,7 @@ def test_mesh_2x2x2_shards_parameters_and_matches_single_device(tiny_llama_facto
     # program (8 and 5 new tokens share the 16 bucket; the processor is a second program)
     assert res["sampler_equal"] and res["sampler_prefix_equal"] and res["sampler_traces"] == 2
     assert res["row_data_equal"] and res["row_data_applied"]
+    assert res["read_rows_ok"]  # results are assembled from the addressable shards
 
 
 def test_mesh_config_and_indivisible_dims():
