@@ -107,12 +107,13 @@ def batch_sharding(mesh: Mesh, ndim: int, batch: int) -> NamedSharding:
 
 
 def constrain(x: jax.Array, *axes) -> jax.Array:
-    """``with_sharding_constraint`` against the mesh set by ``jax.set_mesh``; a no-op without one.
+    """``with_sharding_constraint`` against the mesh set by ``jax.set_mesh``; a no-op without one, and on a
+    one-device mesh (where a constraint has nothing to place but still sits in the program between ops).
 
     ``axes`` name one entry per dim: "batch" (data+fsdp), "tp", or None.
     """
     mesh = jax.sharding.get_abstract_mesh()
-    if mesh.empty:
+    if mesh.empty or math.prod(mesh.shape.values()) == 1:
         return x
     spec = []
     for i, a in enumerate(axes):
