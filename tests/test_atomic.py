@@ -34,14 +34,8 @@ def test_failed_write_keeps_the_old_file(tmp_path):
 
 @pytest.mark.parametrize("old_is_file", [False, True])
 def test_replace_dir_swaps_in_the_new_folder(tmp_path, old_is_file):
-    final = tmp_path / "out"
-    if old_is_file:
-        final.write_text("a file in the way")
-    else:
-        final.mkdir()
-        (final / "stale.txt").write_text("old")
-    (tmp_path / "out.tmp").mkdir()
-    (tmp_path / "out.tmp" / "left-over").write_text("from an interrupted run")
+    final = _file_or_folder(tmp_path / "out", old_is_file, "stale.txt", "old")
+    _folder(tmp_path / "out.tmp", "left-over", "from an interrupted run")
     tmp = temp_dir(final)  # removes the leftover
     assert list(tmp.iterdir()) == []
     (tmp / "new.txt").write_text("new")
@@ -94,6 +88,14 @@ def _folder(path: Path, name: str, text: str) -> Path:
     return path
 
 
+def _file_or_folder(path: Path, is_file: bool, name: str, text: str) -> Path:
+    """A plain file holding ``text``, or a folder holding file ``name`` with ``text``."""
+    if is_file:
+        path.write_text(text)
+        return path
+    return _folder(path, name, text)
+
+
 class Killed(BaseException):
     """The process dying at a given point (not an exception the code could handle)."""
 
@@ -134,11 +136,7 @@ def test_recover_dir_leaves_a_leftover_old_beside_an_existing_final(tmp_path):
 def test_the_next_writer_recovers_before_it_starts(tmp_path, old_is_file):
     # Only best.old is left (an interrupted swap). The next run's temp_dir must not lose it: should that run
     # die before its own replace_dir, the previous content is still under the final name.
-    old = tmp_path / "best.old"
-    if old_is_file:
-        old.write_text("old")
-    else:
-        _folder(old, "params", "old")
+    old = _file_or_folder(tmp_path / "best.old", old_is_file, "params", "old")
     tmp = temp_dir(tmp_path / "best")
     assert (tmp_path / "best").exists() and not old.exists()
     (tmp / "params").write_text("new")

@@ -38,6 +38,13 @@ def validation_sampler(model, tokenizer: Any, *, batch_size: int = 16, runtime=N
                    prompt_buckets=PROMPT_BUCKETS, batch_buckets=(batch_size,))
 
 
+def validation_length(samples: Sequence[dict], index: ItemIndex, tokenizer: Any, idx: bool = True) -> int:
+    """The automatic validation length: tokens of the longest list the index allows for the samples' largest
+    ``item_count`` (``longest_list_tokens``, which tokenizes the whole catalogue: a trainer computes it once)."""
+    k = max((int(s["input_field_data"].get("item_count", 0)) for s in samples), default=0)
+    return longest_list_tokens(index, tokenizer, k, idx)
+
+
 def evaluate_generation(sampler_or_model, tokenizer: Any, samples: Sequence[dict], index: ItemIndex,
                         category2item: dict, *, adapter: str | None, batch_size: int = 16,
                         max_new_tokens: int = 0, max_prompt_length: int = 512, idx: bool = True,
@@ -53,8 +60,7 @@ def evaluate_generation(sampler_or_model, tokenizer: Any, samples: Sequence[dict
     sampler = sampler_or_model if isinstance(sampler_or_model, Sampler) else \
         validation_sampler(sampler_or_model, tokenizer, batch_size=batch_size)
     if max_new_tokens <= 0:
-        k = max((int(s["input_field_data"].get("item_count", 0)) for s in samples), default=0)
-        max_new_tokens = longest_list_tokens(index, tokenizer, k, idx)
+        max_new_tokens = validation_length(samples, index, tokenizer, idx)
     cfg = PipelineConfig(max_prompt_length=max_prompt_length, with_output=False,
                          prompt_buckets=PROMPT_BUCKETS)
     prompts = [tokenize_sample(s, tokenizer, cfg).prompt for s in samples]

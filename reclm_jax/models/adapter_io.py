@@ -39,7 +39,13 @@ ADAPTER_WEIGHTS = "lora_adapter.safetensors"
 FORMAT = "reclm_jax.lora"
 
 
-def _host(x) -> np.ndarray:
+def host_array(x) -> np.ndarray:
+    """``x`` as a full numpy array. An array spread over several hosts is gathered (a collective: every process
+    must call it); anything this process holds whole, numpy included, is just read."""
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        from jax.experimental import multihost_utils
+
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
     return np.asarray(jax.device_get(x))
 
 
@@ -63,13 +69,13 @@ def save_adapter(path: str | Path, model: nnx.Module, name: str = "default", *, 
     for mod, lin in mods.items():
         a, b = lin.lora[name]["a"], lin.lora[name]["b"]
         specs.append(TensorSpec(f"{mod}.lora_A.weight", a[...].shape[::-1], np.dtype(np.float32),
-                                lambda a=a: _host(a[...]).T.astype(np.float32)))
+                                lambda a=a: host_array(a[...]).T.astype(np.float32)))
         specs.append(TensorSpec(f"{mod}.lora_B.weight", b[...].shape[::-1], np.dtype(np.float32),
-                                lambda b=b: _host(b[...]).T.astype(np.float32)))
+                                lambda b=b: host_array(b[...]).T.astype(np.float32)))
     for mod, lin in owned.items():
         var = lin.full[name]
         specs.append(TensorSpec(f"{mod}.weight", var[...].shape[::-1], np.dtype(np.float32),
-                                lambda v=var: _host(v[...]).T.astype(np.float32)))
+                                lambda v=var: host_array(v[...]).T.astype(np.float32)))
     meta = {"format": FORMAT, "version": 1, "name": name, **dataclasses.asdict(cfg), "modules": list(mods),
             "full_tune": sorted(f"{mod}.weight" for mod in owned), "base_model": base_model}
     meta["targets"] = list(cfg.targets)

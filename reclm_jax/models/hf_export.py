@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from reclm_jax.atomic import replace_dir, temp_dir
 from reclm_jax.errors import UserError
-from reclm_jax.models.adapter_io import ADAPTER_WEIGHTS, load_adapter, read_adapter_meta
+from reclm_jax.models.adapter_io import ADAPTER_WEIGHTS, host_array, load_adapter, read_adapter_meta
 from reclm_jax.models.hf_loading import hf_key, load_llama, read_safetensors_header
 from reclm_jax.models.linear import LoRAParam
 from reclm_jax.models.llama_config import read_hf_config
@@ -52,14 +52,6 @@ def parse_size(text: str | int) -> int:
         raise UserError(f"bad size {text!r}: use e.g. 2GB, 500MB or a byte count") from None
 
 
-def _to_host(x: jax.Array) -> np.ndarray:
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
-        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
-    return np.asarray(jax.device_get(x))
-
-
 def merged_tensors(model: nnx.Module, adapter: str | None, dtype: np.dtype) -> tuple[list[TensorSpec], bool]:
     """Specs of every HF tensor of the model with ``adapter`` folded in, and whether embeddings stay tied.
 
@@ -88,7 +80,7 @@ def merged_tensors(model: nnx.Module, adapter: str | None, dtype: np.dtype) -> t
 
         def produce(var=var, module=module, transpose=transpose, is_kernel=is_kernel):
             w = effective(module, var[...]) if is_kernel else var[...]
-            arr = _to_host(w)
+            arr = host_array(w)
             return (arr.T if transpose else arr).astype(dtype)
 
         specs.append(TensorSpec(key, shape, dtype, produce))
@@ -98,7 +90,7 @@ def merged_tensors(model: nnx.Module, adapter: str | None, dtype: np.dtype) -> t
 
         def head():
             w = effective("lm_head", emb[...].T.astype(jnp.float32))
-            return _to_host(w).T.astype(dtype)
+            return host_array(w).T.astype(dtype)
 
         specs.append(TensorSpec("lm_head.weight", tuple(emb[...].shape), dtype, head))
     return specs, tied

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import functools
 from typing import Any, Sequence
 
 import jax
@@ -80,6 +81,12 @@ def runtime_for(tree):
     return Runtime(mesh, jax.process_index(), jax.process_count())
 
 
+@functools.cache
+def _raw_key_shape() -> tuple[int, ...]:
+    """The default PRNG implementation's raw key shape ((2,) for threefry), found abstractly: nothing runs."""
+    return jax.eval_shape(lambda: jax.random.key_data(jax.random.key(0))).shape
+
+
 def key_seed(seed) -> int | None:
     """The int seed of a JAX key (typed, ``jax.random.key``, or raw uint32[2], ``jax.random.PRNGKey``), else None.
 
@@ -92,9 +99,7 @@ def key_seed(seed) -> int | None:
             raise UserError(f"seed: one JAX key (shape ()), got a key array of shape {seed.shape}; give one "
                             f"int seed per prompt instead")
         return int(jax.random.bits(seed, dtype=jnp.uint32))
-    # The default implementation's raw key shape ((2,) for threefry), found abstractly: nothing runs.
-    raw_shape = jax.eval_shape(lambda: jax.random.key_data(jax.random.key(0))).shape
-    if seed.dtype == jnp.uint32 and seed.shape == raw_shape:
+    if seed.dtype == jnp.uint32 and seed.shape == _raw_key_shape():
         return int(jax.random.bits(jax.random.wrap_key_data(seed), dtype=jnp.uint32))
     return None
 

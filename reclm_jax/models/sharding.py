@@ -99,13 +99,6 @@ def shard_state(state, mesh: Mesh):
     return nnx.from_flat_state(out)
 
 
-def batch_sharding(mesh: Mesh, ndim: int, batch: int) -> NamedSharding:
-    """Sharding of a [B, ...] input: batch over (data, fsdp) when they divide it, else replicated."""
-    n = mesh.shape["data"] * mesh.shape["fsdp"]
-    spec = P(BATCH, *([None] * (ndim - 1))) if batch % n == 0 else P()
-    return NamedSharding(mesh, spec)
-
-
 def constrain(x: jax.Array, *axes) -> jax.Array:
     """``with_sharding_constraint`` against the mesh set by ``jax.set_mesh``; a no-op without one, and on a
     one-device mesh (where a constraint has nothing to place but still sits in the program between ops).

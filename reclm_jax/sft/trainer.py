@@ -22,7 +22,7 @@ from flax import nnx
 
 from reclm_jax.config import save_config
 from reclm_jax.errors import UserError
-from reclm_jax.eval.generation_eval import evaluate_generation, mean_metric, validation_sampler
+from reclm_jax.eval.generation_eval import evaluate_generation, mean_metric, validation_length, validation_sampler
 from reclm_jax.models.adapter_io import save_adapter
 from reclm_jax.sft.config import SFTConfig
 from reclm_jax.atomic import write_json_atomic
@@ -89,6 +89,7 @@ class SFTTrainer:
         self.data_state: dict | None = None
         self.best = -1.0
         self.history: dict[str, Any] = {}
+        self._val_tokens: int | None = None  # validation's max_new_tokens (see _val_length)
         self.last_val_step = -1  # the step of the latest validation (saved, so a resume does not repeat it)
 
     # -- state ----------------------------------------------------------------------------------------
@@ -134,7 +135,7 @@ class SFTTrainer:
         self.val_sampler.update_params(self.trainable)
         metrics, texts = evaluate_generation(
             self.val_sampler, self.tokenizer, samples, self.data.index, self.data.ctx.raw.category2item,
-            adapter=adapter, batch_size=t.val_batch_size, max_new_tokens=t.val_max_new_tokens,
+            adapter=adapter, batch_size=t.val_batch_size, max_new_tokens=self._val_length(samples),
             max_prompt_length=self.cfg.data.max_prompt_length, progress=self.progress, desc=f"validate ({label})")
         results = metrics.results()
         ndcg = mean_metric(metrics, "NDCG")
@@ -144,6 +145,15 @@ class SFTTrainer:
         return {"results": results, "ratios": metrics.ratios(), "mean_NDCG": ndcg, "table": metrics.table(),
                 "examples": [{"task": s["task"], "target": s["output_text"], "generated": g}
                              for s, g in list(zip(samples, texts))[:3]]}
+
+    def _val_length(self, samples: list[dict]) -> int:
+        """``train.val_max_new_tokens``, or (<= 0) the automatic length, worked out once per run: it tokenizes
+        the whole catalogue."""
+        if self._val_tokens is None:
+            t = self.cfg.train
+            self._val_tokens = t.val_max_new_tokens if t.val_max_new_tokens > 0 else \
+                validation_length(samples, self.data.index, self.tokenizer)
+        return self._val_tokens
 
     def _validate_adapter(self, samples: list[dict], label: str, log: RunLog | None) -> None:
         self._after_validation(self.validate(samples, ADAPTER, label, log))
@@ -245,9 +255,9 @@ class SFTTrainer:
     def _stack(self, micro: list[dict]) -> dict[str, np.ndarray]:
         """This process's micro-batches as [A, B_local, T]; with several processes T is agreed first, so the
         rows of all processes form one global array."""
-        width = max(b["input_ids"].shape[1] for b in micro)
+        width = 0
         if self.runtime.process_count > 1:
-            width = self.runtime.agree_max([width])[0]
+            width = self.runtime.agree_max([max(b["input_ids"].shape[1] for b in micro)])[0]
         return stack_micro_batches(micro, self.data.pad_id(), width)
 
 

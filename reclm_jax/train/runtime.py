@@ -19,6 +19,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from reclm_jax.errors import UserError
+from reclm_jax.models.adapter_io import host_array
 from reclm_jax.models.sharding import BATCH, MeshConfig, make_mesh
 
 
@@ -116,16 +117,9 @@ class Runtime:
                             else jax.device_put(x, rep), tree)
 
     def to_host(self, tree: Any) -> Any:
-        """Every array of ``tree`` as a full numpy array on every process (gathered across hosts if needed)."""
-
-        def get(x):
-            if isinstance(x, jax.Array) and not x.is_fully_addressable:
-                from jax.experimental import multihost_utils
-
-                return np.asarray(multihost_utils.process_allgather(x, tiled=True))
-            return np.asarray(jax.device_get(x))
-
-        return jax.tree.map(get, tree)
+        """Every array of ``tree`` as a full numpy array on every process (gathered across hosts if needed: a
+        collective, every process calls it)."""
+        return jax.tree.map(host_array, tree)
 
 
 def local_runtime() -> Runtime:
