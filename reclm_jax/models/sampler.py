@@ -41,7 +41,7 @@ from flax import nnx
 
 from reclm_jax.errors import UserError
 from reclm_jax.models.generation import (MAX_STOP_IDS, GenerationResult, LogitsProcessor, SamplingConfig, bucket,
-                                         left_pad, sample_tokens)
+                                         chosen_logprobs, left_pad, sample_tokens)
 from reclm_jax.models.kv_cache import init_cache
 from reclm_jax.models.linear import LoRAParam
 from reclm_jax.models.lora import mesh_of
@@ -349,13 +349,12 @@ def _decode(model, tokens, mask, limits, stops, seeds, data, *, length, sampling
     row_keys = jax.vmap(lambda s, i: jax.random.fold_in(jax.random.key(s), i))(seeds[:, 0], seeds[:, 1])
 
     def choose(logits, step, proc_state):
-        logits = logits.astype(jnp.float32)
-        logp = jax.nn.log_softmax(logits, axis=-1)
+        raw = logits = logits.astype(jnp.float32)
         if processor is not None:
             logits = processor.process(proc_state, logits, step, data)
         keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(row_keys, step)
         tok = sample_tokens(logits, keys, sampling)
-        return tok, jnp.take_along_axis(logp, tok[:, None], axis=-1)[:, 0]
+        return tok, chosen_logprobs(raw, tok)
 
     def is_stop(tok):
         return jnp.any(tok[:, None] == stops, axis=-1)

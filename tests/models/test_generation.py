@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from reclm_jax.errors import UserError
-from reclm_jax.models.generation import (LogitsProcessor, SamplingConfig, bucket, generate, sample_tokens,
+from reclm_jax.models.generation import (LogitsProcessor, SamplingConfig, argmax_last, bucket, chosen_logprobs,
+                                         generate, sample_tokens,
                                          trace_count)
 from reclm_jax.models.hf_loading import load_llama
 
@@ -101,6 +102,31 @@ def test_sampling_is_seeded_and_filters_apply(model, prompts):
         order = np.argsort(-probs[r])
         nucleus = order[: np.searchsorted(np.cumsum(probs[r][order]), 0.3) + 1]
         assert set(drawn_p[:, r]) <= set(nucleus)
+
+
+def test_fast_token_choice_equals_jax_reference():
+    # argmax_last, chosen_logprobs and the categorical draw replace jnp.argmax, log_softmax + take and
+    # jax.random.categorical in the decoding loop: they must give the same ids and (to f32 rounding) logprobs.
+    rng = np.random.default_rng(3)
+    logits = rng.normal(size=(6, 300)).astype(np.float32)
+    logits[1, [7, 200]] = logits[1].max() + 1.0  # a tie: the first index wins
+    logits[2, :] = -np.inf
+    logits[2, 50] = 0.0
+    logits[3, [9, 40]] = np.nan  # NaN counts as the maximum, the first one wins
+    x = jnp.asarray(logits)
+    np.testing.assert_array_equal(np.asarray(argmax_last(x)), np.asarray(jnp.argmax(x, axis=-1)))
+    assert argmax_last(x).dtype == jnp.int32
+    tok = jnp.asarray([0, 7, 50, 299, 123, 5], jnp.int32)
+    finite = np.arange(6) != 3
+    want = np.take_along_axis(np.asarray(jax.nn.log_softmax(x, axis=-1)), np.asarray(tok)[:, None], -1)[:, 0]
+    np.testing.assert_allclose(np.asarray(chosen_logprobs(x, tok))[finite], want[finite], rtol=1e-6, atol=1e-6)
+    clean = jnp.asarray(rng.normal(size=(4, 300)).astype(np.float32))
+    keys = jax.random.split(jax.random.key(5), 4)
+    mine = sample_tokens(clean, keys, SamplingConfig(temperature=1.0))
+    ref = jax.vmap(jax.random.categorical)(keys, clean)
+    np.testing.assert_array_equal(np.asarray(mine), np.asarray(ref))
+    one = sample_tokens(clean, jax.random.key(9), SamplingConfig(temperature=1.0))
+    np.testing.assert_array_equal(np.asarray(one), np.asarray(jax.random.categorical(jax.random.key(9), clean)))
 
 
 class ForceToken(LogitsProcessor):

@@ -54,6 +54,16 @@ def test_every_bf16_dot_of_forward_and_backward_accumulates_in_f32():
         assert re.search(r"\(tensor<[\dx]+xbf16>, tensor<[\dx]+xbf16>\) -> tensor<[\dx]+xf32>", line), line
 
 
+@pytest.mark.parametrize("transposed", [False, True])
+def test_one_row_bf16_product_equals_the_same_row_in_a_batch(transposed):
+    # One row is padded to two (XLA:CPU's one-row bf16 dot is slow): the row's result must not change.
+    x, w, _ = _operands(transposed)
+    one = jax.jit(matmul, static_argnums=2)(x[3:4], w, transposed)
+    many = jax.jit(matmul, static_argnums=2)(x, w, transposed)
+    assert one.shape == (1, 48) and one.dtype == jnp.bfloat16
+    np.testing.assert_array_equal(np.asarray(one, np.float32), np.asarray(many[3:4], np.float32))
+
+
 def test_f32_matmul_is_the_plain_product():
     rng = np.random.default_rng(1)
     x, w = jnp.asarray(rng.normal(size=(8, 16)), jnp.float32), jnp.asarray(rng.normal(size=(16, 4)), jnp.float32)
