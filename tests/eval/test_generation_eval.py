@@ -7,6 +7,7 @@ from reclm_jax.data.item_index import ItemIndex
 from reclm_jax.eval.generation_eval import evaluate_generation, validation_sampler
 from reclm_jax.models.generation import generate
 from reclm_jax.models.hf_loading import load_llama
+from reclm_jax.models.sampler import Sampler
 from reclm_jax.models.lora import LoraConfig, add_lora
 from reclm_jax.models.tokenizer import pad_token_id
 from reclm_jax.testing.tiny_model import write_tiny_llama
@@ -51,3 +52,29 @@ def test_validation_pads_like_training_batches(tmp_path):
     model = load_llama(d, progress=False)
     model.config = model.config.replace(pad_token_id=0)  # a config pad id other than the tokenizer rule's
     assert validation_sampler(model, tok, batch_size=2).pad_id == pad_token_id(tok) == tok.eos_token_id
+
+
+def test_batches_by_prompt_length_and_returns_texts_in_sample_order(tiny_llama_factory):
+    d = tiny_llama_factory("smollm2")
+    tok = AutoTokenizer.from_pretrained(d)
+    model = load_llama(d, progress=False)
+    samples = _samples(5)
+    for i, s in enumerate(samples):  # lengths long, short, long, short, medium: sorting regroups them
+        s["input_text"] = s["input_text"] + " Heat (1995)." * (12 if i % 2 == 0 else 0) + " x" * i
+    calls = []
+
+    class Recording(Sampler):  # records each batch's prompt lengths
+        def __call__(self, prompts, **kw):
+            calls.append(sorted(len(p) for p in prompts))
+            return super().__call__(prompts, **kw)
+
+    sampler = validation_sampler(model, tok, batch_size=2)
+    sampler.__class__ = Recording
+    _, texts = evaluate_generation(sampler, tok, samples, INDEX, CATS, adapter=None, batch_size=2, max_new_tokens=5,
+                                   progress=False)
+    lengths = sorted(len(tok(s["input_text"])["input_ids"]) for s in samples)
+    assert [x for c in calls for x in c] == lengths  # batches hold neighbours in length order
+    for s, text in zip(samples, texts):
+        alone = generate(model, [tok(s["input_text"])["input_ids"]], max_new_tokens=5, pad_id=tok.pad_token_id,
+                         stop_ids=[tok.eos_token_id])
+        assert text == tok.decode(alone.token_lists()[0], skip_special_tokens=True)
