@@ -218,7 +218,9 @@ def gae(rewards: jnp.ndarray, values: jnp.ndarray, mask: jnp.ndarray, gamma: flo
 
 @dataclasses.dataclass(frozen=True)
 class AdvantageConfig:
-    """PPO's advantage settings. Defaults are the paper's (GAMMA-0.99, lam 1.0, RW-True, k1)."""
+    """PPO's advantage settings. Defaults are the paper's (GAMMA-0.99, lam 1.0, k1, RW-True: rewards divided by
+    their std over the batch; RW-False is ``reward_whitening=Whitening("none")``). The original always whitens
+    the advantages."""
 
     gamma: float = 0.99
     lam: float = 1.0

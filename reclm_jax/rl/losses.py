@@ -18,7 +18,8 @@ unpadded sequence per micro-step; here a mini-batch of many sequences gives the 
 
 Metrics (same weights, so micro-batch values sum to the mini-batch's when ``denominator`` is the mini-batch's):
 ``pg_loss``, ``value_loss``, ``entropy``, ``loss``; ``policy_kl`` = mean(logp_old - logp_new), the k1 estimate of
-KL(old || new) that the original's early stop compares with KLT (0.05); ``approx_kl`` = mean(log_ratio^2) / 2
+KL(old || new) that the original's early stop compares with KLT (0.05) after each PPO epoch (it used the
+value of the epoch's last sequence only; what to average is the trainer's choice); ``approx_kl`` = mean(log_ratio^2) / 2
 (the original's second statistic); ``clip_frac`` / ``value_clip_frac``: the share of tokens whose clipped term
 is strictly the larger one (the original's definition); ``ratio``: mean ratio.
 
