@@ -2,6 +2,7 @@
 
 - ``parse_list``: fine-tuned models (validation, RL, test): strip, split on newlines, strip each line, remove one
   leading ``"<n>. "`` (with ``idx``). Empty lines are dropped (the original kept them as empty titles).
+  ``parse_list_lines`` gives the same titles with the position where each one's line ends (RL rewards).
 - ``parse_general_llm``: general LLMs (GPT-3.5, base chat models): one pair of quotes that are the text's very
   first and last characters removed, only lines starting with ``<n>.`` at column 0 kept (indented ones are
   dropped, as the original), the index removed, then for tasks other than SFTTestSeqRec the category annotation
@@ -32,10 +33,29 @@ def _drop_annotation(title: str) -> str:
 
 
 def parse_list(text: str, idx: bool = True) -> list[str]:
-    lines = [line.strip() for line in text.strip().split("\n")]
-    if idx:
-        lines = [remove_index(line).strip() for line in lines]
-    return [line for line in lines if line]
+    return [title for title, _ in parse_list_lines(text, idx)]
+
+
+def parse_list_lines(text: str, idx: bool = True) -> list[tuple[str, int]]:
+    """``parse_list``'s titles, each with the position in ``text`` of the character that ends its line: the
+    newline after it, or the line's last non-blank character when no newline follows (end of text).
+
+    The RL reward puts an item's reward on the token holding that character. Splitting the raw text and
+    stripping each line keeps exactly ``parse_list``'s titles: the whitespace ``text.strip()`` would remove is
+    either whole blank lines (dropped) or the outer whitespace of the first and last lines (stripped).
+    """
+    out = []
+    start = 0
+    for raw in text.split("\n"):
+        stop = start + len(raw)  # the newline's position, or len(text) for the last line
+        title = raw.strip()
+        if idx:
+            title = remove_index(title).strip()
+        if title:
+            end = stop if stop < len(text) else start + len(raw.rstrip()) - 1
+            out.append((title, end))
+        start = stop + 1
+    return out
 
 
 def _unquote(s: str) -> str:

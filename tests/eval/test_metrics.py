@@ -8,7 +8,7 @@ import pytest
 
 from reclm_jax.data.item_index import ItemIndex
 from reclm_jax.eval.metrics import Metrics
-from reclm_jax.eval.parsing import parse_general_llm, parse_list
+from reclm_jax.eval.parsing import parse_general_llm, parse_list, parse_list_lines
 
 INDEX = ItemIndex(["a", "b", "c", "d"], ["Alpha (1)", "Beta (2)", "Gamma (3)", "Delta (4)"], "title")
 CATS = {"X": ["a", "b"], "Y": ["c"]}
@@ -103,10 +103,23 @@ def test_table_lists_tasks_and_metrics():
     assert "SFT+TestPersonalControlRec" in text and "SRTargetCategoryRate" in text and "NonExistRatio" in text
 
 
-def test_parse_fine_tuned_and_general_outputs():
+def test_parse_fine_tuned_outputs():
     assert parse_list(" 1. Alpha (1)\n 2. Beta (2)\n\n3.Gamma (3)\n") == ["Alpha (1)", "Beta (2)", "Gamma (3)"]
     assert parse_list("Alpha\n Beta", idx=False) == ["Alpha", "Beta"]
     assert parse_list("") == []
+
+
+def test_parse_list_lines_gives_each_title_where_its_line_ends():
+    # RL rewards go on the token holding that character: the newline after a title, else its last character.
+    text = " 1. Alpha (1)\n 2. Beta (2)  \n\n3.Gamma (3)"
+    assert parse_list_lines(text) == [("Alpha (1)", 13), ("Beta (2)", 28), ("Gamma (3)", 40)]
+    assert parse_list_lines(text + "  \n") == [("Alpha (1)", 13), ("Beta (2)", 28), ("Gamma (3)", 43)]
+    assert parse_list_lines("A \n\n", idx=False) == [("A", 2)] and parse_list_lines(" \n ") == []
+    for t in (text, text + "\n", "1. A\n 2. \n3. B ", "\n\nx"):
+        assert [title for title, _ in parse_list_lines(t)] == parse_list(t)
+
+
+def test_parse_general_outputs():
     text = ('"Here you go:\n1. \'Heat (1995)\' (Crime)\n2. Fargo (1996) [Drama]\nSure!\n3. Casino (1995), Crime\n'
             '4. Toy Story (1995)\n5. Babe (1995)"')
     # "Casino (1995), Crime" does not end in ")", "]" or ",": kept whole, as the original (B3).
