@@ -2,7 +2,7 @@
 
     python benchmarks/gpu_sft.py --model {smollm2,llama2-7b} --batch 8 --seq 1024 [--remat] [--smoke]
 
-The model is randomly initialised straight on the device (``lora_step.random_llama``; a 7B model is never
+The model is randomly initialised straight on the device (``model_shapes.random_llama``; a 7B model is never
 built on the host) in the SmolLM2-135M or Llama-2-7B shape; step time does not depend on weight values.
 Frozen weights are stored and multiplied in bf16, LoRA factors and AdamW state are fp32 (the trainer's
 setting). The step is the library's ``make_train_step``, compiled ahead of time (compile time printed
@@ -23,11 +23,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import jax  # noqa: E402
 
-from lora_step import (FLOPS_CONVENTION, LLAMA2_7B, LORA, SMOLLM2_135M, count_check, lora_step_flops,  # noqa: E402
-                       matmul_params, prepare_jax_step, random_llama, synthetic_batch)
-from reclm_jax.models.llama_config import from_hf_config  # noqa: E402
-
-SHAPES = {"smollm2": ("SmolLM2-135M", SMOLLM2_135M), "llama2-7b": ("Llama-2-7B", LLAMA2_7B)}
+from lora_step import (FLOPS_CONVENTION, LORA, count_check, lora_step_flops, prepare_jax_step,  # noqa: E402
+                       synthetic_batch)
+from model_shapes import SHAPES, matmul_params, random_llama, shape_config  # noqa: E402
 
 # Dense bf16 tensor-core peaks from the vendor data sheets (SXM parts, no sparsity).
 PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12}
@@ -60,13 +58,7 @@ def main() -> None:
         print(f"MFU = model FLOPs / step time / dense bf16 peak ({peaks} TFLOP/s). {FLOPS_CONVENTION}.")
         return
 
-    label, hf = SHAPES[args.model]
-    hf = dict(hf)
-    if args.smoke:
-        hf.update(num_hidden_layers=2, hidden_size=64, intermediate_size=128, vocab_size=512,
-                  num_attention_heads=4, num_key_value_heads=2 if args.model == "smollm2" else 4, head_dim=16)
-        label += " (smoke: 2 tiny layers)"
-    cfg = from_hf_config(hf, param_dtype=args.dtype, dtype=args.dtype, remat=args.remat, source=label)
+    label, cfg = shape_config(args.model, args.smoke, param_dtype=args.dtype, dtype=args.dtype, remat=args.remat)
     dev = jax.devices()[0]
     kind = getattr(dev, "device_kind", dev.platform)
 

@@ -2,7 +2,8 @@
 
 The JAX side always runs the library's real jitted step (``reclm_jax.sft.step.make_train_step``) with the
 optimiser the trainer uses; only the model weights and the batch are made up here. Throughput does not
-depend on weight values, so a randomly initialised model times the same as the pretrained one.
+depend on weight values, so a randomly initialised model times the same as the pretrained one (the shapes and
+the random models are in ``model_shapes.py``, shared with the decode benchmark).
 """
 
 from __future__ import annotations
@@ -12,15 +13,14 @@ import dataclasses
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from reclm_jax.models.llama import LlamaForCausalLM
 from reclm_jax.models.llama_config import LlamaConfig
 from reclm_jax.models.lora import ALL_LINEARS, LoraConfig, add_lora, linear_modules, split_trainable
-from reclm_jax.models.sharding import make_mesh, param_sharding, path_name
+from reclm_jax.models.sharding import make_mesh
+from model_shapes import matmul_params
 from reclm_jax.train.optim import OptimConfig, make_optimizer
 from reclm_jax.sft.step import Batch, make_train_step
 from reclm_jax.train.runtime import Runtime
@@ -34,55 +34,6 @@ jax.monitoring.register_event_listener(
 
 # RecLM-gen's defaults: r 16, alpha 8, dropout 0.1 on every linear layer including lm_head.
 LORA = LoraConfig(rank=16, alpha=8.0, dropout=0.1, targets=ALL_LINEARS + ("lm_head",))
-
-# config.json of SmolLM2-135M-Instruct (as converted by reclm_jax.models.fetch) and of Llama-2-7B.
-SMOLLM2_135M = {
-    "model_type": "llama", "vocab_size": 49152, "hidden_size": 576, "intermediate_size": 1536,
-    "num_hidden_layers": 30, "num_attention_heads": 9, "num_key_value_heads": 3, "head_dim": 64,
-    "hidden_act": "silu", "max_position_embeddings": 8192, "rms_norm_eps": 1e-5, "rope_theta": 100000.0,
-    "tie_word_embeddings": True, "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 2,
-}
-LLAMA2_7B = {
-    "model_type": "llama", "vocab_size": 32000, "hidden_size": 4096, "intermediate_size": 11008,
-    "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 32, "hidden_act": "silu",
-    "max_position_embeddings": 4096, "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "tie_word_embeddings": False,
-    "bos_token_id": 1, "eos_token_id": 2,
-}
-
-
-def random_llama(cfg: LlamaConfig, mesh=None, seed: int = 0) -> LlamaForCausalLM:
-    """A randomly initialised model (weights N(0, 0.02), norms 1) whose parameters are created on the device,
-    each straight into its ``NamedSharding`` on ``mesh``: nothing of model size is built on the host.
-
-    One small jitted generator per distinct (shape, dtype, sharding), not one program for the whole model:
-    XLA:GPU took over 170 s to compile a single init program for SmolLM2-135M (H200, jax 0.11.2), while a
-    Llama has only about eight distinct parameter shapes.
-    """
-    mesh = mesh if mesh is not None else make_mesh()
-    abstract = nnx.eval_shape(lambda: LlamaForCausalLM(cfg, rngs=nnx.Rngs(seed)))
-    graphdef, abstract_state = nnx.split(abstract)
-    generators: dict = {}
-
-    def generator(shape, dtype, sharding, ones: bool):
-        key = (shape, jnp.dtype(dtype).name, sharding, ones)
-        if key not in generators:
-            def make(rng):
-                if ones:
-                    return jnp.ones(shape, dtype)
-                return (jax.random.normal(rng, shape, jnp.float32) * 0.02).astype(dtype)
-
-            generators[key] = jax.jit(make, out_shardings=sharding)
-        return generators[key]
-
-    root = jax.random.key(seed)
-    placed = []
-    for i, (path, var) in enumerate(nnx.to_flat_state(abstract_state)):
-        name = path_name(path)
-        value = var.get_value()
-        shape = tuple(value.shape)
-        make = generator(shape, value.dtype, param_sharding(name, shape, mesh), ones=name.endswith("norm.weight"))
-        placed.append((path, var.replace(make(jax.random.fold_in(root, i)))))
-    return nnx.merge(graphdef, nnx.from_flat_state(placed))
 
 
 def synthetic_batch(vocab: int, rows: int, seq: int, seed: int = 0,
@@ -157,15 +108,6 @@ def prepare_jax_step(model: LlamaForCausalLM, arrays: dict[str, np.ndarray], mes
     compile_s = time.perf_counter() - t
     cache_hit = _CACHE_EVENTS["/jax/compilation_cache/cache_hits"] > hits
     return JaxStep(compiled, trainable, opt_state, frozen, batch, rng, compile_s, lower_s, cache_hit)
-
-
-def matmul_params(cfg: LlamaConfig) -> int:
-    """Weights that take part in a matmul per token: every decoder linear plus the lm_head (the embedding
-    lookup is not a matmul)."""
-    d, f, h = cfg.hidden_size, cfg.intermediate_size, cfg.head_dim
-    attn = d * cfg.num_heads * h * 2 + d * cfg.num_kv_heads * h * 2
-    mlp = 3 * d * f
-    return cfg.num_layers * (attn + mlp) + d * cfg.vocab_size
 
 
 def lora_params_shape_sum(cfg: LlamaConfig) -> int:
