@@ -256,18 +256,10 @@ class RLTrainer:
         return record
 
     def _mini_batches(self, it: int, epoch: int):
-        """(rows int32 [A, b], valid bool [A, b]) per optimiser step: a (seed, iteration, epoch) shuffle of the
-        global rows, cut into mini-batches, the last one filled with invalid entries."""
-        mb = self.cfg.ppo.mini_batch_size
-        order = np.random.default_rng([self.cfg.train.seed, it, epoch]).permutation(self.rows)
-        steps = -(-self.rows // mb)
-        rows = np.zeros(steps * mb, np.int32)
-        valid = np.zeros(steps * mb, bool)
-        rows[:self.rows], valid[:self.rows] = order, True
-        shape = (steps, self.accum, self.micro)
-        rows, valid = rows.reshape(shape), valid.reshape(shape)
-        for i in range(steps):
-            yield self.runtime.replicate(rows[i]), self.runtime.replicate(valid[i])
+        rows, valid = mini_batch_rows(self.rows, self.cfg.ppo.mini_batch_size, self.micro, self.cfg.train.seed,
+                                      it, epoch)
+        for r, v in zip(rows, valid):
+            yield self.runtime.replicate(r), self.runtime.replicate(v)
 
     @staticmethod
     def _task_rewards(samples: Sequence[dict], scores: Sequence[np.ndarray]) -> dict[str, float]:
@@ -372,6 +364,20 @@ class RLTrainer:
         self.save_adapters("adapter")
         self.store.close()
         return {"iterations": self.iteration, "best_mean_reward": self.best, **self.history}
+
+
+def mini_batch_rows(rows: int, mini_batch: int, micro_batch: int, seed: int, iteration: int,
+                    epoch: int) -> tuple[np.ndarray, np.ndarray]:
+    """The optimiser steps of one PPO epoch: (rows int32 [S, A, b], valid bool [S, A, b]) for S steps of A
+    micro-batches of b = ``micro_batch`` rows (A * b = ``mini_batch``). A (seed, iteration, epoch) shuffle of the
+    ``rows`` global rows, cut in order; the last step is filled with invalid entries (row 0, valid False)."""
+    order = np.random.default_rng([seed, iteration, epoch]).permutation(rows)
+    steps = -(-rows // mini_batch)
+    idx = np.zeros(steps * mini_batch, np.int32)
+    valid = np.zeros(steps * mini_batch, bool)
+    idx[:rows], valid[:rows] = order, True
+    shape = (steps, mini_batch // micro_batch, micro_batch)
+    return idx.reshape(shape), valid.reshape(shape)
 
 
 def trainable_leaves(trainer: RLTrainer) -> list[np.ndarray]:
