@@ -136,6 +136,9 @@ class RLTrainer:
             raise UserError("rollout.prompts and rollout.max_new_tokens must be >= 1")
         if cfg.algorithm == "grpo" and r.sample_num < 2:
             raise UserError("algorithm grpo compares a group of responses per prompt: rollout.sample_num must be >= 2")
+        if cfg.algorithm == "grpo" and cfg.grpo.item_weight and cfg.grpo.outcome != "last":
+            raise UserError("grpo.item_weight > 0 takes the item rewards from the tokens before the last one: it "
+                            "needs grpo.outcome=last")
         if p.epochs < 1 or p.mini_batch_size < 1 or p.micro_batch_size < 0:
             raise UserError("ppo.epochs and ppo.mini_batch_size must be >= 1, ppo.micro_batch_size >= 0")
         if p.micro_batch_size and p.mini_batch_size % p.micro_batch_size:
