@@ -124,7 +124,7 @@ class RLTrainer:
         self.iteration = 0  # iterations done
         self.episode = 0
         self.offset = 0  # prompts of this episode taken so far
-        self.best = -float("inf")
+        self.best: float | None = None  # the best mean validation reward so far
         self.history: dict[str, Any] = {}
         self.last_val_step = -1
         self.last_metrics: dict[str, float] = {}
@@ -308,7 +308,7 @@ class RLTrainer:
         res = self.validate(self._val, ACTOR, label, log)
         self.history["after"] = {k: res[k] for k in ("results", "mean_reward", "selection")}
         self.last_val_step = self.iteration
-        if res["mean_reward"] > self.best:
+        if self.best is None or res["mean_reward"] > self.best:
             self.best = res["mean_reward"]
             self.save_adapters("best_adapter", critic=False)
         self._write_metrics()

@@ -113,3 +113,25 @@ def test_user_errors_exit_2(tmp_path, tiny_llama_dir):
     assert r.returncode == 2 and "data_path" in r.stderr and "Traceback" not in r.stderr
     r = _rl([f"model.path={tiny_llama_dir}", "ppo.whitening=batch"], _env())
     assert r.returncode == 2 and "ppo.whitening" in r.stderr
+
+
+def test_exported_actor_equals_the_trained_actor(reference_run, tmp_path, tiny_llama_dir):
+    """``python -m reclm_jax.rl.merge`` merges the actor (LoRA + its own lm_head) into the backbone as an HF
+    folder; the critic and the value head stay out of it."""
+    import jax.numpy as jnp
+
+    from reclm_jax.models.adapter_io import load_adapter
+    from reclm_jax.models.hf_loading import load_llama
+
+    out = tmp_path / "merged"
+    r = subprocess.run([sys.executable, "-m", "reclm_jax.rl.merge", "--run", str(reference_run), "--out", str(out)],
+                       env=_env(), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    tokens = jnp.asarray(np.random.default_rng(0).integers(0, 500, (2, 24)), dtype=jnp.int32)
+    base = load_llama(tiny_llama_dir, progress=False)
+    name = load_adapter(reference_run / "adapter", base)
+    assert name == "actor"
+    want = base(tokens, adapter=name).logits
+    assert float(jnp.max(jnp.abs(want - base(tokens).logits))) > 1e-3  # the actor moved away from the reference
+    got = load_llama(out, progress=False)(tokens).logits
+    assert float(jnp.max(jnp.abs(want - got))) <= 1e-5
