@@ -44,7 +44,12 @@ class RolloutSettings:
     max_new_tokens: int = 512  # the original's gen_max_length
     max_prompt_length: int = 512  # prompts are left-truncated to this (the policy sees exactly these tokens)
     prompt_buckets: tuple[int, ...] = (128, 256, 384, 512)
-    response_buckets: tuple[int, ...] = ()  # () = powers of two >= 16, capped at max_new_tokens
+    response_buckets: tuple[int, ...] = ()  # () = powers of two >= 16
+    # What PPO trains on: "rendered" (the original, spec §10.3) = the parsed list re-rendered canonically as SFT's
+    # labels ("1. A\n 2. B\n" + EOS) and tokenized; "sampled" = the tokens the policy sampled. The prompt is the
+    # one the policy saw either way (audit R5). Non-list rewards (the toy problem) want "sampled".
+    trajectory: Literal["rendered", "sampled"] = "rendered"
+    idx: bool = True  # rendered lists are numbered (the scripts' --idx)
 
 
 @dataclasses.dataclass(frozen=True)

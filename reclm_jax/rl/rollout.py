@@ -7,12 +7,15 @@ its own seed, ``SeedSequence([seed, iteration])`` at its row index, so a rollout
 seed, iteration) and a resumed run repeats it exactly. The Sampler takes the new actor weights every iteration
 (``update_params``): its programs compile once per (sampling, prompt bucket, batch bucket, output bucket).
 
-Trajectory layout (the policy's own tokens, audit R5: the prompt is exactly what the policy saw, after
-left-truncation): tokens int32 [B, P + R] with the prompt left-padded to P (its bucket) and the response
-right-padded to R (the bucket of the longest response); ``attention_mask`` on real tokens; ``action_mask`` on the
-response tokens, the stop token included when the response stopped (a response cut at ``max_new_tokens`` ends
-without one and is treated as terminal all the same, as the original). The original instead trained on the
-canonical re-rendered list text (spec §10.3); that option is not built yet.
+Trajectories (``rollout.trajectory``): ``rendered`` (the original, spec §10.3) replaces each response by its list
+re-rendered canonically, as SFT's labels are (``parse_list`` then ``render_output_list(titles, "\n" + EOS)``,
+tokenized without added specials, so it ends with the EOS token); ``sampled`` keeps the tokens the policy
+sampled, the stop token included when the response stopped (a response cut at ``max_new_tokens`` ends without
+one and is treated as terminal all the same, as the original). The scorer sees the trajectory's tokens and text.
+
+Layout (the prompt is exactly what the policy saw, after left-truncation: audit R5): tokens int32 [B, P + R]
+with the prompt left-padded to P (its bucket) and the response right-padded to R (the bucket of the longest
+response); ``attention_mask`` on real tokens; ``action_mask`` on the response tokens.
 
 ``RolloutStats`` holds, on the token axis: the rollout policy's log-probs ``logp_old`` (actor), the reference's
 ``logp_ref`` (no adapter) and the critic's ``values`` (zeros without a critic), from one jitted function over the
@@ -29,7 +32,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from reclm_jax.buckets import bucket
+from reclm_jax.data.templates import render_output_list
 from reclm_jax.errors import UserError
+from reclm_jax.eval.parsing import parse_list
 from reclm_jax.models.generation import SamplingConfig
 from reclm_jax.models.sampler import Sampler
 from reclm_jax.models.special_tokens import resolve_stop_ids
@@ -138,10 +143,27 @@ class Rollout:
         g = self.s.sample_num
         rows_prompts = [list(prompt_ids[p]) for p in range(len(prompt_ids)) for _ in range(g)]
         rows_samples = [samples[p] for p in range(len(samples)) for _ in range(g)]
-        texts = self.tokenizer.batch_decode(responses, skip_special_tokens=True, clean_up_tokenization_spaces=False)
-        traj = self.trajectories(rows_samples, rows_prompts, responses, list(texts), stopped)
+        texts = self.decode(responses)
+        if self.s.trajectory == "rendered":
+            responses = [self.render(t) for t in texts]
+            texts = self.decode(responses)
+        traj = self.trajectories(rows_samples, rows_prompts, responses, texts, stopped)
         traj.stats = self.stats(trainable, frozen, traj)
         return traj
+
+    def decode(self, responses: Sequence[Sequence[int]]) -> list[str]:
+        """Response texts as the reward reads them: special tokens skipped, no clean-up of spaces."""
+        return list(self.tokenizer.batch_decode(responses, skip_special_tokens=True,
+                                                clean_up_tokenization_spaces=False))
+
+    def render(self, text: str) -> list[int]:
+        """The canonical token ids of a response's list: its titles (``eval.parsing.parse_list``) rendered as SFT
+        renders labels, ``"1. A\n 2. B\n" + EOS``; an empty list is the EOS alone."""
+        titles = parse_list(text, self.s.idx)
+        eos = self.tokenizer.eos_token or ""
+        out = render_output_list(titles, "\n" + eos, self.s.idx).strip() if titles else eos
+        ids = self.tokenizer(out, add_special_tokens=False)["input_ids"]
+        return list(ids) or [self.pad_id]
 
     # -- trajectory batch ---------------------------------------------------------------------------------
     def widths(self, prompt_ids: Sequence[Sequence[int]], responses: Sequence[Sequence[int]]) -> tuple[int, int]:

@@ -24,7 +24,8 @@ def _cfg(world, out, *extra) -> RLConfig:
         "data.source=tasks", "reward.kind=nr20", "data.item_index=title", "data.topk=3",
         "data.train_tasks=[RLSeqRec,RL+PersonalControlRec]", "data.val_tasks=[RLSeqRec,RL-PersonalControlRec]",
         "data.val_num_per_task=2", "rollout.prompts=4", "rollout.max_prompt_length=256",
-        "rollout.prompt_buckets=[256]", "ppo.mini_batch_size=4", "ppo.epochs=1", *extra])
+        "rollout.prompt_buckets=[256]", "rollout.trajectory=rendered", "ppo.mini_batch_size=4", "ppo.epochs=1",
+        *extra])
 
 
 @pytest.fixture(scope="module")
@@ -71,3 +72,22 @@ def test_ppo_on_rl_tasks_trains_validates_and_keeps_the_best(world, tmp_path):
     assert metrics["after"]["selection"] == "reward_last"
     assert metrics["before"]["mean_reward"] == pytest.approx(val[0]["mean_reward"])
     assert (tmp_path / "best_adapter" / "lora_adapter.safetensors").is_file()
+
+
+def test_rendered_trajectories_are_the_canonical_lists(world, tmp_path):
+    from reclm_jax.rl.data import prompt_ids
+
+    trainer = RLTrainer(_cfg(world, tmp_path), progress=False)
+    tok, eos = trainer.tokenizer, trainer.tokenizer.eos_token_id
+    want = tok("1. Heat (1995)\n 2. Fargo (1996)\n" + tok.eos_token, add_special_tokens=False)["input_ids"]
+    assert trainer.rollout.render("1. Heat (1995)\n\n2.  Fargo (1996)  \n") == want
+    assert trainer.rollout.render("no list here") == tok("1. no list here\n" + tok.eos_token,
+                                                           add_special_tokens=False)["input_ids"]
+    assert trainer.rollout.render("") == [eos]
+    samples = trainer.source.take(0, [0, 1, 2, 3])
+    traj = trainer.rollout.collect(trainer.trainable, trainer.frozen, samples,
+                                   prompt_ids(samples, tok, trainer.cfg), iteration=1)
+    assert all(r[-1] == eos for r in traj.response_ids)
+    sampled, _ = trainer.rollout.responses(prompt_ids(samples, tok, trainer.cfg), 1)  # the same draws again
+    assert traj.response_ids == [trainer.rollout.render(t) for t in trainer.rollout.decode(sampled)]
+    assert traj.texts == trainer.rollout.decode(traj.response_ids)
