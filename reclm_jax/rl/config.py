@@ -49,7 +49,6 @@ class RolloutSettings:
     # labels ("1. A\n 2. B\n" + EOS) and tokenized; "sampled" = the tokens the policy sampled. The prompt is the
     # one the policy saw either way (audit R5). Non-list rewards (the toy problem) want "sampled".
     trajectory: Literal["rendered", "sampled"] = "rendered"
-    idx: bool = True  # rendered lists are numbered (the scripts' --idx)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,6 +129,7 @@ class DataSettings:
                                   "RLPersonalCategoryRateEP_50", "RLItemCount")
     item_index: str = "title64_t"
     chat_template: Literal["llama-2", "hf", "none"] = "hf"
+    idx: bool = True  # lists are numbered "1. ..." (the scripts' --idx): prompts, rewards, rendered trajectories
     topk: int = 10
     candidate_num: int = 10
     val_num_per_task: int = 320

@@ -101,8 +101,9 @@ class RLData:
         from reclm_jax.data.tasks import TaskSettings
         from reclm_jax.teacher.connect import connect_teacher
 
-        settings = TaskSettings(topk=d.topk, candidate_num=d.candidate_num, val_num_per_task=d.val_num_per_task,
-                                max_prompt_length=cfg.rollout.max_prompt_length, keep_held_out=d.keep_held_out)
+        settings = TaskSettings(topk=d.topk, candidate_num=d.candidate_num, idx=d.idx,
+                                val_num_per_task=d.val_num_per_task, max_prompt_length=cfg.rollout.max_prompt_length,
+                                keep_held_out=d.keep_held_out)
         self.ctx, self.index = build_task_context(cfg.data_path, d.item_index, tokenizer, d.chat_template, settings)
         t = cfg.teacher
         self.teacher = connect_teacher(t.checkpoint, t.port, t.hosts, data_path=cfg.data_path, dataset=self.ctx.raw,

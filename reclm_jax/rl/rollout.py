@@ -82,10 +82,11 @@ class Rollout:
     """The actor's Sampler and the jitted statistics pass, kept for a whole run.
 
     roles: how to rebuild the models from (trainable, frozen); trainable: ``{"lora", ["value_head"]}`` (the
-    Sampler reads ``trainable["lora"]``); critic: compute values (PPO) or zeros (GRPO)."""
+    Sampler reads ``trainable["lora"]``); critic: compute values (PPO) or zeros (GRPO); idx: rendered lists
+    are numbered."""
 
     def __init__(self, roles: Roles, trainable: dict, frozen: Any, tokenizer: Any, settings: RolloutSettings,
-                 runtime: Runtime, *, critic: bool, chunk: int = 128, seed: int = 0):
+                 runtime: Runtime, *, critic: bool, chunk: int = 128, seed: int = 0, idx: bool = True):
         if settings.sample_num < 1:
             raise UserError("rollout.sample_num must be >= 1")
         self.s = settings
@@ -94,6 +95,7 @@ class Rollout:
         self.critic = critic
         self.chunk = chunk
         self.seed = seed
+        self.idx = idx
         self.tokenizer = tokenizer
         self.pad_id = pad_token_id(tokenizer)
         self.sampling = SamplingConfig(temperature=settings.temperature, top_k=settings.top_k, top_p=settings.top_p)
@@ -159,9 +161,9 @@ class Rollout:
     def render(self, text: str) -> list[int]:
         """The canonical token ids of a response's list: its titles (``eval.parsing.parse_list``) rendered as SFT
         renders labels, ``"1. A\n 2. B\n" + EOS``; an empty list is the EOS alone."""
-        titles = parse_list(text, self.s.idx)
+        titles = parse_list(text, self.idx)
         eos = self.tokenizer.eos_token or ""
-        out = render_output_list(titles, "\n" + eos, self.s.idx).strip() if titles else eos
+        out = render_output_list(titles, "\n" + eos, self.idx).strip() if titles else eos
         ids = self.tokenizer(out, add_special_tokens=False)["input_ids"]
         return list(ids) or [self.pad_id]
 

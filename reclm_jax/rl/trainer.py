@@ -113,7 +113,7 @@ class RLTrainer:
         self.trainable, self.opt_state, shardings = place_state(trainable, self.tx.init(trainable), self.runtime)
         self.schedule = lr_schedule(cfg.optim, self.total)
         self.rollout = Rollout(self.roles, self.trainable, self.frozen, self.tokenizer, r, self.runtime,
-                               critic=cfg.uses_critic, chunk=p.logprob_chunk, seed=t.seed)
+                               critic=cfg.uses_critic, chunk=p.logprob_chunk, seed=t.seed, idx=cfg.data.idx)
         self.prepare_traces, self.update_traces = Counter(), Counter()
         self.prepare = make_prepare(cfg, self.prepare_traces)
         self.update = make_update_step(self.roles, self.tx, cfg, state_shardings=shardings,
