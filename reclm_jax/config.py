@@ -120,7 +120,22 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
-def _build(cls: type, data: Any, prefix: str, source: str) -> Any:
+def _field_default(f: dataclasses.Field, base: Any) -> Any:
+    """The value a field keeps when the sources do not set it: ``base``'s (the enclosing default instance), else
+    the field's own default; ``dataclasses.MISSING`` when it has none."""
+    if base is not None:
+        return getattr(base, f.name)
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return dataclasses.MISSING
+
+
+def _build(cls: type, data: Any, prefix: str, source: str, base: Any = None) -> Any:
+    """``cls`` from the mapping ``data``; keys it lacks keep their defaults. ``base``: the default instance of
+    this (nested) config, whose values are those defaults, so a config whose default for a section differs from
+    the section class's own (e.g. ``LoraConfig(rank=16, dropout=0.1)``) keeps it when one key is overridden."""
     where = prefix.rstrip(".") or "the top level"
     if data is None:
         data = {}
@@ -141,7 +156,13 @@ def _build(cls: type, data: Any, prefix: str, source: str) -> Any:
             if isinstance(data[name], str) and data[name] == MISSING_MARK:
                 raise UserError(f"{source}: key '{key}' must be set (it is {MISSING_MARK} in the file); "
                                 f"add {key}=... to the command line")
-            kwargs[name] = _coerce(hints[name], data[name], key, source)
+            default = _field_default(f, base)
+            if dataclasses.is_dataclass(hints[name]) and dataclasses.is_dataclass(default):
+                kwargs[name] = _build(hints[name], data[name], key + ".", source, base=default)
+            else:
+                kwargs[name] = _coerce(hints[name], data[name], key, source)
+        elif base is not None:
+            kwargs[name] = getattr(base, name)
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             raise UserError(f"{source}: missing required key '{key}' ({_type_name(hints[name])})")
     return cls(**kwargs)

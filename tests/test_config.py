@@ -123,3 +123,13 @@ def test_cli_user_error_is_one_line_exit_2(tmp_path):
     r = subprocess.run([sys.executable, "-c", code, "nope=1"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 2
     assert r.stderr.strip() == "error: <defaults> (with command-line overrides): unknown key 'nope'; valid keys: data_path"
+
+
+def test_overriding_one_key_keeps_the_sections_other_defaults():
+    # SFTConfig's lora default is LoraConfig(rank=16, alpha=8, dropout=0.1, targets=... + lm_head), not the class
+    # defaults: setting lora.rank alone must keep the rest of it.
+    from reclm_jax.sft.config import DEFAULT_TARGETS, SFTConfig
+
+    cfg = load_config(SFTConfig, None, ["data_path=d", "output_dir=o", "lora.rank=8"])
+    assert cfg.lora.rank == 8 and cfg.lora.dropout == 0.1 and cfg.lora.targets == DEFAULT_TARGETS
+    assert load_config(SFTConfig, None, ["data_path=d", "output_dir=o"]).lora.rank == 16

@@ -1,0 +1,93 @@
+"""RL on the task layer's RL samples with the NR-20.1 reward (tiny dataset, tiny teacher, tiny model): the scorer
+puts the rewards where ``rl.token_rewards`` says, and a short PPO run trains, validates per task and keeps the best
+actor."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from reclm_jax.config import load_config
+from reclm_jax.rl.config import RLConfig
+from reclm_jax.rl.trainer import RLTrainer
+
+CONFIG = str(Path(__file__).parents[2] / "configs" / "rl_tiny.yaml")
+
+
+def _cfg(world, out, *extra) -> RLConfig:
+    model, data, teacher = world
+    return load_config(RLConfig, CONFIG, [
+        f"model.path={model}", f"output_dir={out}", f"data_path={data}", f"teacher.checkpoint={teacher}",
+        "data.source=tasks", "reward.kind=nr20", "data.item_index=title", "data.topk=3",
+        "data.train_tasks=[RLSeqRec,RL+PersonalControlRec]", "data.val_tasks=[RLSeqRec,RL-PersonalControlRec]",
+        "data.val_num_per_task=2", "rollout.prompts=4", "rollout.max_prompt_length=256",
+        "rollout.prompt_buckets=[256]", "rollout.trajectory=rendered", "ppo.mini_batch_size=4", "ppo.epochs=1",
+        *extra])
+
+
+@pytest.fixture(scope="module")
+def world(tiny_llama_dir, tiny_dataset_dir, tiny_teacher_dir):
+    return tiny_llama_dir, tiny_dataset_dir, tiny_teacher_dir
+
+
+def test_nr20_scorer_places_item_and_list_rewards(world, tmp_path):
+    from reclm_jax.rl.data import RLData
+    from reclm_jax.models.tokenizer import load_tokenizer
+    from reclm_jax.rl.token_rewards import decode_response, token_rewards
+
+    cfg = _cfg(world, tmp_path)
+    tok = load_tokenizer(world[0])
+    data = RLData(cfg, tok)
+    scorer = data.scorer()
+    assert scorer.selection == "last"
+    sample = data.source.take(0, [0])[0]
+    titles = [data.ctx.title(i) for i in data.ctx.items[:2]]
+    text = f"1. {titles[0]}\n2. {titles[1]}\n3. Not A Real Film (1901)\n"
+    ids = tok(text, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    (got,) = scorer([sample], [text], [ids])
+    assert got.shape == (len(ids),) and got.dtype == np.float32
+    (reward,) = scorer.model.score([(sample["task"], sample["input_field_data"], text)])
+    want = token_rewards(decode_response(tok, ids), reward.item_rewards, reward.list_reward, length=len(ids))
+    np.testing.assert_array_equal(got, want)
+    assert got[-1] == pytest.approx(reward.list_reward)  # on the EOS
+    assert reward.item_rewards[2] == -1.0 and np.count_nonzero(got[:-1]) == 3  # one reward per line end
+
+
+def test_ppo_on_rl_tasks_trains_validates_and_keeps_the_best(world, tmp_path):
+    trainer = RLTrainer(_cfg(world, tmp_path, "train.max_iterations=2", "train.val_every=2",
+                             "train.val_before=true"), progress=False)
+    summary = trainer.run()
+    assert summary["iterations"] == 2
+    rows = [json.loads(x) for x in (tmp_path / "log.jsonl").read_text().splitlines()]
+    train = [r for r in rows if r["kind"] == "train"]
+    val = [r for r in rows if r["kind"] == "val"]
+    assert [r["step"] for r in val] == [0, 2]  # before training, then at iteration 2
+    assert {"RLSeqRec/reward_last", "RL-PersonalControlRec/reward_last"} <= set(val[0])
+    assert all(np.isfinite(r["reward"]) and np.isfinite(r["loss"]) for r in train)
+    assert {"reward/RLSeqRec", "reward/RL+PersonalControlRec"} <= set(train[0])  # per-task train rewards
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["after"]["selection"] == "reward_last"
+    assert metrics["before"]["mean_reward"] == pytest.approx(val[0]["mean_reward"])
+    assert (tmp_path / "best_adapter" / "lora_adapter.safetensors").is_file()
+
+
+def test_rendered_trajectories_are_the_canonical_lists(world, tmp_path):
+    from reclm_jax.rl.data import prompt_ids
+
+    trainer = RLTrainer(_cfg(world, tmp_path), progress=False)
+    tok, eos = trainer.tokenizer, trainer.tokenizer.eos_token_id
+    want = tok("1. Heat (1995)\n 2. Fargo (1996)\n" + tok.eos_token, add_special_tokens=False)["input_ids"]
+    assert trainer.rollout.render("1. Heat (1995)\n\n2.  Fargo (1996)  \n") == want
+    assert trainer.rollout.render("no list here") == tok("1. no list here\n" + tok.eos_token,
+                                                           add_special_tokens=False)["input_ids"]
+    assert trainer.rollout.render("") == [eos]
+    samples = trainer.source.take(0, [0, 1, 2, 3])
+    traj = trainer.rollout.collect(trainer.trainable, trainer.frozen, samples,
+                                   prompt_ids(samples, tok, trainer.cfg), iteration=1)
+    assert all(r[-1] == eos for r in traj.response_ids)
+    sampled, _ = trainer.rollout.responses(prompt_ids(samples, tok, trainer.cfg), 1)  # the same draws again
+    assert traj.response_ids == [trainer.rollout.render(t) for t in trainer.rollout.decode(sampled)]
+    assert traj.texts == trainer.rollout.decode(traj.response_ids)
