@@ -47,7 +47,7 @@ class TeacherTrainConfig:
     min_lr: float = 1e-6
     seed: int = 2022
     max_minutes: float | None = None  # wall-clock budget, checked after every steps_per_call steps
-    steps_per_call: int = 16  # optimiser steps per dispatch (one jitted loop); the budget is checked between
+    steps_per_call: int = 32  # optimiser steps per dispatch (one jitted loop); the budget is checked between
     progress: bool = True  # tqdm progress bar
 
 

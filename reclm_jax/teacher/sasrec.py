@@ -170,18 +170,22 @@ class SelfAttention(nnx.Module):
         """x [B, T, D], bias [B, 1, T, T] -> [B, T, D], or [B, 1, D] for the last query only (``last_only``)."""
         b, t, d = x.shape
         h, mm = self.num_heads, self.matmul_dtype
+        # Heads are moved in front of the positions with one transpose of the projection ([B, T, n, H, Dh] ->
+        # [n, B, H, T, Dh]), so both attention products batch over leading axes; splitting q, k and v first
+        # costs a transpose each way for each of them (and a concatenation in the gradient).
         if last_only:  # keys and values of every position, the query of the last one
             kernel, qkv_bias = self.qkv.kernel[...], self.qkv.bias[...]
-            q = (matmul(x[:, -1:], kernel[:, :d], mm) + qkv_bias[:d]).reshape(b, 1, h, d // h)
-            kv = (matmul(x, kernel[:, d:], mm) + qkv_bias[d:]).reshape(b, t, 2, h, d // h)
-            k, v = kv[:, :, 0], kv[:, :, 1]
+            q = (matmul(x[:, -1:], kernel[:, :d], mm) + qkv_bias[:d]).reshape(b, 1, h, d // h).transpose(0, 2, 1, 3)
+            kv = (matmul(x, kernel[:, d:], mm) + qkv_bias[d:]).reshape(b, t, 2, h, d // h).transpose(2, 0, 3, 1, 4)
+            k, v = (a[0] for a in jnp.split(kv, 2))  # split, not indexing: its gradient is a concatenation
             bias = bias[:, :, -1:]
         else:
-            q, k, v = jnp.split(dense(self.qkv, x, mm).reshape(b, t, 3, h, d // h), 3, axis=2)
-            q, k, v = q[:, :, 0], k[:, :, 0], v[:, :, 0]  # [B, T, H, Dh]
-        logits = jnp.einsum("bqhd,bkhd->bhqk", q, k) / jnp.sqrt(d // h).astype(x.dtype) + bias
+            qkv = dense(self.qkv, x, mm).reshape(b, t, 3, h, d // h).transpose(2, 0, 3, 1, 4)
+            q, k, v = (a[0] for a in jnp.split(qkv, 3))  # [B, H, T, Dh] each
+        logits = jnp.einsum("bhqd,bhkd->bhqk", q, k) / jnp.sqrt(d // h).astype(x.dtype) + bias
         probs = self.attn_drop(jax.nn.softmax(logits, axis=-1), deterministic, rngs)
-        return dense(self.out, jnp.einsum("bhqk,bkhd->bqhd", probs, v).reshape(b, q.shape[1], d), mm)
+        heads = jnp.einsum("bhqk,bhkd->bhqd", probs, v)
+        return dense(self.out, heads.transpose(0, 2, 1, 3).reshape(b, q.shape[2], d), mm)
 
 
 class Block(nnx.Module):

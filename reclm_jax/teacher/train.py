@@ -4,8 +4,9 @@ data_path=DIR output_dir=DIR``.
 Full-softmax cross-entropy over all items, Adam, early stopping on valid NDCG@10 and LR halving on plateau
 (the original's UniRec recipe). Writes the run folder described in ``checkpoint.py`` plus the run log
 (``reclm_jax.train.run_log.RunLog``): ``<output_dir>/log.jsonl`` and TensorBoard scalars under
-``<output_dir>/tensorboard``, with step = epoch: ``train`` (loss, lr, train_seconds and valid_seconds: the epoch's training and validation wall time) and ``valid`` (hr/ndcg@10/20) per epoch,
-then ``final/<teacher|popularity>/<valid|test>`` at the best epoch. Prints valid/test HR@10/20 and NDCG@10/20 of
+``<output_dir>/tensorboard``, with step = epoch: ``train`` (loss, lr, and the wall seconds of the epoch's training
+and of its validation: train_seconds, valid_seconds) and ``valid`` (hr/ndcg@10/20) per epoch, then
+``final/<teacher|popularity>/<valid|test>`` at the best epoch. Prints valid/test HR@10/20 and NDCG@10/20 of
 the best model next to the popularity baseline under the same protocol.
 
 ``train.max_minutes`` is a wall-clock budget for the whole run (loading included), checked after every chunk of
