@@ -10,8 +10,9 @@ and validation seconds. The epoch figure is the median over epochs 2.. (epoch 1 
 compiled step from the persistent cache; it is reported apart), plus the test HR@10 at the best epoch.
 
 The RecBole figures are quoted, not measured here: RecBole's SASRec on one thread of this machine type, 63 s
-per ML-100K epoch and 695 s per ML-1M epoch (issue 12). The load average is printed with every result, since
-these 2-core machines are shared.
+per ML-100K epoch and 695 s per ML-1M epoch (issue 12). These 2-core machines are shared, so every result also
+shows the load average and the cores the run had (its CPU seconds over its wall seconds; 2 means the machine was
+ours).
 """
 
 from __future__ import annotations
@@ -19,16 +20,23 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 RECBOLE_QUOTED_S = {"ml-100k": 63.0, "ml-1m": 695.0}  # quoted (issue 12), one thread of this machine type
+
+
+def _children_cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
 
 
 def run_dataset(dataset: str, epochs: int, overrides: list[str]) -> dict:
@@ -44,9 +52,11 @@ def run_dataset(dataset: str, epochs: int, overrides: list[str]) -> dict:
                f"configs/teacher_{dataset.replace('-', '')}.yaml", f"data_path={data}", f"output_dir={out}",
                f"train.max_epochs={epochs}", "train.progress=false", *overrides]
         load_start = os.getloadavg()[0]
+        cpu_start, wall_start = _children_cpu(), time.perf_counter()
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
         subprocess.run(cmd, cwd=REPO, env=env, check=True, stdout=subprocess.DEVNULL)
         load_end = os.getloadavg()[0]
+        cores_used = (_children_cpu() - cpu_start) / (time.perf_counter() - wall_start)
         records = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
         report = json.loads((out / "metrics.json").read_text())
     per_epoch = [(r["train_seconds"], r["valid_seconds"]) for r in records if r["kind"] == "train"]
@@ -63,6 +73,7 @@ def run_dataset(dataset: str, epochs: int, overrides: list[str]) -> dict:
         "best_epoch": report["best_epoch"],
         "recbole_quoted_s": RECBOLE_QUOTED_S[dataset],
         "load_avg": [round(load_start, 2), round(load_end, 2)],
+        "cores_used": round(cores_used, 2),
         "overrides": overrides,
     }
 
@@ -76,13 +87,14 @@ def main() -> None:
     a = p.parse_args()
     results = []
     print(f"{'dataset':<9}{'epoch s':>9}{'train s':>9}{'valid s':>9}{'epoch 1 s':>11}{'RecBole s (quoted)':>20}"
-          f"{'ratio':>8}{'test HR@10':>12}  load avg")
+          f"{'ratio':>8}{'test HR@10':>12}  cores used, load avg")
     for ds in a.datasets.split(","):
         r = run_dataset(ds, a.epochs, a.overrides)
         results.append(r)
         print(f"{ds:<9}{r['epoch_s']:>9.1f}{r['train_s']:>9.1f}{r['valid_s']:>9.2f}{r['first_epoch_s']:>11.1f}"
               f"{r['recbole_quoted_s']:>20.0f}{r['recbole_quoted_s'] / r['epoch_s']:>7.1f}x"
-              f"{r['test_hr@10']:>12.4f}  {r['load_avg'][0]:.2f} -> {r['load_avg'][1]:.2f}", flush=True)
+              f"{r['test_hr@10']:>12.4f}  {r['cores_used']:.2f}, {r['load_avg'][0]:.2f} -> {r['load_avg'][1]:.2f}",
+              flush=True)
     print(f"({a.epochs} epochs each; epoch s = median of epochs 2..; RecBole: SASRec on one thread of this machine "
           "type, quoted from issue 12, not measured here)")
     if a.out:

@@ -99,30 +99,63 @@ def _bf16_dot_bwd(transposed, res, g):
     return dx, dw
 
 
-def _materialised_t(a: jax.Array) -> jax.Array:
-    """a [M, K] -> a.T [K, M], written through a dynamic_update_slice so XLA keeps it a copy in memory instead of
-    folding the transpose into the dot that reads it."""
-    buf = jnp.zeros((a.shape[1], a.shape[0] + 1), a.dtype)
+def _materialised_t(a: jax.Array, ones_row: bool = False) -> jax.Array:
+    """a [M, K] -> a.T [K, M] (plus a last row of ones when ``ones_row``), written through a dynamic_update_slice
+    so XLA keeps it a copy in memory instead of folding the transpose into the dot that reads it."""
+    m, k = a.shape
+    buf = jnp.zeros((k, m + 1), a.dtype)
+    if ones_row:
+        buf = jnp.concatenate([buf, jnp.ones((1, m + 1), a.dtype)])
     return jax.lax.dynamic_update_slice(buf, a.T, (0, 1))[:, 1:]
 
 
 bf16_dot.defvjp(_bf16_dot_fwd, _bf16_dot_bwd)
 
 
-def matmul(x: jax.Array, w: jax.Array, dtype: str, transposed: bool = False) -> jax.Array:
+@jax.custom_vjp
+def bf16_affine(x: jax.Array, w: jax.Array, b: jax.Array) -> jax.Array:
+    """``bf16_dot(x, w) + b`` for f32 x [M, K], w [K, N], b [N]. Its gradient gets db from the weight-gradient
+    dot, as one more row of it (a row of ones under x^T): XLA:CPU sums the M rows far faster there than in a
+    reduction of its own."""
+    return bf16_dot(x, w, False) + b
+
+
+def _bf16_affine_fwd(x, w, b):
+    x16, w16 = x.astype(BF16), w.astype(BF16)
+    return jax.lax.dot_general(x16, w16, _contract(False), preferred_element_type=F32) + b, (x16, w16)
+
+
+def _bf16_affine_bwd(res, g):
+    x16, w16 = res
+    g16 = g.astype(BF16)
+    dx = jax.lax.dot_general(g16, w16, (((1,), (1,)), ((), ())), preferred_element_type=F32)
+    dwb = jax.lax.dot_general(_materialised_t(x16, ones_row=True), g16, (((1,), (0,)), ((), ())),
+                              preferred_element_type=F32)  # [K + 1, N]: dw, then db
+    return dx, dwb[:-1], dwb[-1]
+
+
+bf16_affine.defvjp(_bf16_affine_fwd, _bf16_affine_bwd)
+
+
+def matmul(x: jax.Array, w: jax.Array, dtype: str, transposed: bool = False,
+           bias: jax.Array | None = None) -> jax.Array:
     """f32 x [..., K] @ f32 w [K, N] (w [N, K] when ``transposed``, so a tied embedding is contracted in place,
-    never transposed) -> f32 [..., N], the products in ``dtype`` ("float32" or "bfloat16")."""
+    never transposed) (+ bias [N]) -> f32 [..., N], the products in ``dtype`` ("float32" or "bfloat16")."""
     x2 = x.reshape(-1, x.shape[-1])
     if dtype == "float32":
         y = jax.lax.dot_general(x2, w, _contract(transposed))
-    else:
+        y = y if bias is None else y + bias
+    elif bias is None:
         y = bf16_dot(x2, w, transposed)
+    else:
+        assert not transposed
+        y = bf16_affine(x2, w, bias)
     return y.reshape(*x.shape[:-1], y.shape[-1])
 
 
 def dense(layer: nnx.Linear, x: jax.Array, dtype: str) -> jax.Array:
     """``layer(x)`` with the products in ``dtype`` (the parameters stay those of the ``nnx.Linear``)."""
-    return matmul(x, layer.kernel[...], dtype) + layer.bias[...]
+    return matmul(x, layer.kernel[...], dtype, bias=layer.bias[...])
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(3,))
@@ -175,8 +208,8 @@ class SelfAttention(nnx.Module):
         # costs a transpose each way for each of them (and a concatenation in the gradient).
         if last_only:  # keys and values of every position, the query of the last one
             kernel, qkv_bias = self.qkv.kernel[...], self.qkv.bias[...]
-            q = (matmul(x[:, -1:], kernel[:, :d], mm) + qkv_bias[:d]).reshape(b, 1, h, d // h).transpose(0, 2, 1, 3)
-            kv = (matmul(x, kernel[:, d:], mm) + qkv_bias[d:]).reshape(b, t, 2, h, d // h).transpose(2, 0, 3, 1, 4)
+            q = matmul(x[:, -1:], kernel[:, :d], mm, bias=qkv_bias[:d]).reshape(b, 1, h, d // h).transpose(0, 2, 1, 3)
+            kv = matmul(x, kernel[:, d:], mm, bias=qkv_bias[d:]).reshape(b, t, 2, h, d // h).transpose(2, 0, 3, 1, 4)
             k, v = (a[0] for a in jnp.split(kv, 2))  # split, not indexing: its gradient is a concatenation
             bias = bias[:, :, -1:]
         else:

@@ -108,3 +108,17 @@ def test_the_last_layer_run_for_the_last_position_only_gives_the_full_stacks_sta
     h = jnp.array([[0, 0, 3, 4, 5], [1, 2, 3, 4, 5]], jnp.int32)
     np.testing.assert_allclose(np.asarray(m.user_state(h)), np.asarray(m.hidden_states(h)[:, -1]), rtol=1e-5,
                                atol=1e-5)
+
+
+def test_bf16_affine_gradient_includes_the_bias():
+    x = jax.random.normal(jax.random.key(0), (64, 32))
+    w = jax.random.normal(jax.random.key(1), (32, 48))
+    b = jax.random.normal(jax.random.key(2), (48,))
+
+    def loss(dtype, x, w, b):
+        return 0.5 * jnp.sum(matmul(x, w, dtype, bias=b) ** 2)
+
+    g32, g16 = (jax.grad(loss, argnums=(1, 2, 3))(d, x, w, b) for d in ("float32", "bfloat16"))
+    for a, c in zip(g32, g16):
+        assert a.shape == c.shape
+        assert np.abs(np.asarray(a - c)).max() < 0.02 * np.abs(np.asarray(a)).max()
