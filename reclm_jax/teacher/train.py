@@ -65,7 +65,7 @@ def make_train_steps(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, s
     Step ``i < count`` trains on the rows ``order[start + i]`` of the device-resident examples, with the dropout
     key ``fold_in(key, step0 + i)``; ``losses[:count]`` are their mean losses. Rows with weight 0 pad the last
     batch. One dispatch per chunk, not per step, because XLA:CPU allocates (and the kernel zero-fills) a step's
-    ~200 MB of temporaries on every call; inside one call the loop reuses them. ``count`` is traced, so a short
+    temporaries on every call, about 200 MB for the MovieLens configs; inside one call the loop reuses them. ``count`` is traced, so a short
     last chunk compiles nothing new. params and opt_state are donated: their buffers are updated in place.
     """
 
