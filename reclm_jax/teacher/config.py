@@ -8,6 +8,7 @@ valid NDCG@10, LR halved after 1 epoch of plateau.
 from __future__ import annotations
 
 import dataclasses
+from typing import Literal
 
 from reclm_jax.errors import UserError
 
@@ -22,10 +23,15 @@ class SASRecConfig:
     window: int = 10  # history window (max_seq_len); longer histories use their last `window` items
     layer_norm_eps: float = 1e-12
     init_std: float = 0.02
+    # Products of the dense layers and the item scores: float32, or bfloat16 accumulated in float32 (about twice
+    # the matmul rate on CPUs with AVX512-BF16; parameters, activations and the optimiser stay float32).
+    matmul_dtype: Literal["float32", "bfloat16"] = "float32"
 
     def __post_init__(self) -> None:
         if self.dim % self.num_heads:
             raise UserError(f"model.dim ({self.dim}) must be divisible by model.num_heads ({self.num_heads})")
+        if not 0.0 <= self.dropout < 1.0:
+            raise UserError(f"model.dropout ({self.dropout}) must be in [0, 1)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,7 +46,8 @@ class TeacherTrainConfig:
     lr_factor: float = 0.5
     min_lr: float = 1e-6
     seed: int = 2022
-    max_minutes: float | None = None  # wall-clock budget; training stops after the epoch that exceeds it
+    max_minutes: float | None = None  # wall-clock budget, checked after every steps_per_call steps
+    steps_per_call: int = 32  # optimiser steps per dispatch (one jitted loop); the budget is checked between
     progress: bool = True  # tqdm progress bar
 
 

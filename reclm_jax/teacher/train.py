@@ -4,12 +4,13 @@ data_path=DIR output_dir=DIR``.
 Full-softmax cross-entropy over all items, Adam, early stopping on valid NDCG@10 and LR halving on plateau
 (the original's UniRec recipe). Writes the run folder described in ``checkpoint.py`` plus the run log
 (``reclm_jax.train.run_log.RunLog``): ``<output_dir>/log.jsonl`` and TensorBoard scalars under
-``<output_dir>/tensorboard``, with step = epoch: ``train`` (loss, lr) and ``valid`` (hr/ndcg@10/20) per epoch,
-then ``final/<teacher|popularity>/<valid|test>`` at the best epoch. Prints valid/test HR@10/20 and NDCG@10/20 of
+``<output_dir>/tensorboard``, with step = epoch: ``train`` (loss, lr, and the wall seconds of the epoch's training
+and of its validation: train_seconds, valid_seconds) and ``valid`` (hr/ndcg@10/20) per epoch, then
+``final/<teacher|popularity>/<valid|test>`` at the best epoch. Prints valid/test HR@10/20 and NDCG@10/20 of
 the best model next to the popularity baseline under the same protocol.
 
-``train.max_minutes`` is a wall-clock budget for the whole run (loading included), checked after every step:
-once spent, the epoch ends early, is validated, and training stops.
+``train.max_minutes`` is a wall-clock budget for the whole run (loading included), checked after every chunk of
+``train.steps_per_call`` steps (one dispatch): once spent, the epoch ends early, is validated, and training stops.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+from functools import partial
 from pathlib import Path
 
 import jax
@@ -54,9 +56,18 @@ def make_optimizer(cfg: TeacherConfig) -> optax.GradientTransformation:
     return optax.inject_hyperparams(build)(learning_rate=cfg.train.lr)
 
 
-def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation):
-    """A jitted pure step (params, rest, opt_state, history [B,W] int32, target [B] int32, weight [B] f32, key)
-    -> (params, opt_state, mean loss). Rows with weight 0 are padding of the last batch."""
+def make_train_steps(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, steps_per_call: int):
+    """A jitted pure function that runs up to ``steps_per_call`` optimiser steps in one dispatch:
+
+        (params, rest, opt_state, history [E, W] int32, target [E] int32, order [S, B] int32, weight [S, B] f32,
+         key, step0, start, count) -> (params, opt_state, losses [steps_per_call] f32)
+
+    Step ``i < count`` trains on the rows ``order[start + i]`` of the device-resident examples, with the dropout
+    key ``fold_in(key, step0 + i)``; ``losses[:count]`` are their mean losses. Rows with weight 0 pad the last
+    batch. One dispatch per chunk, not per step, because XLA:CPU allocates (and the kernel zero-fills) a step's
+    temporaries on every call, about 200 MB for the MovieLens configs; inside one call the loop reuses them. ``count`` is traced, so a short
+    last chunk compiles nothing new. params and opt_state are donated: their buffers are updated in place.
+    """
 
     def loss_fn(params, rest, history, target, weight, key):
         model = nnx.merge(graphdef, params, rest)
@@ -64,13 +75,31 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation):
         nll = jax.nn.logsumexp(scores, axis=1) - jnp.take_along_axis(scores, target[:, None], axis=1)[:, 0]
         return jnp.sum(nll * weight) / jnp.maximum(jnp.sum(weight), 1.0)
 
-    @jax.jit
-    def step(params, rest, opt_state, history, target, weight, key):
-        loss, grads = jax.value_and_grad(loss_fn)(params, rest, history, target, weight, key)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, loss
+    @partial(jax.jit, donate_argnums=(0, 2))
+    def steps(params, rest, opt_state, history, target, order, weight, key, step0, start, count):
+        def body(i, carry):
+            params, opt_state, losses = carry
+            rows = order[start + i]
+            loss, grads = jax.value_and_grad(loss_fn)(params, rest, history[rows], target[rows], weight[start + i],
+                                                      jax.random.fold_in(key, step0 + i))
+            updates, opt_state = tx.update(grads, opt_state, params)
+            return optax.apply_updates(params, updates), opt_state, losses.at[i].set(loss)
 
-    return step
+        losses = jnp.zeros(steps_per_call, jnp.float32)
+        return jax.lax.fori_loop(0, count, body, (params, opt_state, losses))
+
+    return steps
+
+
+def epoch_order(perm: np.ndarray, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """A permutation of the E examples -> (rows int32 [S, B], weight f32 [S, B]), S = ceil(E / B): batch s is
+    ``perm[s*B:(s+1)*B]``; the last one is padded with row 0 at weight 0."""
+    n_steps = math.ceil(len(perm) / batch_size)
+    rows = np.zeros(n_steps * batch_size, np.int32)
+    rows[:len(perm)] = perm
+    weight = np.zeros(n_steps * batch_size, np.float32)
+    weight[:len(perm)] = 1.0
+    return rows.reshape(n_steps, batch_size), weight.reshape(n_steps, batch_size)
 
 
 def make_score_fn(graphdef: nnx.GraphDef):
@@ -113,10 +142,13 @@ def train(cfg: TeacherConfig) -> dict:
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     tx = make_optimizer(cfg)
     opt_state = tx.init(params)
-    step = make_train_step(graphdef, tx)
+    chunk = max(1, tc.steps_per_call)
+    run_steps = make_train_steps(graphdef, tx, chunk)
     score = make_score_fn(graphdef)
     bs = min(tc.batch_size, n_train)
     steps_per_epoch = math.ceil(n_train / bs)
+    # The examples go to the device once; each epoch sends only its order of rows.
+    train_history, train_target = jnp.asarray(splits.train_history), jnp.asarray(splits.train_target)
     eval_bs = min(tc.eval_batch_size, len(splits.valid))
     rng = np.random.default_rng(tc.seed)
     key = jax.random.key(tc.seed)
@@ -134,35 +166,34 @@ def train(cfg: TeacherConfig) -> dict:
 
     with contextlib.closing(RunLog(out, primary=True, tensorboard=True, progress=tc.progress)) as log:
         for epoch in range(1, tc.max_epochs + 1):
-            perm = rng.permutation(n_train)
+            order, weight = (jnp.asarray(a) for a in epoch_order(rng.permutation(n_train), bs))
             losses = []
+            epoch_start = time.perf_counter()
             with log.bar(steps_per_epoch, desc=f"epoch {epoch}") as bar:
                 bar.leave = False  # a transient bar per epoch; the epoch's summary line below stays
-                for b in range(steps_per_epoch):
-                    idx = perm[b * bs:(b + 1) * bs]
-                    weight = np.ones(bs, np.float32)
-                    if len(idx) < bs:  # pad the last batch to the fixed shape; padded rows carry no weight
-                        weight[len(idx):] = 0.0
-                        idx = np.concatenate([idx, np.zeros(bs - len(idx), idx.dtype)])
-                    params, opt_state, loss = step(params, rest, opt_state, splits.train_history[idx],
-                                                   splits.train_target[idx], weight,
-                                                   jax.random.fold_in(key, global_step))
-                    losses.append(loss)
-                    global_step += 1
-                    bar.update()
-                    if b % 50 == 0:  # reading the loss also keeps dispatch near the device (budget checks)
-                        bar.set_postfix(loss=f"{float(loss):.4f}")
+                while len(losses) < steps_per_epoch:
+                    count = min(chunk, steps_per_epoch - len(losses))
+                    params, opt_state, chunk_losses = run_steps(params, rest, opt_state, train_history,
+                                                                train_target, order, weight, key, global_step,
+                                                                len(losses), count)
+                    losses.extend(np.asarray(chunk_losses)[:count].tolist())  # waits for the chunk
+                    global_step += count
+                    bar.update(count)
+                    bar.set_postfix(loss=f"{losses[-1]:.4f}")
                     if out_of_time():  # validate what we have, then stop (an epoch can outlast the budget on CPU)
                         break
-            train_loss = float(np.mean([float(x) for x in losses]))
+            train_loss = float(np.mean(losses))
+            valid_start = time.perf_counter()
             valid = evaluate(lambda h: score(params, rest, h), splits.valid, n_rows, eval_bs, KS)
-            log.write("train", epoch, {"loss": train_loss, "lr": lr})
+            seconds = {"train_seconds": round(valid_start - epoch_start, 3),
+                       "valid_seconds": round(time.perf_counter() - valid_start, 3)}
+            log.write("train", epoch, {"loss": train_loss, "lr": lr, **seconds})
             log.write("valid", epoch, valid)
             history_log.append({"epoch": epoch, "loss": train_loss, "lr": lr, **valid})
             improved = valid[SELECT_METRIC] > best
             if improved:
                 best, best_epoch, bad_epochs, plateau = valid[SELECT_METRIC], epoch, 0, 0
-                best_params = jax.tree.map(np.asarray, params)
+                best_params = jax.tree.map(np.array, params)  # a copy: the next chunk donates params
                 nnx.update(model, best_params)
                 save_params(model, out)
             else:
@@ -174,7 +205,8 @@ def train(cfg: TeacherConfig) -> dict:
                     plateau = 0
             if log.progress:
                 tqdm.write(f"epoch {epoch}: loss {train_loss:.4f}  valid hr@10 {valid['hr@10']:.4f} "
-                           f"ndcg@10 {valid['ndcg@10']:.4f}  lr {lr:.2e}{'  *best' if improved else ''}")
+                           f"ndcg@10 {valid['ndcg@10']:.4f}  lr {lr:.2e}  {seconds['train_seconds']:.1f}+"
+                           f"{seconds['valid_seconds']:.1f} s{'  *best' if improved else ''}")
             if bad_epochs >= tc.early_stop_patience:
                 break
             if out_of_time():

@@ -3,10 +3,11 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from flax import nnx
 
 from reclm_jax.teacher.config import SASRecConfig
-from reclm_jax.teacher.sasrec import SASRec
+from reclm_jax.teacher.sasrec import SASRec, Dropout, dropout_bits, layer_norm, matmul
 
 
 def test_parameter_count_matches_the_original_movie_teacher():
@@ -48,3 +49,76 @@ def test_dropout_only_in_training_mode():
     t1 = m(h, deterministic=False, rngs=nnx.Rngs(dropout=1))
     t2 = m(h, deterministic=False, rngs=nnx.Rngs(dropout=2))
     assert not np.allclose(np.asarray(t1)[:, 1:], np.asarray(t2)[:, 1:])
+
+
+@pytest.mark.parametrize("rate", [0.5, 0.25, 0.1])
+def test_dropout_keeps_each_element_with_one_minus_rate_and_stays_unbiased(rate):
+    drop = Dropout(rate)
+    x = jnp.ones((400, 500), jnp.float32)
+    y = np.asarray(drop(x, deterministic=False, rngs=nnx.Rngs(dropout=3)))
+    kept = y != 0
+    assert abs(kept.mean() - (1 - rate)) < 0.005
+    np.testing.assert_allclose(y.mean(), 1.0, atol=0.01)  # kept values scaled by 1 / keep probability
+    assert np.allclose(y[kept], y[kept][0])
+    # independent masks for different keys, the identity when deterministic
+    y2 = np.asarray(drop(x, deterministic=False, rngs=nnx.Rngs(dropout=4)))
+    assert 0.3 < np.mean(kept == (y2 != 0)) < 0.9
+    np.testing.assert_array_equal(np.asarray(drop(x, deterministic=True, rngs=None)), np.asarray(x))
+
+
+def test_dropout_bits_represent_the_rate_exactly_when_they_can():
+    assert [dropout_bits(r) for r in (0.5, 0.25, 0.75, 0.125, 1 / 256, 0.1, 0.3)] == [1, 2, 2, 4, 8, 16, 16]
+
+
+def test_layer_norm_gradient_matches_autodiff_of_the_flax_layer():
+    ln = nnx.LayerNorm(16, epsilon=1e-12, rngs=nnx.Rngs(0))
+    ln.scale[...] = jnp.linspace(0.5, 1.5, 16)
+    ln.bias[...] = jnp.linspace(-1.0, 1.0, 16)
+    graphdef, state = nnx.split(ln)
+    x = jax.random.normal(jax.random.key(1), (3, 5, 16)) * 3 + 1
+    g = jax.random.normal(jax.random.key(2), (3, 5, 16))
+
+    def loss(fn, state, x):
+        return jnp.sum(fn(nnx.merge(graphdef, state), x) * g)
+
+    ref = jax.grad(lambda s, x: loss(lambda m, x: m(x), s, x), argnums=(0, 1))(state, x)
+    new = jax.grad(lambda s, x: loss(layer_norm, s, x), argnums=(0, 1))(state, x)
+    for a, b in zip(jax.tree.leaves(ref), jax.tree.leaves(new)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("transposed", [False, True])
+def test_bf16_products_follow_the_f32_ones_gradients_included(transposed):
+    x = jax.random.normal(jax.random.key(0), (64, 32))
+    w = jax.random.normal(jax.random.key(1), (48, 32) if transposed else (32, 48))
+
+    def loss(dtype, x, w):
+        return 0.5 * jnp.sum(matmul(x, w, dtype, transposed) ** 2)
+
+    g32, g16 = (jax.grad(loss, argnums=(1, 2))(d, x, w) for d in ("float32", "bfloat16"))
+    for a, b in zip(g32, g16):
+        assert a.shape == b.shape and b.dtype == jnp.float32
+        assert np.abs(np.asarray(a - b)).max() < 0.02 * np.abs(np.asarray(a)).max()
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_the_last_layer_run_for_the_last_position_only_gives_the_full_stacks_state(dtype):
+    m = SASRec(20, SASRecConfig(dim=16, num_heads=2, inner_dim=32, window=5, num_layers=2, matmul_dtype=dtype),
+               nnx.Rngs(0))
+    h = jnp.array([[0, 0, 3, 4, 5], [1, 2, 3, 4, 5]], jnp.int32)
+    np.testing.assert_allclose(np.asarray(m.user_state(h)), np.asarray(m.hidden_states(h)[:, -1]), rtol=1e-5,
+                               atol=1e-5)
+
+
+def test_bf16_affine_gradient_includes_the_bias():
+    x = jax.random.normal(jax.random.key(0), (64, 32))
+    w = jax.random.normal(jax.random.key(1), (32, 48))
+    b = jax.random.normal(jax.random.key(2), (48,))
+
+    def loss(dtype, x, w, b):
+        return 0.5 * jnp.sum(matmul(x, w, dtype, bias=b) ** 2)
+
+    g32, g16 = (jax.grad(loss, argnums=(1, 2, 3))(d, x, w, b) for d in ("float32", "bfloat16"))
+    for a, c in zip(g32, g16):
+        assert a.shape == c.shape
+        assert np.abs(np.asarray(a - c)).max() < 0.02 * np.abs(np.asarray(a)).max()

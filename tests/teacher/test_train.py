@@ -127,3 +127,36 @@ def test_a_spent_time_budget_stops_after_one_step_and_still_reports(cycle_datase
     records = [json.loads(x) for x in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert [(r["kind"], r["step"]) for r in records[:2]] == [("train", 1), ("valid", 1)]  # this run's only
     assert f"stopping: time budget of {minutes} minutes spent" in capsys.readouterr().out
+
+
+def _tiny(data, out, **train):
+    import dataclasses
+
+    from reclm_jax.testing.tiny_teacher import tiny_teacher_config
+
+    cfg = tiny_teacher_config(data, out, seed=3, epochs=train.pop("epochs", 2))
+    model = train.pop("model", {})
+    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, **train),
+                               model=dataclasses.replace(cfg.model, **model))
+
+
+def test_steps_per_call_changes_the_dispatch_not_the_run(cycle_dataset, tmp_path):
+    from reclm_jax.teacher.train import train
+
+    # 10 steps per epoch: chunks of 4 leave a short last chunk (a traced count, no second program)
+    one = train(_tiny(cycle_dataset[0], tmp_path / "a", steps_per_call=1))
+    four = train(_tiny(cycle_dataset[0], tmp_path / "b", steps_per_call=4))
+    assert one["train_examples"] == four["train_examples"] and -(-one["train_examples"] // 256) == 10
+    for a, b in zip(one["history"], four["history"]):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
+        assert a["ndcg@10"] == pytest.approx(b["ndcg@10"], abs=1e-6)
+    assert one["teacher"]["test"]["hr@10"] == four["teacher"]["test"]["hr@10"]
+
+
+def test_bf16_products_learn_the_successor_too(cycle_dataset, tmp_path):
+    from reclm_jax.teacher.train import train
+
+    report = train(_tiny(cycle_dataset[0], tmp_path / "run", epochs=8, model={"matmul_dtype": "bfloat16"}))
+    assert report["teacher"]["test"]["hr@10"] == 1.0
+    records = [json.loads(x) for x in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert all(r["train_seconds"] > 0 and r["valid_seconds"] > 0 for r in records if r["kind"] == "train")
