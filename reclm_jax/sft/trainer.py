@@ -20,7 +20,6 @@ import jax
 import numpy as np
 from flax import nnx
 
-from reclm_jax.config import save_config
 from reclm_jax.errors import UserError
 from reclm_jax.eval.generation_eval import evaluate_generation, mean_metric, validation_length, validation_sampler
 from reclm_jax.models.adapter_io import save_adapter
@@ -34,6 +33,7 @@ from reclm_jax.train.cadence import Budget, Cadence, Hooks
 from reclm_jax.train.checkpoint import CheckpointStore
 from reclm_jax.train.optim import lr_schedule, make_optimizer
 from reclm_jax.train.run_log import RunLog, Throughput
+from reclm_jax.train.run_start import start_run
 from reclm_jax.train.runtime import Runtime
 from reclm_jax.train.state import place_state
 
@@ -178,12 +178,7 @@ class SFTTrainer:
 
     def _run(self) -> dict:
         cfg, t = self.cfg, self.cfg.train
-        if self.runtime.is_primary:
-            save_config(cfg, self.out)
-        resumed = cfg.resume and self.restore_latest()
-        if cfg.resume and not resumed and self.runtime.is_primary:
-            print(f"no checkpoint in {self.out / 'checkpoints'}; starting from scratch")
-        log = RunLog(self.out, primary=self.runtime.is_primary, progress=self.progress)
+        resumed, log = start_run(cfg, self.out, self.runtime, self.restore_latest, self.progress)
         val_samples = self.data.val_samples()
         if t.val_before and not resumed and val_samples:
             before = self.validate(val_samples, None, "base model", log)
