@@ -14,7 +14,7 @@ import numpy as np
 
 from reclm_jax.data.sampling import choice
 from reclm_jax.data.tasks.context import Builder, Datum, TaskContext
-from reclm_jax.data.templates import GROUPS, INTENTION_MINUS, INTENTION_PLUS, render_candidates
+from reclm_jax.data.templates import GROUPS, INTENTION_MINUS, INTENTION_PLUS, Template, render_candidates
 from reclm_jax.errors import UserError
 
 _RATE_TASK = re.compile(r"^SFTTestPersonalCategoryRate(LP1|LP|MP|EP)_(\d+)$")
@@ -45,8 +45,20 @@ def _target_output(ctx: TaskContext, target: str) -> str:
     return ctx.title(target)
 
 
+def eval_template(task: str) -> Template:
+    """The one template of an SFT val/test task (the evaluation client flattens it for general LLMs)."""
+    if task in ("SFTTestSeqRec", "SFTTestItemCount"):
+        return GROUPS["ValSeqRec"][0]
+    if task == "SFTTestSeqRanking":
+        return GROUPS["ValSeqRanking"][0]
+    if task in ("SFT+TestPersonalControlRec", "SFT-TestPersonalControlRec"):
+        return GROUPS["ValPersonalControlRec"][0]
+    variant, _ = parse_rate_task(task)
+    return GROUPS[f"TestPersonalCategoryRate{variant}"][0]
+
+
 def test_seqrec(ctx: TaskContext, datum: Datum, rng: np.random.Generator) -> Builder:
-    template = GROUPS["ValSeqRec"][0]
+    template = eval_template(datum.task)
     fields, _, target, _ = ctx.user_fields(datum, None)
     k = ctx.s.topk + 1 + datum.index % 5 if datum.task == "SFTTestItemCount" else ctx.s.topk
     fields.update(target_category=ctx.last_category(target), item_count=k)
@@ -55,7 +67,7 @@ def test_seqrec(ctx: TaskContext, datum: Datum, rng: np.random.Generator) -> Bui
 
 
 def test_seqranking(ctx: TaskContext, datum: Datum, rng: np.random.Generator) -> Builder:
-    template = GROUPS["ValSeqRanking"][0]
+    template = eval_template(datum.task)
     fields, _, target, _ = ctx.user_fields(datum, None)
     cands = ctx.ranking_candidates(datum.key, target, datum.index)
     fields.update(target_category=ctx.last_category(target), item_count=ctx.s.topk,
@@ -67,7 +79,7 @@ def test_seqranking(ctx: TaskContext, datum: Datum, rng: np.random.Generator) ->
 def test_personal_control_rec(ctx: TaskContext, datum: Datum, rng: np.random.Generator) -> Builder:
     """I1+: C = the target's last category; I1-: the most frequent non-target category of SeqRec_Result
     (last of ties)."""
-    template = GROUPS["ValPersonalControlRec"][0]
+    template = eval_template(datum.task)
     fields, hist, target, _ = ctx.user_fields(datum, None)
     result = yield from _seqrec_result(ctx, datum, hist, fields)
     plus = datum.task == "SFT+TestPersonalControlRec"
@@ -83,7 +95,7 @@ def test_personal_category_rate(ctx: TaskContext, datum: Datum, rng: np.random.G
     """I2: LP/LP1 use the most frequent non-target category of SeqRec_Result, MP/EP the target's last one;
     ``category_count = int(p * topk / 100)``."""
     variant, p = parse_rate_task(datum.task)
-    template = GROUPS[f"TestPersonalCategoryRate{variant}"][0]
+    template = eval_template(datum.task)
     fields, hist, target, _ = ctx.user_fields(datum, None)
     result = yield from _seqrec_result(ctx, datum, hist, fields)
     if variant in ("LP", "LP1"):
