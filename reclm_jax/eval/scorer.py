@@ -66,7 +66,9 @@ class Scorer:
         k = int(fields["item_count"])
         titles = self.titles(output_text, task, k)
         target = fields["target_item_title"]
-        row_metrics = self.reclm.add_sample(task, fields, titles, target)
+        values = self.reclm.add_sample(task, fields, titles, target)
+        # Every metric of the task (add_sample leaves out the zero hit metrics), for per-sample displays.
+        row_metrics = {m: float(values.get(m, 0.0)) for m in self.reclm.sums[task] if m != "Count"}
         skipped = output_text is None or (self.general_llm and not titles)
         if not skipped:
             self.original.add_sample(task, fields, titles, target)
