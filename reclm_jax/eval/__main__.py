@@ -22,16 +22,15 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from reclm_jax.atomic import open_atomic, write_json_atomic
+from reclm_jax.atomic import open_atomic
 from reclm_jax.cli import run_main
 from reclm_jax.data.fuzzy import FuzzyMatcher
 from reclm_jax.data.tasks import TaskContext
 from reclm_jax.errors import UserError
-from reclm_jax.eval.client import EvalSettings, HttpAnswerer, evaluate
+from reclm_jax.eval.client import EvalSettings, HttpAnswerer, evaluate, print_scores
 from reclm_jax.eval.completions import CompletionsClient, CompletionsConfig
 from reclm_jax.eval.dataset_flags import add_dataset_flags, build_context, make_teacher
 from reclm_jax.eval.score import read_outputs_file
-from reclm_jax.eval.scorer import format_table
 from reclm_jax.eval.test_samples import SEQREC, build_task_samples, needs_seqrec, parse_tasks, seqrec_titles
 
 DEFAULT_BASE_URL = "http://127.0.0.1:13579/v1"  # the original's --vllm_port 13579
@@ -120,10 +119,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                           base_url=base_url, model_name=a.model_name)
     finally:
         client.close()
-    print(format_table(scores), end="")
-    if a.json:
-        write_json_atomic(a.json, scores)
-    print(f"evaluated run: {run_dir}", file=sys.stderr)
+    print_scores(scores, run_dir, a.json)
     return 0
 
 

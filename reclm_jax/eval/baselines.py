@@ -24,14 +24,12 @@ model's run does.
 from __future__ import annotations
 
 import argparse
-import sys
 from collections import Counter
 from pathlib import Path
 from typing import Sequence
 
 from tqdm.auto import tqdm
 
-from reclm_jax.atomic import write_json_atomic
 from reclm_jax.cli import run_main
 from reclm_jax.data.tasks import TaskContext
 from reclm_jax.data.tasks.test_tasks import parse_rate_task
@@ -39,9 +37,8 @@ from reclm_jax.data.teacher_protocol import TeacherLike
 from reclm_jax.data.templates import render_output_list
 from reclm_jax.datasets.raw import RawDataset
 from reclm_jax.errors import UserError
-from reclm_jax.eval.client import EvalSettings, evaluate
+from reclm_jax.eval.client import EvalSettings, evaluate, print_scores
 from reclm_jax.eval.dataset_flags import add_dataset_flags, build_context, make_teacher
-from reclm_jax.eval.scorer import format_table
 from reclm_jax.eval.test_samples import parse_tasks
 
 KINDS = ("teacher", "popularity")
@@ -169,10 +166,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                             idx=not a.no_idx, overwrite=True)
     # The baseline's own SeqRec answers feed tasks 2-6: no teacher fallback is ever needed.
     scores = evaluate(ctx, BaselineAnswerer(ranker, ctx), settings, model_name=str(source))
-    print(format_table(scores), end="")
-    if a.json:
-        write_json_atomic(a.json, scores)
-    print(f"evaluated run: {a.output_dir}", file=sys.stderr)
+    print_scores(scores, Path(a.output_dir), a.json)
     return 0
 
 

@@ -24,12 +24,13 @@ from typing import Callable, Sequence
 
 from tqdm.auto import tqdm
 
+from reclm_jax.atomic import write_json_atomic
 from reclm_jax.data.tasks import TaskContext
 from reclm_jax.data.teacher_protocol import TeacherLike
 from reclm_jax.errors import UserError
 from reclm_jax.eval import run_dir as rd
 from reclm_jax.eval.completions import CompletionsClient
-from reclm_jax.eval.scorer import Scorer
+from reclm_jax.eval.scorer import Scorer, format_table
 from reclm_jax.eval.test_samples import SEQREC, build_task_samples, needs_seqrec, seqrec_titles
 
 
@@ -201,3 +202,11 @@ def evaluate(ctx: TaskContext, answer: Answerer | None, s: EvalSettings, teacher
     info = rd.load_run(s.run_dir).info
     rd.write_info(s.run_dir, {**info, "complete": True})
     return scores
+
+
+def print_scores(scores: dict, run_path: Path, json_path: str | None = None) -> None:
+    """The commands' ending: the table on stdout, ``--json`` written, the run folder named on stderr."""
+    print(format_table(scores), end="")
+    if json_path:
+        write_json_atomic(json_path, scores)
+    print(f"evaluated run: {run_path}", file=sys.stderr)

@@ -15,7 +15,6 @@ general-LLM parser when the samples were dumped with ``--general_llm`` (or with 
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -25,35 +24,24 @@ from reclm_jax.data.item_index import load_dataset
 from reclm_jax.errors import UserError
 from reclm_jax.eval import run_dir as rd
 from reclm_jax.eval.scorer import Scorer, format_table
+from reclm_jax.jsonl import iter_json_lines
 
 
 def read_jsonl(path: str | Path, what: str, required: Sequence[str]) -> list[dict]:
     """Every line of a JSON-lines file as a dict; ``UserError`` naming ``FILE:LINE`` for a bad line, a missing
     key or an ``index`` that is not an integer or repeats."""
-    path = Path(path)
-    if not path.exists():
-        raise UserError(f"{what} file {path} does not exist")
     rows, seen = [], set()
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise UserError(f"{path}:{n}: not JSON ({e.msg})") from None
-            if not isinstance(row, dict):
-                raise UserError(f"{path}:{n}: expected a JSON object")
-            missing = [k for k in required if k not in row]
-            if missing:
-                raise UserError(f"{path}:{n}: missing {', '.join(missing)}")
-            index = row["index"]
-            if isinstance(index, bool) or not isinstance(index, int):
-                raise UserError(f"{path}:{n}: index must be an integer, got {index!r}")
-            if index in seen:
-                raise UserError(f"{path}:{n}: index {index} appears twice")
-            seen.add(index)
-            rows.append(row)
+    for n, row in iter_json_lines(path, f"{what} file {path} does not exist"):
+        missing = [k for k in required if k not in row]
+        if missing:
+            raise UserError(f"{path}:{n}: missing {', '.join(missing)}")
+        index = row["index"]
+        if isinstance(index, bool) or not isinstance(index, int):
+            raise UserError(f"{path}:{n}: index must be an integer, got {index!r}")
+        if index in seen:
+            raise UserError(f"{path}:{n}: index {index} appears twice")
+        seen.add(index)
+        rows.append(row)
     return rows
 
 

@@ -58,6 +58,7 @@ from reclm_jax.data.tasks.rl_tasks import parse_rl_rate_task
 from reclm_jax.data.teacher_protocol import TeacherLike
 from reclm_jax.errors import UserError
 from reclm_jax.eval.parsing import parse_list
+from reclm_jax.jsonl import iter_json_lines
 from reclm_jax.models.tokenizer import load_tokenizer
 from reclm_jax.teacher.connect import connect_teacher
 
@@ -381,30 +382,19 @@ def read_samples(path: str | Path) -> list[tuple[int, dict]]:
     """(line number, record) of every non-blank line; ``UserError`` naming the line and the field for bad JSON, a
     missing or mistyped field, or ``input_field_data`` the task's reward cannot use (``read_fields``)."""
     p = Path(path)
-    if not p.is_file():
-        raise UserError(f"--input {p}: file not found")
     out = []
-    with open(p, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise UserError(f"{p}:{n}: not JSON ({e.msg})") from None
-            if not isinstance(rec, dict):
-                raise UserError(f"{p}:{n}: expected a JSON object")
-            missing = [f for f in INPUT_FIELDS if f not in rec]
-            if missing:
-                raise UserError(f"{p}:{n}: missing field {missing[0]!r} (each line needs {', '.join(INPUT_FIELDS)})")
-            for name, kind in (("task", str), ("input_field_data", dict), ("output_text", str)):
-                if not isinstance(rec[name], kind):
-                    raise UserError(f"{p}:{n}: field {name!r} must be a JSON {'string' if kind is str else 'object'}")
-            try:
-                read_fields(rec["task"], rec["input_field_data"])
-            except UserError as e:
-                raise UserError(f"{p}:{n}: {e}") from None
-            out.append((n, rec))
+    for n, rec in iter_json_lines(p, f"--input {p}: file not found"):
+        missing = [f for f in INPUT_FIELDS if f not in rec]
+        if missing:
+            raise UserError(f"{p}:{n}: missing field {missing[0]!r} (each line needs {', '.join(INPUT_FIELDS)})")
+        for name, kind in (("task", str), ("input_field_data", dict), ("output_text", str)):
+            if not isinstance(rec[name], kind):
+                raise UserError(f"{p}:{n}: field {name!r} must be a JSON {'string' if kind is str else 'object'}")
+        try:
+            read_fields(rec["task"], rec["input_field_data"])
+        except UserError as e:
+            raise UserError(f"{p}:{n}: {e}") from None
+        out.append((n, rec))
     return out
 
 
