@@ -48,12 +48,12 @@ def check_out_dir(out: str) -> Path:
     return path
 
 
-def write_report(comparison: Comparison, out: Path, title: str, n_examples: int) -> Path:
+def write_report(comparison: Comparison, out: Path, title: str, n_examples: int, progress: bool = False) -> Path:
     """Writes the whole report folder ``out`` (see the module doc) and returns ``out/index.html``."""
     created = _dt.datetime.now().astimezone().isoformat(timespec="seconds")
-    examples = select_examples(comparison, n_examples)
+    examples = select_examples(comparison, n_examples, progress)
     tmp = temp_dir(out)  # plain writes inside: the folder swap below is what makes the report appear whole
-    plots = write_plots(comparison, tmp)
+    plots = write_plots(comparison, tmp, progress)
     texts = {"report.md": report_tables.markdown(comparison, title, created, plots),
              "report.csv": report_tables.csv_text(comparison),
              "report.json": json.dumps(report_tables.report_json(comparison, title, created, plots,
@@ -103,7 +103,7 @@ def main(argv=None) -> int:
     for w in comparison.warnings:
         print(f"warning: {w}", file=sys.stderr)
     title = args.title or "Evaluation report: " + ", ".join(comparison.labels)
-    index = write_report(comparison, out, title, args.examples)
+    index = write_report(comparison, out, title, args.examples, progress=True)
     print(_summary_text(comparison))
     print(f"report: {index}")
     if shot is not None:

@@ -86,7 +86,7 @@ class _BodyAttrs(HTMLParser):
             self.attrs = {k: v or "" for k, v in attrs}
 
 
-def page_check(html: str | Path, browser: str | None = None, timeout: float = 60, width: int = 1280) -> PageCheck:
+def page_check(html: str | Path, browser: str | None = None, timeout: float = 180, width: int = 1280) -> PageCheck:
     """Loads the page headless in a window ``width`` px wide and returns its body marks: how many ``<img>``
     there are and how many decoded (``naturalWidth > 0``), how many ``<table>``, the page height in px (at that
     width), and the dumped DOM."""
@@ -106,7 +106,7 @@ def page_check(html: str | Path, browser: str | None = None, timeout: float = 60
 
 
 def screenshot(html: str | Path, png: str | Path, width: int = 1280, height: int | None = None,
-               browser: str | None = None, timeout: float = 60) -> Path:
+               browser: str | None = None, timeout: float = 180) -> Path:
     """Saves a PNG of the page as rendered at ``width`` px; ``height`` None means the whole page (measured by a
     first load, at most ``MAX_HEIGHT``). Returns ``png``."""
     png = Path(png).resolve()

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from tqdm import tqdm
+
 from reclm_jax.eval.report_data import Comparison
 
 MAX_CHARS = 4000
@@ -53,15 +55,18 @@ def _by_index(rows: list[dict]) -> dict[int, dict]:
     return out
 
 
-def select_examples(comparison: Comparison, n: int) -> list[TaskExamples]:
+def select_examples(comparison: Comparison, n: int, progress: bool = False) -> list[TaskExamples]:
     """For each common task, the ``n`` lowest sample indices present in the outputs of every run that has
-    outputs for the task (list in task order; ``n = 0`` gives none)."""
+    outputs for the task (list in task order; ``n = 0`` gives none, reading nothing)."""
     result = []
+    bar = tqdm(total=len(comparison.tasks) * len(comparison.runs) if n > 0 else 0, desc="reading outputs",
+               unit="file", leave=False, disable=not progress or n == 0)
     for task in comparison.tasks:
         per_run = {}
         missing = []
         for r in comparison.runs:
             rows = _by_index(r.run.outputs(task)) if n > 0 else {}
+            bar.update(1 if n > 0 else 0)
             if rows:
                 per_run[r.label] = rows
             else:
@@ -72,6 +77,7 @@ def select_examples(comparison: Comparison, n: int) -> list[TaskExamples]:
             for idx in sorted(shared)[:n]:
                 examples.append(Example(task, idx, {label: _clean(rows[idx]) for label, rows in per_run.items()}))
         result.append(TaskExamples(task, tuple(examples), tuple(missing) if n > 0 else ()))
+    bar.close()
     return result
 
 

@@ -13,7 +13,7 @@ from html import escape
 
 from reclm_jax.eval.report_data import COUNTING_TITLES, COUNTINGS, Comparison
 from reclm_jax.eval.report_examples import TaskExamples
-from reclm_jax.eval.report_metrics import DESCRIPTIONS, intention
+from reclm_jax.eval.report_metrics import DESCRIPTIONS, intention, task_slug
 from reclm_jax.eval.report_tables import (best_positions, failure_rows, fmt, metric_label, runs_rows,
                                           SUMMARY_NOTE, summary_columns, summary_header, summary_rows)
 
@@ -62,7 +62,7 @@ def _e(x) -> str:
 
 
 def _anchor(task: str) -> str:
-    return "task-" + "".join(c if c.isalnum() else "_" for c in task.replace("+", "plus").replace("-", "minus"))
+    return "task-" + task_slug(task)
 
 
 def _header_cells(comparison: Comparison) -> str:

@@ -9,6 +9,7 @@ have no "better" direction of their own.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from reclm_jax.eval.metrics import TABLE_ORDER, rate_variant
@@ -141,8 +142,19 @@ def control_panels(tasks) -> list[ControlPanel]:
 
 
 def short_task(task: str) -> str:
-    """A compact label for axes: SFTTestPersonalCategoryRateLP1_20 -> LP1_20, SFT+TestPersonalControlRec -> +C."""
+    """A compact label for axes: SFTTestPersonalCategoryRateLP1_20 -> LP1_20, SFT+TestPersonalControlRec -> +C,
+    RL tasks with an "RL " prefix (RL+PersonalControlRec -> RL +C); other names unchanged."""
     kind = intention(task)
+    if kind is None:
+        return task
+    prefix = "RL " if task.startswith("RL") else ""
     if kind in ("LP", "EP", "MP"):
-        return task.replace("SFTTestPersonalCategoryRate", "").replace("RLPersonalCategoryRate", "RL ") or kind
-    return {"+C": "+C", "-C": "-C", "ItemCount": "ItemCount", "I0": "SeqRec"}.get(kind, task) if kind else task
+        return prefix + (task.replace("SFTTestPersonalCategoryRate", "").replace("RLPersonalCategoryRate", "")
+                         or kind)
+    return prefix + {"I0": "SeqRec"}.get(kind, kind)
+
+
+def task_slug(task: str) -> str:
+    """A file-name and HTML-id safe form of a task name (SFT+Test... -> SFTplusTest..., SFT-Test... ->
+    SFTminusTest...)."""
+    return re.sub(r"[^A-Za-z0-9_]", "_", task.replace("+", "plus").replace("-", "minus"))

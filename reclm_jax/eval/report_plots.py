@@ -8,7 +8,6 @@ the tables give both. Figures are 1200 px wide at 100 dpi, so they read at 100% 
 from __future__ import annotations
 
 import math
-import re
 from pathlib import Path
 
 import matplotlib
@@ -17,10 +16,11 @@ matplotlib.use("Agg")  # files only: no display, no GUI toolkit
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
+from tqdm import tqdm  # noqa: E402
 
 from reclm_jax.eval.report_data import Comparison, ReportRun  # noqa: E402
 from reclm_jax.eval.report_metrics import (DESCRIPTIONS, FRACTION_METRICS, arrow, control_panels, direction,  # noqa: E402
-                                          headline_metrics, short_task)
+                                          headline_metrics, short_task, task_slug)
 from reclm_jax.eval.report_tables import ARROWS  # noqa: E402
 
 COUNTING = "reclm"
@@ -29,11 +29,6 @@ WIDTH_IN = 12.0
 _MODEL_COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf",
                   "#bcbd22")
 _BASELINE_STYLE = {"teacher": ("#4d4d4d", "//"), "popularity": ("#b0b0b0", "..")}
-
-
-def slug(task: str) -> str:
-    """A file-name-safe form of a task name (SFT+Test... -> SFTplusTest...)."""
-    return re.sub(r"[^A-Za-z0-9_]", "_", task.replace("+", "plus").replace("-", "minus"))
 
 
 def run_styles(runs: tuple[ReportRun, ...]) -> list[dict]:
@@ -153,11 +148,15 @@ def control_plot(comparison: Comparison, path: Path) -> Path | None:
                    extra if ticked else ())
 
 
-def write_plots(comparison: Comparison, out_dir: Path) -> dict[str, str]:
+def write_plots(comparison: Comparison, out_dir: Path, progress: bool = False) -> dict[str, str]:
     """Writes every plot into ``out_dir/plots/``; returns ``{"control": path, task: path, ...}`` (paths
     relative to ``out_dir``; a key is absent when its plot has nothing to show)."""
     plots = out_dir / "plots"
     plots.mkdir(parents=True, exist_ok=True)
-    written = {"control": control_plot(comparison, plots / "control.png")}
-    written.update({t: task_plot(comparison, t, plots / f"task_{slug(t)}.png") for t in comparison.tasks})
+    with tqdm(total=1 + len(comparison.tasks), desc="plots", unit="plot", leave=False, disable=not progress) as bar:
+        written = {"control": control_plot(comparison, plots / "control.png")}
+        bar.update()
+        for t in comparison.tasks:
+            written[t] = task_plot(comparison, t, plots / f"task_{task_slug(t)}.png")
+            bar.update()
     return {k: p.relative_to(out_dir).as_posix() for k, p in written.items() if p is not None}

@@ -1,70 +1,31 @@
-"""The evaluation report on synthetic evaluated runs: its tables hold the runs' numbers (Markdown, JSON, CSV
-round-trip), the examples are the same users across runs and escaped, the plots are real images, mistakes exit
-2, and the page renders in a headless Chromium (tables and images present, a non-blank screenshot)."""
+"""``python -m reclm_jax.eval.report`` on synthetic evaluated runs: its tables hold the runs' numbers in both
+countings, the summary their headline metrics and failure totals, the examples are the same users across runs
+and escaped, the plots are real images, mixed runs warn and keep their common tasks, and mistakes exit 2."""
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from reclm_jax.errors import UserError
 from reclm_jax.eval import report, report_browser
-from reclm_jax.eval.metrics import task_metric_names
-from reclm_jax.eval.report_tables import fmt, read_csv
-from reclm_jax.eval.run_dir import make_info, write_info, write_outputs, write_scores
+from reclm_jax.eval.report_tables import fmt
+from reclm_jax.testing.eval_runs import TEST_TASKS, write_synthetic_run as make_run
 
-TASKS = ("SFTTestSeqRec", "SFT+TestPersonalControlRec", "SFT-TestPersonalControlRec",
-         "SFTTestPersonalCategoryRateLP1_20", "SFTTestPersonalCategoryRateEP_30",
-         "SFTTestPersonalCategoryRateMP_30", "SFTTestItemCount")
+TASKS = TEST_TASKS
 HOSTILE = "<script>alert('x')</script> & \"Tom & Jerry\" <b>"
-
-
-def _scores(rng: np.random.Generator, tasks, skipped_frac: float) -> dict:
-    reclm, original, counts = {}, {}, {}
-    for t in tasks:
-        samples = int(rng.integers(20, 40))
-        failed = int(rng.integers(0, 5))
-        names = task_metric_names(t)
-        reclm[t] = {m: (float(samples) if m == "Count" else float(rng.random())) for m in names}
-        original[t] = {m: (float(samples - failed) if m == "Count" else float(rng.random())) for m in names}
-        counts[t] = {"samples": samples, "failed": failed, "skipped_original": int(failed * skipped_frac)}
-    return {"reclm": reclm, "original": original, "counts": counts}
-
-
-def make_run(root: Path, name: str, kind: str, seed: int, tasks=TASKS, indices=range(8), data_path="/data/ml",
-             hostile_at: int | None = None, outputs: bool = True) -> Path:
-    """An evaluated run folder written with the client's writers (run.json, scores.json, outputs)."""
-    rng = np.random.default_rng(seed)
-    run = root / f"{name}_{seed}"
-    write_info(run, make_info(name, kind, None if kind in ("teacher", "popularity") else "http://x/v1", data_path,
-                              "title64_t", tasks, 40, complete=True, created="2026-12-01T10:00:00+00:00"))
-    write_scores(run, _scores(rng, tasks, 0.5))
-    if outputs:
-        for t in tasks:
-            lines = []
-            for i in indices:
-                text = HOSTILE if i == hostile_at else f"1. {name} movie {i}\n2. other {i}"
-                lines.append({"index": i, "task": t, "input_text": f"prompt of user {i} for {t}",
-                              "output_text": None if i == 5 else text, "error": "HTTP 500" if i == 5 else None,
-                              "items": [] if i == 5 else [f"{name} movie {i} & co", f"other {i}"]})
-            rng.shuffle(lines)  # a resumed client appends answers out of order
-            write_outputs(run, t, lines)
-    return run
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("runs")
     return [make_run(root, "base", "general_llm", 1, indices=range(0, 8)),
-            make_run(root, "sft", "model", 2, indices=[1, 2, 3, 5, 6, 7], hostile_at=2),
+            make_run(root, "sft", "model", 2, indices=[1, 2, 3, 5, 6, 7], special={2: HOSTILE}),
             make_run(root, "teacher", "teacher", 3, indices=range(1, 8)),
             make_run(root, "popularity", "popularity", 4, outputs=False)]
 
@@ -114,17 +75,6 @@ def test_summary_has_headline_metrics_and_failure_totals(runs, built):
         assert row[-1] == sum(scores["counts"][t]["samples"] for t in TASKS)
 
 
-def test_csv_reads_back_to_the_json_tables(built):
-    rep = json.loads((built / "report.json").read_text())
-    back = read_csv((built / "report.csv").read_text())
-    for counting in ("reclm", "original"):
-        assert back[counting] == rep["tables"][counting]
-    assert back["counts"] == {t: {name: {label: c[label][name] for label in c} for name in
-                                  ("samples", "failed", "skipped_original")} for t, c in rep["counts"].items()}
-    rows = list(csv.DictReader(io.StringIO((built / "report.csv").read_text())))
-    assert {r["run"] for r in rows} == {"base", "sft", "teacher", "popularity"}
-
-
 def test_examples_are_the_first_samples_every_run_answered_and_escaped(built):
     rep = json.loads((built / "report.json").read_text())
     for t in TASKS:
@@ -155,13 +105,18 @@ def test_plots_are_images_with_content(built):
 
 
 def test_runs_over_different_data_and_tasks_warn_and_keep_common_tasks(tmp_path, runs, capsys):
-    other = make_run(tmp_path, "sft", "model", 9, tasks=TASKS[:3] + ("SFTTestSeqRanking",), data_path="/data/other")
+    other = make_run(tmp_path, "sft", "model", 9, tasks=TASKS[:3] + ("SFTTestSeqRanking",), data_path="/data/other",
+                     complete=False)
     out = tmp_path / "rep"
     assert report.main([str(runs[0]), str(other), "--out", str(out), "--examples", "0"]) == 0
     err = capsys.readouterr().err
-    assert "different datasets" in err and "SFTTestSeqRanking" in err
+    assert "different datasets" in err and "SFTTestSeqRanking" in err and "sft: the run is not complete" in err
     rep = json.loads((out / "report.json").read_text())
-    assert rep["tasks"] == list(TASKS[:3]) and len(rep["warnings"]) == 3  # datasets, base's and sft's extra tasks
+    # datasets, base's and sft's extra tasks, sft incomplete; shown on the page too
+    assert rep["tasks"] == list(TASKS[:3]) and len(rep["warnings"]) == 4
+    html = (out / "index.html").read_text()
+    assert all(w.replace("'", "&#x27;") in html for w in rep["warnings"])
+    assert "SFTTestItemCount" not in html.split("<h2 id='runs'>")[1].split("Warnings")[0]
     assert all(not e["examples"] for e in rep["examples"].values())
     # Writing again replaces the report folder (it holds a report).
     assert report.main([str(other), str(other), "--out", str(out)]) == 0
@@ -204,26 +159,11 @@ def test_command_exits_2_without_traceback(tmp_path):
     assert done.stderr.strip().splitlines() == [f"error: {tmp_path / 'nope'}: no such run folder"]
 
 
-@pytest.mark.skipif(report_browser.find_browser() is None,
-                    reason="no Chromium on PATH (apt-get install chromium); the rendering check needs a browser")
-def test_page_renders_in_headless_chromium(runs, tmp_path):
-    import matplotlib.image as mpimg
-
+def test_screenshot_without_chromium_warns_and_keeps_the_report(tmp_path, runs, capsys, monkeypatch):
+    monkeypatch.setenv(report_browser.ENV, str(tmp_path / "no-such-browser"))
+    assert report_browser.find_browser() is None
     out = tmp_path / "rep"
-    shot = tmp_path / "shot.png"
-    assert report.main([*map(str, runs), "--out", str(out), "--screenshot", str(shot),
-                        "--screenshot-height", "1600"]) == 0
-    rep = json.loads((out / "report.json").read_text())
-    check = report_browser.page_check(out / "index.html")
-    assert check.checked, check.dom[:500]
-    assert check.images == len(rep["plots"]) == len(TASKS) + 1 and check.images_ok == check.images
-    assert check.tables == 1 + 2 + 1 + 2 * len(TASKS)  # runs, summary x2, failures, per task x2
-    assert check.height > 3000
-    img = mpimg.imread(shot)
-    assert img.shape[:2] == (1600, 1280)
-    rgb = img[..., :3].reshape(-1, 3)
-    assert rgb.std(axis=0).max() > 0.05 and len(np.unique((rgb[::97] * 255).astype(np.uint8), axis=0)) > 50
-    # A missing image is reported as not decoded (the check can fail).
-    (out / rep["plots"]["control"]).unlink()
-    broken = report_browser.page_check(out / "index.html")
-    assert broken.images == check.images and broken.images_ok == check.images - 1
+    assert report.main([str(runs[1]), "--out", str(out), "--screenshot", str(tmp_path / "s.png"),
+                        "--examples", "0"]) == 0
+    assert "no Chromium found" in capsys.readouterr().err
+    assert (out / "index.html").is_file() and not (tmp_path / "s.png").exists()
