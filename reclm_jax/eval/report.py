@@ -8,8 +8,8 @@ counts, per-task metric bars, the control metrics per intention, and the first `
 answered. The folder is written whole and then swapped in, so an interrupted run never leaves half a report;
 an existing ``DIR`` is replaced only when it holds a report (or nothing).
 
-``--screenshot PNG`` also saves the page as a headless Chromium renders it (skipped with a warning when no
-Chromium is installed).
+``--screenshot PNG`` also saves the page as a headless Chromium renders it, by default its top 2400 px
+(``--screenshot-height 0``: the whole page); skipped with a warning when no Chromium is installed.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from reclm_jax.eval.report_examples import examples_json, select_examples
 from reclm_jax.eval.report_html import page
 from reclm_jax.eval.report_plots import write_plots
 
-FILES = ("index.html", "report.md", "report.json", "report.csv")
+SCREENSHOT_HEIGHT = 2400  # px: a picture of the report for docs, not the whole (long) page
 
 
 def check_out_dir(out: str) -> Path:
@@ -87,14 +87,16 @@ def main(argv=None) -> int:
     p.add_argument("--screenshot", default=None, metavar="PNG",
                    help="also save a headless-Chromium screenshot of the page (skipped without Chromium)")
     p.add_argument("--screenshot-width", type=int, default=1280, metavar="PX")
-    p.add_argument("--screenshot-height", type=int, default=None, metavar="PX",
-                   help="default: the whole page (at most %d px)" % report_browser.MAX_HEIGHT)
+    p.add_argument("--screenshot-height", type=int, default=SCREENSHOT_HEIGHT, metavar="PX",
+                   help=f"default {SCREENSHOT_HEIGHT}: the top of the page (runs, summary, control plot); 0: the "
+                        f"whole page (at most {report_browser.MAX_HEIGHT} px)")
     args = p.parse_args(argv)
     if args.examples < 0:
         raise UserError(f"--examples {args.examples}: must be 0 or more")
     for flag, v in (("--screenshot-width", args.screenshot_width), ("--screenshot-height", args.screenshot_height)):
-        if v is not None and not 100 <= v <= report_browser.MAX_HEIGHT:
-            raise UserError(f"{flag} {v}: must be between 100 and {report_browser.MAX_HEIGHT}")
+        if not (100 <= v <= report_browser.MAX_HEIGHT or flag == "--screenshot-height" and v == 0):
+            raise UserError(f"{flag} {v}: must be between 100 and {report_browser.MAX_HEIGHT}"
+                            + (" (or 0: the whole page)" if flag == "--screenshot-height" else ""))
     shot = Path(args.screenshot).expanduser() if args.screenshot else None
     if shot is not None and not shot.resolve().parent.is_dir():
         raise UserError(f"--screenshot {args.screenshot}: its folder {shot.resolve().parent} does not exist")
@@ -105,13 +107,13 @@ def main(argv=None) -> int:
     title = args.title or "Evaluation report: " + ", ".join(comparison.labels)
     index = write_report(comparison, out, title, args.examples, progress=True)
     print(_summary_text(comparison))
-    print(f"report: {index}")
+    print(f"report: {index.resolve()}")
     if shot is not None:
         if report_browser.find_browser() is None:
             print(f"warning: no Chromium found ({', '.join(report_browser.BROWSERS)}): no screenshot written "
                   f"(apt-get install chromium)", file=sys.stderr)
         else:
-            report_browser.screenshot(index, shot, args.screenshot_width, args.screenshot_height)
+            report_browser.screenshot(index, shot, args.screenshot_width, args.screenshot_height or None)
             print(f"screenshot: {shot}")
     return 0
 

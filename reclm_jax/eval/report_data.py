@@ -80,8 +80,12 @@ def read_run(path: str | Path) -> EvalRun:
         raise UserError(f"{path}: no scores.json (the evaluation has not finished scoring; run python -m "
                         f"reclm_jax.eval again to resume it)")
     for key in ("reclm", "original"):
-        if not isinstance(run.scores.get(key), dict):
+        table = run.scores.get(key)
+        if not isinstance(table, dict):
             raise UserError(f"{path / 'scores.json'}: no {key!r} table")
+        bad = [t for t, metrics in table.items() if not isinstance(metrics, dict)]
+        if bad:
+            raise UserError(f"{path / 'scores.json'}: {key}.{bad[0]} is not a {{metric: value}} object")
     return run
 
 
