@@ -4,7 +4,8 @@
   cache-free pass. What GPUs and TPUs run: they accumulate low-precision dots in f32 themselves and may pick
   a fused attention kernel.
 - ``"cpu"``: the XLA:CPU fast paths, bf16 x bf16 -> f32 dots with a hand-written backward (``matmul.py``)
-  and blocked causal attention (``attention.py``).
+  and blocked causal attention (``attention.py``); for decoding, where they apply, the native kernels of
+  ``native_kernels.py`` (few-row products and one step's cached attention on every core).
 - ``"auto"`` (the default everywhere a user chooses): ``"cpu"`` when ``jax.default_backend()`` is the CPU,
   else ``"xla"``.
 
@@ -15,9 +16,9 @@ CPU test suite and a user can force either.
 
 Shared by both: ``Linear`` flattens its input to 2-D (measured on XLA:CPU: 18-33% faster LoRA steps; on
 GPUs/TPUs a free reshape of contiguous major dims, and it keeps LoRA dropout masks identical across the two
-paths); decoding attention over the cache (``attention.cached_attention``, f32-accumulating einsums, which
-every backend supports); and the cache's uint16-view writes (``kv_cache.write_slots``: bitcasts cost
-nothing elsewhere).
+paths); decoding attention over the cache (``step_attention``: the cache's uint16-view writes,
+``kv_cache.write_slots``, then ``attention.cached_attention``'s f32-accumulating einsums, which every backend
+supports; on ``"cpu"`` the native kernel instead, where it applies).
 """
 
 from __future__ import annotations
@@ -26,7 +27,9 @@ import jax
 import jax.numpy as jnp
 
 from reclm_jax.errors import UserError
-from reclm_jax.models.attention import causal_attention
+from reclm_jax.models import native_kernels
+from reclm_jax.models.attention import cached_attention, causal_attention
+from reclm_jax.models.kv_cache import write_slots
 from reclm_jax.models.matmul import matmul
 
 KERNELS = ("auto", "xla", "cpu")
@@ -72,3 +75,16 @@ def self_attention(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, mask: jnp.nda
     if _resolved(kernels) == "cpu":
         return causal_attention(q, k, v, mask, scale)
     return jax.nn.dot_product_attention(q, k, v, mask=mask, scale=scale)
+
+
+def step_attention(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, keys: jnp.ndarray, values: jnp.ndarray,
+                   mask: jnp.ndarray, end, scale: float, kernels: str):
+    """Writes T new tokens into the cache at slots [end, end + T) and attends over the cache.
+
+    q: [B, T, N, H]; k, v: [B, T, K, H]; keys, values: [B, K, S, H] (cache dtype); mask: bool [B, 1, T, S];
+    end: int32 scalar. Returns (out [B, T, N, H] in q's dtype, keys, values) with the new slots filled.
+    """
+    if _resolved(kernels) == "cpu" and native_kernels.attention_applies(q, keys):
+        return native_kernels.decode_attention(q, k, v, keys, values, mask, end, scale)
+    keys, values = write_slots(keys, k, end), write_slots(values, v, end)
+    return cached_attention(q, keys.astype(q.dtype), values.astype(q.dtype), mask, scale), keys, values

@@ -6,12 +6,13 @@ marked invalid in ``valid`` and never attended to.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
-from reclm_jax.models.llama_config import LlamaConfig
+if TYPE_CHECKING:  # kernels.py imports this module, and llama_config imports kernels.py
+    from reclm_jax.models.llama_config import LlamaConfig
 
 
 class KVCache(NamedTuple):

@@ -16,8 +16,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from reclm_jax.models.attention import cached_attention
-from reclm_jax.models.kernels import resolve_kernels, self_attention
+from reclm_jax.models.kernels import resolve_kernels, self_attention, step_attention
 from reclm_jax.models.kv_cache import KVCache, write_slots
 from reclm_jax.models.linear import Linear, normal_init
 from reclm_jax.models.llama_config import LlamaConfig
@@ -84,13 +83,12 @@ class Attention(nnx.Module):
         q = constrain(q, "batch", None, "tp", None)
         scale = 1.0 / math.sqrt(self.head_dim)
         new_kv = None
-        if kv is not None:
-            ck, cv = kv
-            ck, cv = write_slots(ck, k, end), write_slots(cv, v, end)
-            new_kv = (ck, cv)
         if kv is not None and not prefill:
-            out = cached_attention(q, ck.astype(q.dtype), cv.astype(q.dtype), mask, scale)
+            out, ck, cv = step_attention(q, k, v, kv[0], kv[1], mask, end, scale, self.kernels)
+            new_kv = (ck, cv)
         else:
+            if kv is not None:  # prefill: fill the empty cache, attend among the new tokens
+                new_kv = (write_slots(kv[0], k, end), write_slots(kv[1], v, end))
             out = self_attention(q, k, v, mask, scale, self.kernels)
         out = out.reshape(b, t, self.num_heads * self.head_dim)
         return self.o_proj(out, **kw), new_kv

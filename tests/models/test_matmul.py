@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from reclm_jax.models import native_kernels
 from reclm_jax.models.linear import dropout_keep
 from reclm_jax.models.matmul import matmul
 
@@ -45,7 +46,10 @@ def test_bf16_matmul_and_its_gradients_match_f32_math(transposed):
 
 def test_every_bf16_dot_of_forward_and_backward_accumulates_in_f32():
     # The point of matmul on CPU: XLA:CPU only uses the bf16 dot instructions for bf16 x bf16 -> f32 dots.
+    # More rows than the native few-row kernel takes (native_kernels.MAX_ROWS), so every product is XLA's.
     x, w, g = _operands(False)
+    x = jnp.tile(x, (3, 1))
+    assert x.shape[0] > native_kernels.MAX_ROWS
     fn = jax.jit(jax.value_and_grad(lambda x, w: jnp.sum(matmul(x, w).astype(jnp.float32) ** 2), argnums=(0, 1)))
     text = fn.lower(x, w).as_text()
     dots = re.findall(r"stablehlo\.dot_general.*", text)

@@ -1,0 +1,280 @@
+// Few-row bf16 x bf16 -> f32 products for decoding on CPUs with AVX512-BF16 (an XLA FFI custom call).
+//
+// Why it exists: a decoding step multiplies a handful of rows (one per sequence) by every weight matrix.
+// XLA:CPU's library kernel streams the weights at 5-7 GB/s there and keeps the second core idle; this kernel
+// splits each product's columns over a small pool of spinning worker threads and streams them near the
+// memory bandwidth. The products are formed with the same vdpbf16ps pairs, in the same order along K, as
+// XLA:CPU's bf16 kernel, so the untransposed results are bit-identical to XLA's (checked by the tests).
+//
+//   reclm_dot_kn:  out[M, N] = x[M, K] @ w[K, N]     (a Linear's [in, out] kernel)
+//   reclm_dot_nk:  out[M, N] = x[M, K] @ w[N, K]^T   (a tied LM head's [vocab, hidden] embedding)
+//
+// Both take bf16 operands, return f32, and accept any M, K, N (tails are masked).
+#include "pool.h"
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+using reclm::Pool;
+using reclm::Sum4;
+
+struct Dot {
+  const uint16_t* x;
+  const uint16_t* w;
+  float* out;
+  int64_t m, k, n;
+};
+
+// ---------------------------------------------------------------------------------------------------------
+// x @ w with w [K, N]: 64-column strips of w. For each pair of rows (k, k+1) of a strip, the two rows are
+// interleaved into [w(k,c), w(k+1,c)] pairs (four permutes), which vdpbf16ps multiplies with the broadcast
+// pair (x(m,k), x(m,k+1)) of every row m: lane c of the four accumulators of row m holds out(m, c).
+
+template <int MB, bool kFull>
+inline void KnBlock(const Dot& d, int64_t col, __mmask32 lo_cols, __mmask32 hi_cols, int64_t m0) {
+  const __m512i lo_idx = _mm512_set_epi16(47, 15, 46, 14, 45, 13, 44, 12, 43, 11, 42, 10, 41, 9, 40, 8,
+                                          39, 7, 38, 6, 37, 5, 36, 4, 35, 3, 34, 2, 33, 1, 32, 0);
+  const __m512i hi_idx = _mm512_set_epi16(63, 31, 62, 30, 61, 29, 60, 28, 59, 27, 58, 26, 57, 25, 56, 24,
+                                          55, 23, 54, 22, 53, 21, 52, 20, 51, 19, 50, 18, 49, 17, 48, 16);
+  const int64_t K = d.k, N = d.n;
+  const uint16_t* w = d.w + col;
+  const uint16_t* x = d.x + m0 * K;
+  __m512 acc[MB][4];
+  for (int i = 0; i < MB; ++i)
+    for (int j = 0; j < 4; ++j) acc[i][j] = _mm512_setzero_ps();
+  // Masked loads only in the last, partial strip: on this project's CPUs (AMD Zen 4) they halved the rate.
+  auto load = [&](const uint16_t* p, __mmask32 mask) {
+    if constexpr (kFull) return _mm512_loadu_si512(p);
+    return _mm512_maskz_loadu_epi16(mask, p);
+  };
+  auto step = [&](const __m512i a0, const __m512i a1, const __m512i b0, const __m512i b1, const int32_t* pairs) {
+    const __m512bh v0 = (__m512bh)_mm512_permutex2var_epi16(a0, lo_idx, b0);
+    const __m512bh v1 = (__m512bh)_mm512_permutex2var_epi16(a0, hi_idx, b0);
+    const __m512bh v2 = (__m512bh)_mm512_permutex2var_epi16(a1, lo_idx, b1);
+    const __m512bh v3 = (__m512bh)_mm512_permutex2var_epi16(a1, hi_idx, b1);
+    for (int i = 0; i < MB; ++i) {
+      const __m512bh xb = (__m512bh)_mm512_set1_epi32(pairs[i]);
+      acc[i][0] = _mm512_dpbf16_ps(acc[i][0], v0, xb);
+      acc[i][1] = _mm512_dpbf16_ps(acc[i][1], v1, xb);
+      acc[i][2] = _mm512_dpbf16_ps(acc[i][2], v2, xb);
+      acc[i][3] = _mm512_dpbf16_ps(acc[i][3], v3, xb);
+    }
+  };
+  int64_t k = 0;
+  for (; k + 1 < K; k += 2) {
+    const uint16_t* r0 = w + k * N;
+    int32_t pairs[MB];
+    for (int i = 0; i < MB; ++i) __builtin_memcpy(&pairs[i], x + i * K + k, sizeof(int32_t));
+    step(load(r0, lo_cols), load(r0 + 32, hi_cols), load(r0 + N, lo_cols), load(r0 + N + 32, hi_cols), pairs);
+  }
+  if (k < K) {  // odd K: the last row pairs with zeros, as does its x value
+    const uint16_t* r0 = w + k * N;
+    int32_t pairs[MB];
+    for (int i = 0; i < MB; ++i) pairs[i] = x[i * K + k];
+    const __m512i z = _mm512_setzero_si512();
+    step(_mm512_maskz_loadu_epi16(lo_cols, r0), _mm512_maskz_loadu_epi16(hi_cols, r0 + 32), z, z, pairs);
+  }
+  for (int i = 0; i < MB; ++i) {
+    float* o = d.out + (m0 + i) * N + col;
+    if constexpr (kFull) {
+      for (int j = 0; j < 4; ++j) _mm512_storeu_ps(o + 16 * j, acc[i][j]);
+    } else {
+      const __mmask16 m[4] = {static_cast<__mmask16>(lo_cols), static_cast<__mmask16>(lo_cols >> 16),
+                              static_cast<__mmask16>(hi_cols), static_cast<__mmask16>(hi_cols >> 16)};
+      for (int j = 0; j < 4; ++j) _mm512_mask_storeu_ps(o + 16 * j, m[j], acc[i][j]);
+    }
+  }
+}
+
+template <bool kFull>
+inline void KnRowBlocks(const Dot& d, int64_t col, __mmask32 lo, __mmask32 hi);
+
+constexpr int kMaxRows = 6;  // 24 accumulators + 4 weight vectors + 2 permute indices + 1 broadcast
+
+inline __mmask32 Cols(int64_t width) {  // the first `width` (0..32) of 32 lanes
+  return width >= 32 ? ~__mmask32(0) : width <= 0 ? __mmask32(0) : static_cast<__mmask32>((uint64_t(1) << width) - 1);
+}
+
+template <bool kFull>
+inline void KnRowBlocks(const Dot& d, int64_t col, __mmask32 lo, __mmask32 hi) {
+  // Row blocks of equal size (16 rows -> 6 + 5 + 5, not 6 + 6 + 4); each block re-reads the strip from cache.
+  const int64_t blocks = (d.m + kMaxRows - 1) / kMaxRows;
+  for (int64_t b = 0; b < blocks; ++b) {
+    const int64_t m0 = d.m * b / blocks, rows = d.m * (b + 1) / blocks - m0;
+    switch (rows) {
+      case 6: KnBlock<6, kFull>(d, col, lo, hi, m0); break;
+      case 5: KnBlock<5, kFull>(d, col, lo, hi, m0); break;
+      case 4: KnBlock<4, kFull>(d, col, lo, hi, m0); break;
+      case 3: KnBlock<3, kFull>(d, col, lo, hi, m0); break;
+      case 2: KnBlock<2, kFull>(d, col, lo, hi, m0); break;
+      default: KnBlock<1, kFull>(d, col, lo, hi, m0); break;
+    }
+  }
+}
+
+// One row (M = 1): stream w row pair by row pair, each thread over its own column range, the f32 sums in an
+// L1-resident buffer. Sequential reads keep the hardware prefetcher ahead, which the strided 64-column strips
+// above do not at one row (there are no other rows to reuse a strip).
+void KnOneRow(const void* ctx, int64_t begin, int64_t end) {
+  const Dot& d = *static_cast<const Dot*>(ctx);
+  const __m512i lo_idx = _mm512_set_epi16(47, 15, 46, 14, 45, 13, 44, 12, 43, 11, 42, 10, 41, 9, 40, 8,
+                                          39, 7, 38, 6, 37, 5, 36, 4, 35, 3, 34, 2, 33, 1, 32, 0);
+  const __m512i hi_idx = _mm512_set_epi16(63, 31, 62, 30, 61, 29, 60, 28, 59, 27, 58, 26, 57, 25, 56, 24,
+                                          55, 23, 54, 22, 53, 21, 52, 20, 51, 19, 50, 18, 49, 17, 48, 16);
+  const int64_t K = d.k, N = d.n;
+  const int64_t c0 = begin * 64, c1 = std::min(end * 64, N);  // units are 64-column strips
+  float* out = d.out + c0;
+  const int64_t width = c1 - c0;
+  for (int64_t c = 0; c < width; ++c) out[c] = 0.0f;
+  int64_t k = 0;
+  for (; k + 1 < K; k += 2) {
+    int32_t pair;
+    __builtin_memcpy(&pair, d.x + k, sizeof(pair));
+    const __m512bh xb = (__m512bh)_mm512_set1_epi32(pair);
+    const uint16_t* r0 = d.w + k * N + c0;
+    const uint16_t* r1 = r0 + N;
+    int64_t c = 0;
+    for (; c + 32 <= width; c += 32) {
+      const __m512i a = _mm512_loadu_si512(r0 + c), b = _mm512_loadu_si512(r1 + c);
+      __m512 lo = _mm512_loadu_ps(out + c), hi = _mm512_loadu_ps(out + c + 16);
+      lo = _mm512_dpbf16_ps(lo, (__m512bh)_mm512_permutex2var_epi16(a, lo_idx, b), xb);
+      hi = _mm512_dpbf16_ps(hi, (__m512bh)_mm512_permutex2var_epi16(a, hi_idx, b), xb);
+      _mm512_storeu_ps(out + c, lo);
+      _mm512_storeu_ps(out + c + 16, hi);
+    }
+    if (c < width) {
+      const __mmask32 cols = Cols(width - c);
+      const __m512i a = _mm512_maskz_loadu_epi16(cols, r0 + c), b = _mm512_maskz_loadu_epi16(cols, r1 + c);
+      const __mmask16 ml = static_cast<__mmask16>(cols), mh = static_cast<__mmask16>(cols >> 16);
+      __m512 lo = _mm512_maskz_loadu_ps(ml, out + c), hi = _mm512_maskz_loadu_ps(mh, out + c + 16);
+      lo = _mm512_dpbf16_ps(lo, (__m512bh)_mm512_permutex2var_epi16(a, lo_idx, b), xb);
+      hi = _mm512_dpbf16_ps(hi, (__m512bh)_mm512_permutex2var_epi16(a, hi_idx, b), xb);
+      _mm512_mask_storeu_ps(out + c, ml, lo);
+      _mm512_mask_storeu_ps(out + c + 16, mh, hi);
+    }
+  }
+  if (k < K) {  // odd K
+    const __m512bh xb = (__m512bh)_mm512_set1_epi32(static_cast<int32_t>(d.x[k]));
+    const uint16_t* r0 = d.w + k * N + c0;
+    const __m512i z = _mm512_setzero_si512();
+    for (int64_t c = 0; c < width; c += 32) {
+      const __mmask32 cols = Cols(width - c);
+      const __m512i a = _mm512_maskz_loadu_epi16(cols, r0 + c);
+      const __mmask16 ml = static_cast<__mmask16>(cols), mh = static_cast<__mmask16>(cols >> 16);
+      __m512 lo = _mm512_maskz_loadu_ps(ml, out + c), hi = _mm512_maskz_loadu_ps(mh, out + c + 16);
+      lo = _mm512_dpbf16_ps(lo, (__m512bh)_mm512_permutex2var_epi16(a, lo_idx, z), xb);
+      hi = _mm512_dpbf16_ps(hi, (__m512bh)_mm512_permutex2var_epi16(a, hi_idx, z), xb);
+      _mm512_mask_storeu_ps(out + c, ml, lo);
+      _mm512_mask_storeu_ps(out + c + 16, mh, hi);
+    }
+  }
+}
+
+void KnStrips(const void* ctx, int64_t begin, int64_t end) {
+  const Dot& d = *static_cast<const Dot*>(ctx);
+  for (int64_t s = begin; s < end; ++s) {
+    const int64_t col = s * 64;
+    if (col + 64 <= d.n) {
+      KnRowBlocks<true>(d, col, ~__mmask32(0), ~__mmask32(0));
+    } else {
+      KnRowBlocks<false>(d, col, Cols(d.n - col), Cols(d.n - col - 32));
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// x @ w^T with w [N, K]: blocks of 4 rows of w (4 outputs per row of x), 32 K-values per vdpbf16ps, the 16
+// partial sums of each output reduced once at the end. Not bit-identical to XLA (another summation order),
+// within f32 rounding of it.
+
+constexpr int kNkRows = 4;  // rows of x per block
+constexpr int kNkCols = 4;  // rows of w per block
+
+template <int MB>
+inline void NkBlock(const Dot& d, int64_t n0, int cols, int64_t m0) {
+  const int64_t K = d.k, N = d.n;
+  __m512 acc[MB][kNkCols];
+  for (int i = 0; i < MB; ++i)
+    for (int j = 0; j < kNkCols; ++j) acc[i][j] = _mm512_setzero_ps();
+  // Rows of w beyond N (the last block) read row N - 1 again; their sums are never stored.
+  const uint16_t* wr[kNkCols];
+  for (int j = 0; j < kNkCols; ++j) wr[j] = d.w + std::min<int64_t>(n0 + j, N - 1) * K;
+  const uint16_t* xr = d.x + m0 * K;
+  int64_t k = 0;
+  for (; k + 32 <= K; k += 32) {  // plain loads: masked ones halved the rate on AMD Zen 4
+    __m512bh wv[kNkCols];
+    for (int j = 0; j < kNkCols; ++j) wv[j] = (__m512bh)_mm512_loadu_si512(wr[j] + k);
+    for (int i = 0; i < MB; ++i) {
+      const __m512bh xv = (__m512bh)_mm512_loadu_si512(xr + i * K + k);
+      for (int j = 0; j < kNkCols; ++j) acc[i][j] = _mm512_dpbf16_ps(acc[i][j], wv[j], xv);
+    }
+  }
+  if (k < K) {
+    const __mmask32 mask = static_cast<__mmask32>((uint64_t(1) << (K - k)) - 1);
+    __m512bh wv[kNkCols];
+    for (int j = 0; j < kNkCols; ++j) wv[j] = (__m512bh)_mm512_maskz_loadu_epi16(mask, wr[j] + k);
+    for (int i = 0; i < MB; ++i) {
+      const __m512bh xv = (__m512bh)_mm512_maskz_loadu_epi16(mask, xr + i * K + k);
+      for (int j = 0; j < kNkCols; ++j) acc[i][j] = _mm512_dpbf16_ps(acc[i][j], wv[j], xv);
+    }
+  }
+  for (int i = 0; i < MB; ++i) {
+    const __m128 s = Sum4(acc[i][0], acc[i][1], acc[i][2], acc[i][3]);
+    float* o = d.out + (m0 + i) * N + n0;
+    if (cols == kNkCols) {
+      _mm_storeu_ps(o, s);
+    } else {
+      alignas(16) float tmp[4];
+      _mm_store_ps(tmp, s);
+      for (int j = 0; j < cols; ++j) o[j] = tmp[j];
+    }
+  }
+}
+
+void NkBlocks(const void* ctx, int64_t begin, int64_t end) {
+  const Dot& d = *static_cast<const Dot*>(ctx);
+  for (int64_t b = begin; b < end; ++b) {
+    const int64_t n0 = b * kNkCols;
+    const int cols = static_cast<int>(std::min<int64_t>(kNkCols, d.n - n0));
+    int64_t m0 = 0;
+    for (; m0 + kNkRows <= d.m; m0 += kNkRows) NkBlock<kNkRows>(d, n0, cols, m0);
+    switch (d.m - m0) {
+      case 3: NkBlock<3>(d, n0, cols, m0); break;
+      case 2: NkBlock<2>(d, n0, cols, m0); break;
+      case 1: NkBlock<1>(d, n0, cols, m0); break;
+      default: break;
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+
+ffi::Error DotKnImpl(ffi::Buffer<ffi::BF16> x, ffi::Buffer<ffi::BF16> w, ffi::ResultBuffer<ffi::F32> out) {
+  const auto xd = x.dimensions(), wd = w.dimensions();
+  if (xd.size() != 2 || wd.size() != 2 || xd[1] != wd[0]) return ffi::Error::InvalidArgument("dot_kn: shapes");
+  const Dot d{reinterpret_cast<const uint16_t*>(x.untyped_data()), reinterpret_cast<const uint16_t*>(w.untyped_data()),
+              out->typed_data(), xd[0], xd[1], wd[1]};
+  if (d.m && d.n) Pool::Get().Run(d.m == 1 ? KnOneRow : KnStrips, &d, (d.n + 63) / 64);
+  return ffi::Error::Success();
+}
+
+ffi::Error DotNkImpl(ffi::Buffer<ffi::BF16> x, ffi::Buffer<ffi::BF16> w, ffi::ResultBuffer<ffi::F32> out) {
+  const auto xd = x.dimensions(), wd = w.dimensions();
+  if (xd.size() != 2 || wd.size() != 2 || xd[1] != wd[1]) return ffi::Error::InvalidArgument("dot_nk: shapes");
+  const Dot d{reinterpret_cast<const uint16_t*>(x.untyped_data()), reinterpret_cast<const uint16_t*>(w.untyped_data()),
+              out->typed_data(), xd[0], xd[1], wd[0]};
+  if (d.m && d.n) Pool::Get().Run(NkBlocks, &d, (d.n + kNkCols - 1) / kNkCols);
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(reclm_dot_kn, DotKnImpl,
+                              ffi::Ffi::Bind().Arg<ffi::Buffer<ffi::BF16>>().Arg<ffi::Buffer<ffi::BF16>>().Ret<ffi::Buffer<ffi::F32>>());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(reclm_dot_nk, DotNkImpl,
+                              ffi::Ffi::Bind().Arg<ffi::Buffer<ffi::BF16>>().Arg<ffi::Buffer<ffi::BF16>>().Ret<ffi::Buffer<ffi::F32>>());
+
+extern "C" void reclm_set_threads(int n) { Pool::Get().SetThreads(n); }
+extern "C" int reclm_threads() { return Pool::Get().threads(); }

@@ -1,0 +1,186 @@
+// One decoding step's attention over the KV cache, with the new token's key and value written into the cache
+// in place (an XLA FFI custom call whose cache outputs alias its cache inputs).
+//
+// Why it exists: XLA:CPU runs the step's attention as B x K tiny batched products (a few query rows each)
+// plus a softmax and two 16-bit cache updates; in a profiled SmolLM2 step at batch 16 they cost about as much
+// as all the weight products. Here each (sequence, KV head) is one unit of work for the shared pool: write
+// the new slot, score the group's queries against slots [0, end], softmax, and sum the values.
+//
+// Numbers as the XLA path (models/attention.py cached_attention): scores q.k accumulated in f32 and scaled,
+// masked slots excluded, softmax in f32, the probabilities rounded to bf16, the weighted values accumulated
+// in f32 and rounded to bf16. Summation orders differ from XLA's, so results agree to f32 rounding.
+//
+//   q [B, 1, N, H], k_new / v_new [B, 1, K, H], caches [B, K, S, H]: bf16; mask [B, 1, 1, S] bool (slots the
+//   new token may see, its own included); end: int32 scalar, the slot written now (mask is False beyond it).
+//   N = K * G (query heads grouped by KV head), H a multiple of 32.
+#include <cmath>
+#include <cstring>
+
+#include "pool.h"
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+using reclm::Pool;
+using reclm::Sum4;
+
+// exp(x) for f32 lanes, Cephes' single-precision range reduction and polynomial (about 1 ulp).
+inline __m512 Exp(__m512 x) {
+  x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.33654f)), _mm512_set1_ps(88.37626f));
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+  __m512 y = _mm512_set1_ps(1.9875691500e-4f);
+  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.3981999507e-3f));
+  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(8.3334519073e-3f));
+  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(4.1665795894e-2f));
+  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.6666665459e-1f));
+  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(5.0000001201e-1f));
+  y = _mm512_fmadd_ps(y, _mm512_mul_ps(r, r), r);
+  return _mm512_scalef_ps(_mm512_add_ps(y, _mm512_set1_ps(1.0f)), n);
+}
+
+inline __m512 Bf16ToF32(const uint16_t* p) {  // 16 values
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)p)), 16));
+}
+
+inline float RoundBf16(float v) {  // round to nearest even bf16, back to f32 (finite inputs)
+  uint32_t bits;
+  std::memcpy(&bits, &v, 4);
+  bits = (bits + 0x7FFFu + ((bits >> 16) & 1u)) & 0xFFFF0000u;
+  std::memcpy(&v, &bits, 4);
+  return v;
+}
+
+constexpr int kMaxGroup = 16;  // query heads per KV head this kernel serves
+constexpr int kMaxChunks = 8;  // head_dim / 32, i.e. head_dim <= 256
+
+struct Step {
+  const uint16_t* q;
+  const uint16_t* k_new;
+  const uint16_t* v_new;
+  uint16_t* keys;
+  uint16_t* values;
+  const bool* mask;
+  uint16_t* out;
+  int64_t b, kv, g, s, h, end;
+  float scale;
+};
+
+void Unit(const Step& st, int64_t unit, std::vector<float>& scores) {
+  const int64_t b = unit / st.kv, kh = unit % st.kv;
+  const int64_t H = st.h, S = st.s, G = st.g, slots = st.end + 1;
+  uint16_t* keys = st.keys + (b * st.kv + kh) * S * H;
+  uint16_t* values = st.values + (b * st.kv + kh) * S * H;
+  std::memcpy(keys + st.end * H, st.k_new + (b * st.kv + kh) * H, H * 2);
+  std::memcpy(values + st.end * H, st.v_new + (b * st.kv + kh) * H, H * 2);
+  const bool* mask = st.mask + b * S;
+  const int chunks = static_cast<int>(H / 32);
+  const int64_t stride = (slots + 3) / 4 * 4;
+  scores.resize(G * stride);
+
+  // Scores: 4 slots at a time per query head, the 16 partial sums of each reduced together.
+  for (int64_t g = 0; g < G; ++g) {
+    const uint16_t* qg = st.q + ((b * st.kv + kh) * G + g) * H;
+    __m512bh qv[kMaxChunks];
+    for (int c = 0; c < chunks; ++c) qv[c] = (__m512bh)_mm512_loadu_si512(qg + 32 * c);
+    float* sg = scores.data() + g * stride;
+    for (int64_t s0 = 0; s0 < slots; s0 += 4) {
+      __m512 acc[4];
+      for (int j = 0; j < 4; ++j) {
+        acc[j] = _mm512_setzero_ps();
+        const int64_t s = std::min(s0 + j, slots - 1);  // past the end: a repeat, never used
+        const uint16_t* kr = keys + s * H;
+        for (int c = 0; c < chunks; ++c)
+          acc[j] = _mm512_dpbf16_ps(acc[j], (__m512bh)_mm512_loadu_si512(kr + 32 * c), qv[c]);
+      }
+      _mm_storeu_ps(sg + s0, _mm_mul_ps(Sum4(acc[0], acc[1], acc[2], acc[3]), _mm_set1_ps(st.scale)));
+    }
+    // Softmax over the allowed slots, in f32; probabilities rounded to bf16 as the XLA path does.
+    float top = -INFINITY;
+    for (int64_t s = 0; s < slots; ++s)
+      if (mask[s]) top = std::max(top, sg[s]);
+    __m512 total = _mm512_setzero_ps();
+    for (int64_t s0 = 0; s0 < slots; s0 += 16) {
+      const __mmask16 in = static_cast<__mmask16>(slots - s0 >= 16 ? 0xFFFF : (1u << (slots - s0)) - 1);
+      const __mmask16 ok = in & (__mmask16)_mm512_cmpneq_epi8_mask(
+                                    _mm512_zextsi128_si512(_mm_maskz_loadu_epi8(in, mask + s0)),
+                                    _mm512_setzero_si512());
+      const __m512 e = _mm512_maskz_mov_ps(ok, Exp(_mm512_sub_ps(_mm512_maskz_loadu_ps(in, sg + s0),
+                                                                 _mm512_set1_ps(top))));
+      total = _mm512_add_ps(total, e);
+      _mm512_mask_storeu_ps(sg + s0, in, e);
+    }
+    const float sum = _mm512_reduce_add_ps(total);
+    for (int64_t s = 0; s < slots; ++s) sg[s] = RoundBf16(sg[s] / sum);
+  }
+
+  // Values: out[g, :] = sum_s p[g, s] v[s, :], 64 columns and up to 4 query heads at a time.
+  for (int64_t g0 = 0; g0 < G; g0 += 4) {
+    const int gn = static_cast<int>(std::min<int64_t>(4, G - g0));
+    for (int64_t h0 = 0; h0 < H; h0 += 64) {
+      const int vn = static_cast<int>(std::min<int64_t>(64, H - h0) / 16);
+      __m512 acc[4][4];
+      for (int i = 0; i < 4; ++i)
+        for (int j = 0; j < 4; ++j) acc[i][j] = _mm512_setzero_ps();
+      for (int64_t s = 0; s < slots; ++s) {
+        __m512 v[4];
+        for (int j = 0; j < vn; ++j) v[j] = Bf16ToF32(values + s * H + h0 + 16 * j);
+        for (int i = 0; i < gn; ++i) {
+          const __m512 p = _mm512_set1_ps(scores[(g0 + i) * stride + s]);
+          for (int j = 0; j < vn; ++j) acc[i][j] = _mm512_fmadd_ps(p, v[j], acc[i][j]);
+        }
+      }
+      for (int i = 0; i < gn; ++i) {
+        uint16_t* o = st.out + ((b * st.kv + kh) * G + g0 + i) * H + h0;
+        for (int j = 0; j < vn; ++j)
+          _mm256_storeu_si256((__m256i*)(o + 16 * j), (__m256i)_mm512_cvtneps_pbh(acc[i][j]));
+      }
+    }
+  }
+}
+
+void Units(const void* ctx, int64_t begin, int64_t end) {
+  thread_local std::vector<float> scores;
+  const Step& st = *static_cast<const Step*>(ctx);
+  for (int64_t u = begin; u < end; ++u) Unit(st, u, scores);
+}
+
+ffi::Error DecodeAttentionImpl(ffi::Buffer<ffi::BF16> q, ffi::Buffer<ffi::BF16> k_new, ffi::Buffer<ffi::BF16> v_new,
+                               ffi::Buffer<ffi::BF16>, ffi::Buffer<ffi::BF16>, ffi::Buffer<ffi::PRED> mask,
+                               ffi::Buffer<ffi::S32> end, float scale, ffi::ResultBuffer<ffi::BF16> out,
+                               ffi::ResultBuffer<ffi::BF16> keys, ffi::ResultBuffer<ffi::BF16> values) {
+  const auto qd = q.dimensions(), cd = keys->dimensions(), md = mask.dimensions();
+  if (qd.size() != 4 || cd.size() != 4 || md.size() != 4 || qd[1] != 1) {
+    return ffi::Error::InvalidArgument("decode_attention: expects q [B, 1, N, H], caches [B, K, S, H]");
+  }
+  Step st{reinterpret_cast<const uint16_t*>(q.untyped_data()), reinterpret_cast<const uint16_t*>(k_new.untyped_data()),
+          reinterpret_cast<const uint16_t*>(v_new.untyped_data()), reinterpret_cast<uint16_t*>(keys->untyped_data()),
+          reinterpret_cast<uint16_t*>(values->untyped_data()), mask.typed_data(),
+          reinterpret_cast<uint16_t*>(out->untyped_data()), qd[0], cd[1], qd[2] / cd[1], cd[2], qd[3],
+          static_cast<int64_t>(end.typed_data()[0]), scale};
+  if (st.h % 32 || st.h > 32 * kMaxChunks || st.g > kMaxGroup || qd[2] % cd[1] || st.end < 0 || st.end >= st.s) {
+    return ffi::Error::InvalidArgument("decode_attention: unsupported shape or slot");
+  }
+  Pool::Get().Run(Units, &st, st.b * st.kv);
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(reclm_decode_attention, DecodeAttentionImpl,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::BF16>>()  // q
+                                  .Arg<ffi::Buffer<ffi::BF16>>()  // k_new
+                                  .Arg<ffi::Buffer<ffi::BF16>>()  // v_new
+                                  .Arg<ffi::Buffer<ffi::BF16>>()  // keys (aliased by the result `keys`)
+                                  .Arg<ffi::Buffer<ffi::BF16>>()  // values (aliased by the result `values`)
+                                  .Arg<ffi::Buffer<ffi::PRED>>()  // mask
+                                  .Arg<ffi::Buffer<ffi::S32>>()   // end
+                                  .Attr<float>("scale")
+                                  .Ret<ffi::Buffer<ffi::BF16>>()  // out
+                                  .Ret<ffi::Buffer<ffi::BF16>>()  // keys
+                                  .Ret<ffi::Buffer<ffi::BF16>>());  // values

@@ -1,0 +1,136 @@
+"""The native decoding kernels of ``kernels="cpu"`` (``native/*.cc``, XLA FFI custom calls) and their build.
+
+A decoding step multiplies a few rows (one per sequence) by every weight matrix and attends once over the KV
+cache. XLA:CPU runs the products with its bf16 library kernel, which is slow at a few rows, and the attention
+as many tiny batched products (profiles in docs/performance.md). Two kernels replace them, sharing one pool of
+spinning worker threads (``native/pool.h``) so every core works on each product:
+
+- ``native_dot`` (``bf16_dot.cc``): bf16 x bf16 -> f32 products with at most ``MAX_ROWS`` rows (training and
+  prefill keep XLA's kernel). The untransposed product is bit-identical to XLA:CPU's (same instruction, same
+  order along K); the transposed one (a tied LM head) sums in another order, within f32 rounding.
+- ``decode_attention`` (``decode_attention.cc``): one new token's attention over a bf16 cache, writing its key
+  and value into the cache in place; the XLA path's numbers to f32 rounding.
+
+The library is compiled with the system's C++ compiler the first time it is needed, into
+``$RECLM_JAX_CACHE/native/<hash>/`` (default ``~/.cache/reclm_jax``), and used only where it applies: on a
+CPU with AVX512-BF16, with a C++ compiler present, unless ``RECLM_JAX_NATIVE=0``. Everywhere else, and
+whenever it cannot be built (the reason is logged), the XLA path runs. ``RECLM_JAX_NATIVE_THREADS`` sets the
+pool's threads (default: the cores this process may use).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import logging
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+MAX_ROWS = 128  # above this XLA's kernel is as fast (measured: 64 rows still 1.2x faster natively)
+NATIVE_DIR = Path(__file__).parent / "native"
+SOURCES = ("bf16_dot.cc", "decode_attention.cc")
+_TARGETS = ("reclm_dot_kn", "reclm_dot_nk", "reclm_decode_attention")
+
+
+def _cpu_has_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return " avx512_bf16" in flags and " avx512bw" in flags
+
+
+def _cache_dir() -> Path:
+    root = Path(os.environ.get("RECLM_JAX_CACHE", Path.home() / ".cache" / "reclm_jax"))
+    digest = hashlib.sha256(jax.__version__.encode())
+    for name in (*SOURCES, "pool.h"):
+        digest.update((NATIVE_DIR / name).read_bytes())
+    key = digest.hexdigest()[:16]
+    return root / "native" / key
+
+
+def _build(out: Path) -> None:
+    compiler = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++") or shutil.which("clang++")
+    if compiler is None:
+        raise RuntimeError("no C++ compiler (g++, c++ or clang++) on PATH")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # Built next to its final place and renamed, so concurrent processes never load a half-written library.
+    with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
+        lib = Path(tmp) / out.name
+        cmd = [compiler, "-O3", "-std=c++17", "-shared", "-fPIC", "-mavx512f", "-mavx512bw", "-mavx512vl",
+               "-mavx512bf16", "-mfma", "-pthread", f"-I{jax.ffi.include_dir()}",
+               *(str(NATIVE_DIR / name) for name in SOURCES), "-o", str(lib)]
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"compiling {', '.join(SOURCES)} failed: {done.stderr.strip()[-2000:]}")
+        os.replace(lib, out)
+
+
+@functools.cache
+def library() -> ctypes.CDLL | None:
+    """The loaded, registered library, or None where the native product does not apply (reason logged)."""
+    if os.environ.get("RECLM_JAX_NATIVE", "1") == "0":
+        return None
+    if not _cpu_has_bf16():
+        log.info("native kernels: this CPU has no AVX512-BF16; the XLA path is used")
+        return None
+    path = _cache_dir() / "reclm_native.so"
+    try:
+        if not path.exists():
+            _build(path)
+        lib = ctypes.CDLL(str(path))
+    except (OSError, RuntimeError) as e:
+        log.warning("native kernels unavailable (%s); the XLA path is used", e)
+        return None
+    for name in _TARGETS:
+        jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(lib, name)), platform="cpu")
+    threads = int(os.environ.get("RECLM_JAX_NATIVE_THREADS", 0)) or len(os.sched_getaffinity(0))
+    lib.reclm_set_threads(ctypes.c_int(threads))
+    return lib
+
+
+def dot_applies(x: jnp.ndarray, w: jnp.ndarray) -> bool:
+    """Whether ``native_dot`` serves this product: few-row bf16 x bf16 on a machine that built the kernel."""
+    return (x.ndim == 2 and x.shape[0] <= MAX_ROWS and x.dtype == jnp.bfloat16 and w.dtype == jnp.bfloat16
+            and library() is not None)
+
+
+def native_dot(x: jnp.ndarray, w: jnp.ndarray, transposed: bool = False) -> jnp.ndarray:
+    """bf16 x [M, K] @ w [K, N] (w [N, K] when ``transposed``) -> float32 [M, N]. Needs ``dot_applies``."""
+    n = w.shape[0] if transposed else w.shape[1]
+    target = "reclm_dot_nk" if transposed else "reclm_dot_kn"
+    return jax.ffi.ffi_call(target, jax.ShapeDtypeStruct((x.shape[0], n), jnp.float32),
+                            vmap_method="sequential")(x, w)
+
+
+def attention_applies(q: jnp.ndarray, keys: jnp.ndarray) -> bool:
+    """Whether ``decode_attention`` serves this step: one new token, bf16 queries and cache, head_dim a
+    multiple of 32 (at most 256), at most 16 query heads per KV head, on a machine that built the kernel."""
+    b, t, n, h = q.shape
+    kv = keys.shape[1]
+    return (t == 1 and q.dtype == jnp.bfloat16 and keys.dtype == jnp.bfloat16 and h % 32 == 0 and h <= 256
+            and n % kv == 0 and n // kv <= 16 and library() is not None)
+
+
+def decode_attention(q, k_new, v_new, keys, values, mask, end, scale: float):
+    """One decoding step's attention, writing the new key/value into the caches in place.
+
+    q [B, 1, N, H], k_new / v_new [B, 1, K, H], keys / values [B, K, S, H], all bf16; mask bool [B, 1, 1, S]
+    (the slots the new token may attend to, its own included; none beyond ``end``); end int32 scalar, the slot
+    the new token is written to. Returns (out [B, 1, N, H] bf16, keys, values) with slot ``end`` filled.
+    """
+    out = jax.ShapeDtypeStruct(q.shape, q.dtype)
+    cache = jax.ShapeDtypeStruct(keys.shape, keys.dtype)
+    call = jax.ffi.ffi_call("reclm_decode_attention", (out, cache, cache), input_output_aliases={3: 1, 4: 2},
+                            vmap_method="sequential")
+    return call(q, k_new, v_new, keys, values, mask, jnp.asarray(end, jnp.int32), scale=np.float32(scale))
