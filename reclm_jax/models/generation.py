@@ -116,28 +116,67 @@ def _categorical(key: jax.Array, logits: jnp.ndarray) -> jnp.ndarray:
     return argmax_last(jax.random.gumbel(key, logits.shape, logits.dtype) + logits)
 
 
+def _nucleus_of_sorted(vals: jnp.ndarray, top_p: float) -> jnp.ndarray:
+    # vals [B, k] sorted descending: keep each candidate whose mass strictly above it is below top_p
+    # (always the first), the rest -inf.
+    probs = jax.nn.softmax(vals, axis=-1)
+    before = jnp.cumsum(probs, axis=-1) - probs
+    return jnp.where(before < top_p, vals, -jnp.inf)
+
+
+def _order_key(x: jnp.ndarray) -> jnp.ndarray:
+    # float32 -> int32 with the same order (negative floats' magnitude bits flipped).
+    i = jax.lax.bitcast_convert_type(x, jnp.int32)
+    return jnp.where(i < 0, i ^ 0x7FFFFFFF, i)
+
+
+def _from_order_key(k: jnp.ndarray) -> jnp.ndarray:
+    return jax.lax.bitcast_convert_type(jnp.where(k < 0, k ^ 0x7FFFFFFF, k), jnp.float32)
+
+
+def _nucleus_of_vocab(logits: jnp.ndarray, top_p: float) -> jnp.ndarray:
+    """The top-p filter over the whole vocabulary without sorting it (a [16, 49152] sort took ~150 ms per
+    decoding step on XLA:CPU): keeps token i iff the probability mass of the tokens with larger logits is
+    below top_p, found as the smallest kept logit by a 32-step bisection over the floats' order."""
+    probs = jax.nn.softmax(logits, axis=-1)
+    lo = jnp.min(_order_key(logits), axis=-1)
+    hi = jnp.max(_order_key(logits), axis=-1)  # S(max) = 0 < top_p: the answer is in [lo, hi]
+
+    def above(v):  # mass of the tokens whose logit exceeds v, per row
+        return jnp.sum(jnp.where(logits > v[:, None], probs, 0.0), axis=-1)
+
+    def step(_, bounds):
+        lo, hi = bounds
+        mid = (lo >> 1) + (hi >> 1) + (lo & hi & 1)  # floor((lo + hi) / 2) without int32 overflow
+        ok = above(_from_order_key(mid)) < top_p
+        return jnp.where(ok, lo, mid + 1), jnp.where(ok, mid, hi)
+
+    lo, _ = jax.lax.fori_loop(0, 32, step, (lo, hi))
+    return jnp.where(logits >= _from_order_key(lo)[:, None], logits, -jnp.inf)
+
+
 def sample_tokens(logits: jnp.ndarray, key: jax.Array, cfg: SamplingConfig) -> jnp.ndarray:
     """Chooses one token per row from float32 logits [B, V] -> int32 [B].
 
     ``key``: one JAX key for the whole batch, or a key array [B] (one per row: row r's draw then depends on
-    its own key and logits only, not on its neighbours).
+    its own key and logits only, not on its neighbours). With top-k the draw is among the k candidates only
+    (Gumbel noise for k values, not the vocabulary: the full-vocabulary draw and threshold cost ~100 ms per
+    step at [16, 49152] on XLA:CPU); the distribution is the same, exactly k candidates are kept (ties at the
+    k-th value are not all kept, as transformers' filter would).
     """
     if cfg.temperature == 0.0:
         return argmax_last(logits)
     logits = logits / cfg.temperature
+    draw = jax.vmap(_categorical) if key.ndim == 1 else _categorical
     if cfg.top_k > 0:
-        kth = jax.lax.top_k(logits, cfg.top_k)[0][:, -1:]
-        logits = jnp.where(logits < kth, -jnp.inf, logits)
+        vals, idx = jax.lax.top_k(logits, min(cfg.top_k, logits.shape[-1]))
+        if cfg.top_p < 1.0:
+            vals = _nucleus_of_sorted(vals, cfg.top_p)
+        pick = draw(key, vals)
+        return jnp.take_along_axis(idx, pick[:, None], axis=-1)[:, 0].astype(jnp.int32)
     if cfg.top_p < 1.0:
-        ordered = jnp.sort(logits, axis=-1)[:, ::-1]
-        probs = jax.nn.softmax(ordered, axis=-1)
-        before = jnp.cumsum(probs, axis=-1) - probs  # mass strictly above each candidate
-        keep = before < cfg.top_p  # always keeps the most likely token
-        cutoff = jnp.min(jnp.where(keep, ordered, jnp.inf), axis=-1, keepdims=True)
-        logits = jnp.where(logits < cutoff, -jnp.inf, logits)
-    if key.ndim == 1:
-        return jax.vmap(_categorical)(key, logits)
-    return _categorical(key, logits)
+        logits = _nucleus_of_vocab(logits, cfg.top_p)
+    return draw(key, logits)
 
 
 def left_pad(prompts: Sequence[Sequence[int]], length: int, rows: int, pad_id: int) -> tuple[np.ndarray, np.ndarray]:

@@ -170,3 +170,46 @@ def test_buckets_and_bad_inputs():
         generate(None, [[1], []], max_new_tokens=2, pad_id=0)
     with pytest.raises(UserError, match="bad sampling"):
         SamplingConfig(top_p=0.0)
+
+
+def test_top_p_filter_over_the_vocabulary_keeps_the_sorted_nucleus():
+    # The sort-free bisection must keep exactly the candidates the sorted definition keeps.
+    from reclm_jax.models.generation import _nucleus_of_vocab
+
+    rng = np.random.default_rng(11)
+    logits = rng.normal(size=(8, 1000)).astype(np.float32) * 3
+    logits[0, :990] = -np.inf  # only 10 live tokens
+    for top_p in (0.05, 0.3, 0.9, 0.999):
+        kept = np.isfinite(np.asarray(_nucleus_of_vocab(jnp.asarray(logits), top_p)))
+        for r in range(8):
+            finite = np.isfinite(logits[r])
+            p = np.exp(logits[r][finite] - logits[r][finite].max())
+            p /= p.sum()
+            ids = np.flatnonzero(finite)
+            order = np.argsort(-logits[r][finite], kind="stable")
+            before = np.cumsum(p[order]) - p[order]
+            want = np.zeros(1000, bool)
+            want[ids[order[before < top_p]]] = True
+            np.testing.assert_array_equal(kept[r], want, err_msg=f"row {r}, top_p {top_p}")
+
+
+def test_top_k_draws_follow_the_renormalised_top_k_distribution():
+    rng = np.random.default_rng(12)
+    logits = jnp.asarray(rng.normal(size=(2, 500)).astype(np.float32))
+    keys = jax.random.split(jax.random.key(3), 4000)
+    draws = np.asarray(jax.jit(jax.vmap(lambda k: sample_tokens(logits, k, SamplingConfig(0.7, top_k=4))))(keys))
+    for r in range(2):
+        top = np.argsort(-np.asarray(logits[r]))[:4]
+        p = np.exp(np.asarray(logits[r])[top] / 0.7)
+        p /= p.sum()
+        freq = np.array([(draws[:, r] == t).mean() for t in top])
+        assert set(np.unique(draws[:, r])) <= set(top.tolist())
+        np.testing.assert_allclose(freq, p, atol=0.03)  # ~4 standard errors at 4000 draws
+    # top-k with top-p on top: only the nucleus of the four.
+    both = np.asarray(jax.vmap(lambda k: sample_tokens(logits, k, SamplingConfig(1.0, top_k=4, top_p=0.5)))(keys[:400]))
+    for r in range(2):
+        top = np.argsort(-np.asarray(logits[r]))[:4]
+        p = np.exp(np.asarray(logits[r])[top])
+        p /= p.sum()
+        nucleus = top[(np.cumsum(p) - p) < 0.5]
+        assert set(np.unique(both[:, r])) <= set(nucleus.tolist())
