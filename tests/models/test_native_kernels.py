@@ -82,6 +82,25 @@ def test_concurrent_products_from_two_threads_are_correct():
     assert not errors
 
 
+def test_back_to_back_products_of_different_sizes_stay_correct():
+    # Consecutive products with different work counts, hundreds of times in one program: a worker still
+    # finishing one product must never take work of the next (a packed job counter guards this).
+    rng = np.random.default_rng(4)
+    x = _bf16(rng, (3, 64))
+    ws = [_bf16(rng, (64, n), 0.1) for n in (64, 2560, 192, 4096, 128)]
+
+    def chain(x, native):
+        def body(_, acc):
+            for w in ws:
+                y = native_kernels.native_dot(x, w) if native else _xla_dot(x, w, False)
+                acc = acc + jnp.sum(y[:, :7], axis=1)
+            return acc
+        return jax.lax.fori_loop(0, 300, body, jnp.zeros((3,), F32))
+
+    np.testing.assert_array_equal(np.asarray(jax.jit(chain, static_argnums=1)(x, True)),
+                                  np.asarray(jax.jit(chain, static_argnums=1)(x, False)))
+
+
 def _attention_case(rng, b, n, kv, h, s, end):
     q, k, v = _bf16(rng, (b, 1, n, h)), _bf16(rng, (b, 1, kv, h)), _bf16(rng, (b, 1, kv, h))
     keys, values = _bf16(rng, (b, kv, s, h)), _bf16(rng, (b, kv, s, h))

@@ -49,22 +49,21 @@ class Pool {
   // concurrently) computes alone.
   void Run(JobFn fn, const void* ctx, int64_t units) {
     const int n = threads();
-    if (n <= 1 || units <= 1 || !busy_.try_lock()) {
+    if (n <= 1 || units <= 1 || units > kMaxUnits || !busy_.try_lock()) {
       fn(ctx, 0, units);
       return;
     }
     fn_ = fn;
     ctx_ = ctx;
-    units_ = units;
     chunk_ = std::max<int64_t>(1, units / (4 * n));
     done_.store(0, std::memory_order_relaxed);
-    const uint64_t gen = ++generation_;
+    generation_ = (generation_ + 1) & kGenMask;
     {
-      std::lock_guard<std::mutex> lock(mu_);  // publishes the job: counter = (generation, next unit 0)
-      next_.store(gen << 32, std::memory_order_release);
+      std::lock_guard<std::mutex> lock(mu_);  // publishes the job: (generation, units, next unit 0)
+      next_.store(Pack(generation_, units, 0), std::memory_order_release);
     }
     cv_.notify_all();
-    Claim(gen);
+    Claim(generation_);
     while (done_.load(std::memory_order_acquire) < units) _mm_pause();
     busy_.unlock();
   }
@@ -72,18 +71,30 @@ class Pool {
  private:
   Pool() = default;
 
+  // The job counter packs (generation, units, next unclaimed unit) into one word, so a worker still looking
+  // at a finished job can never claim a unit of the next one: its compare-and-swap needs the old generation,
+  // and it compares against the old job's own unit count, not the next job's.
+  static constexpr int kUnitBits = 20;
+  static constexpr int64_t kMaxUnits = (int64_t(1) << kUnitBits) - 1;
+  static constexpr uint64_t kGenMask = (uint64_t(1) << (64 - 2 * kUnitBits)) - 1;
+  static uint64_t Pack(uint64_t gen, int64_t units, int64_t next) {
+    return (gen << (2 * kUnitBits)) | (static_cast<uint64_t>(units) << kUnitBits) | static_cast<uint64_t>(next);
+  }
+  static uint64_t Gen(uint64_t v) { return v >> (2 * kUnitBits); }
+  static int64_t Units(uint64_t v) { return static_cast<int64_t>((v >> kUnitBits) & kMaxUnits); }
+  static int64_t Next(uint64_t v) { return static_cast<int64_t>(v & kMaxUnits); }
+
   // Takes chunks of the job of generation `gen` until none is left (or the job is another one).
   void Claim(uint64_t gen) {
     uint64_t v = next_.load(std::memory_order_acquire);
     for (;;) {
-      if ((v >> 32) != gen) return;
-      const int64_t begin = static_cast<int64_t>(v & 0xFFFFFFFFu);
-      if (begin >= units_) return;
-      const int64_t end = std::min(begin + chunk_, units_);
-      if (!next_.compare_exchange_weak(v, (gen << 32) | static_cast<uint64_t>(end), std::memory_order_acq_rel)) {
-        continue;
-      }
-      // A claimed chunk keeps the caller waiting, so the job's fields stay valid until done_ says so.
+      if (Gen(v) != gen) return;
+      const int64_t units = Units(v), begin = Next(v);
+      if (begin >= units) return;
+      // An unclaimed unit means the job is unfinished, so its caller still waits and chunk_, fn_ and ctx_
+      // are this job's.
+      const int64_t end = std::min(begin + chunk_, units);
+      if (!next_.compare_exchange_weak(v, Pack(gen, units, end), std::memory_order_acq_rel)) continue;
       fn_(ctx_, begin, end);
       done_.fetch_add(end - begin, std::memory_order_acq_rel);
       v = next_.load(std::memory_order_acquire);
@@ -91,14 +102,14 @@ class Pool {
   }
 
   void Work() {
-    uint64_t seen = next_.load(std::memory_order_acquire) >> 32;
+    uint64_t seen = Gen(next_.load(std::memory_order_acquire));
     for (;;) {
       int64_t spins = 0;
       uint64_t gen;
-      while ((gen = next_.load(std::memory_order_acquire) >> 32) == seen) {
+      while ((gen = Gen(next_.load(std::memory_order_acquire))) == seen) {
         if (++spins > kSpinRounds) {
           std::unique_lock<std::mutex> lock(mu_);
-          cv_.wait(lock, [&] { return (next_.load(std::memory_order_acquire) >> 32) != seen; });
+          cv_.wait(lock, [&] { return Gen(next_.load(std::memory_order_acquire)) != seen; });
           spins = 0;
         }
         _mm_pause();
@@ -114,7 +125,7 @@ class Pool {
   std::mutex busy_;  // one parallel job at a time
   std::mutex mu_;    // guards sleeping
   std::condition_variable cv_;
-  std::atomic<uint64_t> next_{0};  // (generation << 32) | next unclaimed unit
+  std::atomic<uint64_t> next_{0};  // Pack(generation, units, next unclaimed unit)
   std::atomic<int64_t> done_{0};   // units finished in the current job
   uint64_t generation_ = 0;        // only the caller holding busy_ touches it
   std::atomic<int> threads_{1};
@@ -122,7 +133,6 @@ class Pool {
   // The current job: written before next_ publishes it (release), read after a claim (acquire).
   JobFn fn_ = nullptr;
   const void* ctx_ = nullptr;
-  int64_t units_ = 0;
   int64_t chunk_ = 1;
 };
 
