@@ -65,13 +65,16 @@ class RLTrainer:
     ``scorer``: a ``Scorer`` replacing the configured reward (tests use toy rewards); ``source``: a
     ``data.PromptSource`` replacing the configured prompts; ``val_samples``: replace the validation samples.
     ``runtime`` / ``hooks`` as SFT's trainer (``hooks.after_step(iteration)`` runs after each iteration's
-    checkpoint).
+    checkpoint). ``sync_timing``: wait for the old / reference log-probs before the reward is computed, so the
+    iteration's times split cleanly (``time_logprobs`` apart; benchmarks); by default that pass runs while the
+    host scores the responses.
     """
 
     def __init__(self, cfg: RLConfig, progress: bool = True, runtime: Runtime | None = None,
                  hooks: Hooks | None = None, scorer: Scorer | None = None, source: Any = None,
-                 val_samples: Sequence[dict] | None = None):
+                 val_samples: Sequence[dict] | None = None, sync_timing: bool = False):
         self.cfg = cfg
+        self.sync_timing = sync_timing
         r, p, t = cfg.rollout, cfg.ppo, cfg.train
         self._check(cfg)
         self.runtime = runtime or Runtime.create(cfg.mesh)
@@ -218,8 +221,12 @@ class RLTrainer:
         t0 = time.perf_counter()
         ids = prompt_ids(samples, self.tokenizer, cfg)
         self.rollout.sampler.update_params(self.trainable["lora"])  # the update step donated the old buffers
-        traj = self.rollout.collect(self.trainable, self.frozen, samples, ids, it)
+        traj = self.rollout.collect(self.trainable, self.frozen, samples, ids, it, stats=not self.sync_timing)
         times["time_rollout"] = time.perf_counter() - t0
+        if self.sync_timing:
+            t0 = time.perf_counter()
+            traj.stats = jax.block_until_ready(self.rollout.stats(self.trainable, self.frozen, traj))
+            times["time_logprobs"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         scores = self.scorer(traj.samples, traj.texts, traj.response_ids)
         times["time_reward"] = time.perf_counter() - t0
