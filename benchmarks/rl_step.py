@@ -51,7 +51,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from generate import median_or_none, run_one, write_smoke_model  # noqa: E402  (numpy and the stdlib only)
+from generate import median_or_none, resolve_model, run_one  # noqa: E402  (numpy and the stdlib only)
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "configs" / "rl_smollm2_ml1m.yaml"
@@ -322,12 +322,7 @@ def main() -> None:
     if bool(args.data_path) != bool(args.teacher_checkpoint):
         sys.exit("error: --data_path and --teacher_checkpoint go together (the RL tasks and reward need the teacher)")
     work = Path(tempfile.mkdtemp(prefix="reclm_jax_rl_bench_"))
-    if args.smoke:
-        args.model = write_smoke_model(work)
-    elif args.model is None:
-        from reclm_jax.models.fetch import ensure_smollm2
-
-        args.model = str(ensure_smollm2())
+    args.model = resolve_model(args.model, args.smoke, work)
     env = dict(os.environ, RECLM_JAX_COMPILATION_CACHE=str(work / "jax_cache"),
                PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     passthrough = ["--model", args.model, "--work", str(work), "--prompts", str(args.prompts), "--samples",

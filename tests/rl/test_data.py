@@ -82,9 +82,9 @@ def test_a_run_from_static_files_trains_like_the_dynamic_one(world, static_files
 
 def test_static_file_errors_name_the_file(world, tmp_path):
     tok = load_tokenizer(world[0])
-    with pytest.raises(UserError, match="dataset file not found: .*nope.pickle"):
+    with pytest.raises(UserError, match="data.train_data_file: dataset file not found: .*nope.pickle"):
         RLData(_cfg(world, tmp_path, f"data.train_data_file={tmp_path / 'nope.pickle'}"), tok)
     bad = tmp_path / "bad.pickle"
     bad.write_bytes(pickle.dumps({"not": "epochs"}))
-    with pytest.raises(UserError, match="expected a list of epochs"):
+    with pytest.raises(UserError, match="data.train_data_file: .*expected a list of epochs"):
         RLData(_cfg(world, tmp_path, f"data.train_data_file={bad}"), tok)
