@@ -75,8 +75,9 @@ stamp "== [5/7] merge the adapter into an HF folder -> $SFT_RUN/merged"
 python -m reclm_jax.sft.merge --run "$SFT_RUN" --overwrite
 echo
 # CPU settings: the SFT run's prompt length (384) and validation samples (its 4 tasks' RL twins, 16 each: the
-# same users, targets and prompts), responses up to 192 tokens; per iteration one PPO epoch of one update on all
-# 16 responses (4 per forward/backward), no warm-up, the schedule spanning RL_ITERS iterations.
+# same users, targets and prompts), responses up to 192 tokens (SFT's validation decodes up to the longest list
+# the index allows; the RL run's own before/after table compares like with like); per iteration one PPO epoch of
+# one update on all 16 responses (4 per forward/backward), no warm-up, the schedule spanning RL_ITERS iterations.
 stamp "== [6/7] PPO of the merged SFT model -> $RL_RUN ($RL_ITERS iterations, validation before and after)"
 rm -rf "$RL_RUN"
 python -m reclm_jax.rl --config configs/rl_smollm2_ml1m.yaml \
