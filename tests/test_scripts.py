@@ -1,7 +1,10 @@
-"""The set-up scripts reject bad arguments before touching the virtual environment."""
+"""The set-up scripts reject bad arguments before touching the virtual environment; the quickstart's steps and
+stage commands are consistent (checked on its text and on tiny data, never by running it)."""
 
 from __future__ import annotations
 
+import json
+import re
 import subprocess
 from pathlib import Path
 
@@ -22,3 +25,105 @@ def test_quickstart_rejects_unknown_arguments():
     res = subprocess.run(["bash", str(REPO / "scripts" / "quickstart.sh"), "--bogus"], capture_output=True,
                          text=True, timeout=60)
     assert res.returncode == 2 and "--bogus" in res.stderr
+
+
+# -- quickstart.sh: its steps, budgets and stage commands, without running it ------------------------------------
+QUICKSTART = REPO / "scripts" / "quickstart.sh"
+
+
+def _commands(module: str) -> list[list[str]]:
+    """Each ``python -m <module> ...`` command of quickstart.sh as words, its variables given values: the
+    script's own budget defaults and stand-in paths for the folders."""
+    import shlex
+
+    text = QUICKSTART.read_text()
+    values = dict(re.findall(r'^(\w+)="\$\{\1:-([^}]*)\}"', text, re.M))
+    values.update(DATA_DIR="/c/datasets/ml-1m", TEACHER_RUN="/r/teacher_ml1m", MODEL_DIR="/c/models/smollm2",
+                  SFT_RUN="/r/quickstart_sft_ml1m", RL_RUN="/r/quickstart_rl_ml1m")
+    joined = text.replace("\\\n", " ")
+    out = []
+    for line in joined.splitlines():
+        if line.strip().startswith(f"python -m {module} "):
+            line = re.sub(r"\$\{?(\w+)\}?", lambda m: values[m.group(1)], line)
+            out.append(shlex.split(line)[3:])
+    return out
+
+
+def _stage_config(module: str, cls):
+    from reclm_jax.config import load_config
+
+    (words,) = _commands(module)
+    assert words[0] == "--config"
+    return load_config(cls, REPO / words[1], words[2:])
+
+
+def test_quickstart_help_lists_every_numbered_step_and_budget():
+    res = subprocess.run(["bash", str(QUICKSTART), "--help"], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0
+    listed = [int(n) for n in re.findall(r"^#\s+(\d+)\. ", res.stdout, re.M)]
+    stamps = re.findall(r'stamp "== \[(\d+)/(\d+)\]', QUICKSTART.read_text())
+    assert listed == [int(i) for i, _ in stamps] == list(range(1, len(stamps) + 1))
+    assert {int(n) for _, n in stamps} == {len(stamps)} == {7}
+    for var in ("TEACHER_SECONDS", "SFT_STEPS", "SFT_SECONDS", "RL_ITERS", "RL_SECONDS", "RL_LR"):
+        assert var in res.stdout and re.search(rf'^{var}="\$\{{{var}:-', QUICKSTART.read_text(), re.M)
+    header = QUICKSTART.read_text().splitlines()[1:]
+    header = header[:next(i for i, ln in enumerate(header) if not ln.startswith("#"))]
+    assert res.stdout.splitlines() == header  # the whole header comment, nothing after it
+
+
+def test_quickstart_stage_commands_build_valid_configs():
+    from reclm_jax.rl.config import RLConfig
+    from reclm_jax.rl.trainer import RLTrainer
+    from reclm_jax.sft.config import SFTConfig
+
+    sft, rl = _stage_config("reclm_jax.sft", SFTConfig), _stage_config("reclm_jax.rl", RLConfig)
+    RLTrainer._check(rl)
+    assert rl.model.path == "/r/quickstart_sft_ml1m/merged"  # the SFT run's merged folder (step 5)
+    assert rl.train.max_iterations == 3 and rl.train.time_budget_s == 360 and rl.optim.lr == 5e-5
+    assert rl.rollout.prompts * rl.rollout.sample_num == 16 == rl.ppo.mini_batch_size
+    assert [w for w in _commands("reclm_jax.rl.merge")] == [["--run", "/r/quickstart_rl_ml1m", "--overwrite"]]
+
+
+def test_quickstart_rl_validates_on_the_samples_sft_validated_on(tiny_dataset_dir, teacher):
+    """The table's three columns are comparable: the RL run's validation tasks are the SFT run's RL twins, with
+    the settings that make the task layer build the same samples (checked on the tiny dataset)."""
+    from reclm_jax.data.samples import SampleBuilder
+    from reclm_jax.data.task_setup import build_task_context
+    from reclm_jax.data.tasks import TaskSettings
+    from reclm_jax.eval.compare import task_key
+    from reclm_jax.rl.config import RLConfig
+    from reclm_jax.sft.config import SFTConfig
+
+    sft, rl = _stage_config("reclm_jax.sft", SFTConfig), _stage_config("reclm_jax.rl", RLConfig)
+    assert [task_key(t) for t in rl.data.val_tasks] == [task_key(t) for t in sft.data.val_tasks]
+    assert rl.data.val_num_per_task == sft.data.val_num_per_task
+    assert rl.rollout.max_prompt_length == sft.data.max_prompt_length and rl.train.seed == sft.train.seed
+    for key in ("item_index", "chat_template", "topk", "candidate_num"):
+        assert getattr(rl.data, key) == getattr(sft.data, key), key
+    assert rl.data.idx  # numbered lists, as SFT's always are
+    ctx, _ = build_task_context(tiny_dataset_dir, "title", None, "none", TaskSettings(topk=3, val_num_per_task=2))
+    a = SampleBuilder(ctx, list(sft.data.val_tasks), "val", teacher, sft.train.seed).epoch(0)
+    b = SampleBuilder(ctx, list(rl.data.val_tasks), "val", teacher, rl.train.seed).epoch(0)
+    assert len(a) == len(b) == 2 * len(rl.data.val_tasks)
+    for x, y in zip(a, b):
+        assert task_key(x["task"]) == task_key(y["task"])
+        assert (x["input_text"], x["output_text"], x["input_field_data"]) == \
+               (y["input_text"], y["output_text"], y["input_field_data"])
+
+
+def test_quickstart_table_command_reads_both_runs(tmp_path, capsys):
+    from reclm_jax.eval.compare import main
+
+    (words,) = _commands("reclm_jax.eval.compare")
+    runs = {"/r/quickstart_sft_ml1m": tmp_path / "sft", "/r/quickstart_rl_ml1m": tmp_path / "rl"}
+    for run, task, ndcg in (("/r/quickstart_sft_ml1m", "SFTTestSeqRec", 0.1), ("/r/quickstart_rl_ml1m", "RLSeqRec", 0.2)):
+        runs[run].mkdir()
+        val = {"results": {task: {"NDCG": ndcg, "RewardSum": 2 * ndcg}}, "mean_NDCG": ndcg}
+        (runs[run] / "metrics.json").write_text(json.dumps({"before": val, "after": val}))
+    for old, new in runs.items():
+        words = [w.replace(old, str(new)) for w in words]
+    assert main(words) == 0
+    head, *rows = capsys.readouterr().out.splitlines()
+    assert head.split()[-3:] == ["base", "SFT", "RL"]
+    assert next(r for r in rows if r.split()[:2] == ["SFTTestSeqRec", "NDCG"]).split()[2:] == ["0.1000", "0.1000",
+                                                                                              "0.2000"]

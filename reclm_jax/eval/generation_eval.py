@@ -1,8 +1,10 @@
 """Validation by generation: greedy-decode val samples with the JAX model, parse the lists, score per task.
 
-Used by SFT (and RL) validation. The prompts are tokenized exactly as for training (``tokenize_sample``), batched
-into fixed buckets and decoded by one ``Sampler`` (one compiled program per prompt bucket, shared by every batch
-and, when the caller keeps the Sampler, by every validation), then detokenized with ``skip_special_tokens``.
+``evaluate_generation`` is SFT's validation: the prompts are tokenized exactly as for training
+(``tokenize_sample``), batched into fixed buckets and decoded by one ``Sampler`` (one compiled program per prompt
+bucket, shared by every batch and, when the caller keeps the Sampler, by every validation), then detokenized with
+``skip_special_tokens``. RL's validation decodes with its own Sampler through the same ``greedy_decode`` and scores
+with the same ``generation_metrics`` (plus its rewards), so both stages report the same task metrics.
 """
 
 from __future__ import annotations
@@ -45,6 +47,39 @@ def validation_length(samples: Sequence[dict], index: ItemIndex, tokenizer: Any,
     return longest_list_tokens(index, tokenizer, k, idx)
 
 
+def greedy_decode(sampler: Sampler, prompts: Sequence[Sequence[int]], *, adapter: str | None, max_new_tokens: int,
+                  batch_size: int = 16, progress: bool = True, desc: str = "validate") -> list[list[int]]:
+    """Greedy continuations of ``prompts`` (token-id lists) -> token lists (the stop token included), in prompt
+    order. Batches hold prompts of similar lengths (a batch is padded to its longest prompt's bucket, so batching
+    in sample order, tasks interleaved and prompts of 100 to 500 tokens, prefilled mostly padding) and are padded
+    to ``batch_size`` rows, so the last, shorter batch compiles nothing. ``adapter`` None = base weights."""
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    out: list[list[int]] = [[] for _ in prompts]
+    bar = tqdm(total=len(prompts), desc=desc, unit="sample", disable=not progress, leave=False)
+    for start in range(0, len(prompts), batch_size):
+        rows = order[start:start + batch_size]
+        res = sampler([prompts[i] for i in rows], max_new_tokens=max_new_tokens, sampling=SamplingConfig(),
+                      adapter=adapter, rows=batch_size)
+        for i, toks in zip(rows, res.token_lists()):
+            out[i] = toks
+        bar.update(len(rows))
+    bar.close()
+    return out
+
+
+def generation_metrics(samples: Sequence[dict], texts: Sequence[str], index: ItemIndex, category2item: dict, *,
+                       idx: bool = True, list_rewards: Sequence[float] | None = None) -> Metrics:
+    """The task metrics of generated ``texts`` (one per sample): each parsed with ``parse_list`` and scored by
+    ``Metrics.add_sample`` against the sample's ``output_text`` (its target title), with the original's vague
+    mapping. ``list_rewards`` (RL validation: the NR-20.1 list reward, x10) fill ``RewardSum``."""
+    metrics = Metrics(sorted({s["task"] for s in samples}), index, category2item)
+    rewards = list(list_rewards) if list_rewards is not None else [0.0] * len(samples)
+    for s, text, r in zip(samples, texts, rewards):
+        metrics.add_sample(s["task"], s["input_field_data"], parse_list(text, idx), s["output_text"],
+                           list_reward=float(r))
+    return metrics
+
+
 def evaluate_generation(sampler_or_model, tokenizer: Any, samples: Sequence[dict], index: ItemIndex,
                         category2item: dict, *, adapter: str | None, batch_size: int = 16,
                         max_new_tokens: int = 0, max_prompt_length: int = 512, idx: bool = True,
@@ -53,7 +88,7 @@ def evaluate_generation(sampler_or_model, tokenizer: Any, samples: Sequence[dict
 
     ``sampler_or_model``: a ``Sampler`` (e.g. ``validation_sampler``'s, kept across validations) or a
     ``LlamaForCausalLM`` / its split, for which one Sampler is built for this validation. ``adapter`` None =
-    base weights. Every batch is padded to ``batch_size`` rows, so the last, shorter batch compiles nothing.
+    base weights. Every batch is padded to ``batch_size`` rows (``greedy_decode``).
     ``max_new_tokens`` <= 0: the tokens of the longest list the index allows for the samples' largest
     ``item_count`` (``longest_list_tokens``), so no correct list is cut.
     """
@@ -64,23 +99,10 @@ def evaluate_generation(sampler_or_model, tokenizer: Any, samples: Sequence[dict
     cfg = PipelineConfig(max_prompt_length=max_prompt_length, with_output=False,
                          prompt_buckets=PROMPT_BUCKETS)
     prompts = [tokenize_sample(s, tokenizer, cfg).prompt for s in samples]
-    metrics = Metrics(sorted({s["task"] for s in samples}), index, category2item)
-    # Batches of similar prompt lengths: a batch is padded to its longest prompt's bucket, so batching in
-    # sample order (tasks interleaved, prompts of 100 to 500 tokens) prefilled mostly padding.
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-    texts: list[str] = [""] * len(samples)
-    bar = tqdm(total=len(samples), desc=desc, unit="sample", disable=not progress, leave=False)
-    for start in range(0, len(samples), batch_size):
-        rows = order[start:start + batch_size]
-        res = sampler([prompts[i] for i in rows], max_new_tokens=max_new_tokens, sampling=SamplingConfig(),
-                      adapter=adapter, rows=batch_size)
-        for i, text in zip(rows, tokenizer.batch_decode(res.token_lists(), skip_special_tokens=True)):
-            texts[i] = text
-        bar.update(len(rows))
-    bar.close()
-    for s, text in zip(samples, texts):
-        metrics.add_sample(s["task"], s["input_field_data"], parse_list(text, idx), s["output_text"])
-    return metrics, texts
+    tokens = greedy_decode(sampler, prompts, adapter=adapter, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                           progress=progress, desc=desc)
+    texts = list(tokenizer.batch_decode(tokens, skip_special_tokens=True))
+    return generation_metrics(samples, texts, index, category2item, idx=idx), texts
 
 
 def mean_metric(metrics: Metrics, name: str = "NDCG") -> float:

@@ -1,27 +1,21 @@
-"""``python -m reclm_jax.rl --config configs/rl_X.yaml key=value ...``: PPO or GRPO (see ``trainer.py``)."""
+"""``python -m reclm_jax.rl --config configs/rl_X.yaml key=value ...``: PPO or GRPO (see ``trainer.py``).
+
+Configs: configs/rl_smollm2_ml1m.yaml (the embedded default: the merged SFT SmolLM2 on MovieLens-1M),
+configs/rl_llama2_7b_paper.yaml (the paper run's settings), configs/rl_tiny.yaml (tests: the toy problem).
+Every key is a field of ``reclm_jax.rl.config.RLConfig`` (e.g. model.path=RUN/merged, train.max_iterations=N,
+algorithm=grpo, data.train_data_file=RL_dataset_train.pickle, resume=true).
+"""
 
 from __future__ import annotations
 
 from reclm_jax.cli import run_main
 from reclm_jax.config import load_config, parse_stage_args
+from reclm_jax.eval.compare import HEADLINE, before_after_table
 from reclm_jax.rl.config import RLConfig
 
 
-def _table(before: dict | None, after: dict) -> str:
-    key = after.get("selection", "reward")
-    tasks = sorted(set(after["results"]) | set((before or {}).get("results", {})))
-    lines = [f"{'task':<36} {'before':>10} {'after':>10}   ({key})"]
-    for task in tasks:
-        b = (before or {}).get("results", {}).get(task, {}).get(key)
-        a = after["results"].get(task, {}).get(key)
-        lines.append(f"{task:<36} {'' if b is None else f'{b:10.4f}':>10} {'' if a is None else f'{a:10.4f}':>10}")
-    b = (before or {}).get("mean_reward")
-    lines.append(f"{'mean over tasks':<36} {'' if b is None else f'{b:10.4f}':>10} {after['mean_reward']:10.4f}")
-    return "\n".join(lines)
-
-
 def main() -> int:
-    path, overrides = parse_stage_args(prog="python -m reclm_jax.rl")
+    path, overrides = parse_stage_args(prog="python -m reclm_jax.rl", description=__doc__.split("\n\n", 1)[1])
     cfg = load_config(RLConfig, path, overrides)
     from reclm_jax.rl.trainer import RLTrainer  # imports jax: after the config is known to be valid
 
@@ -29,7 +23,9 @@ def main() -> int:
     print(f"\n{cfg.algorithm.upper()} finished: {summary['iterations']} iterations, actor adapter in "
           f"{cfg.output_dir}/adapter")
     if "after" in summary:
-        print(_table(summary.get("before"), summary["after"]))
+        key = summary["after"].get("selection", "reward")  # the reward validation keeps the best actor by
+        print(before_after_table(summary.get("before"), summary["after"],
+                                 (key,) + tuple(m for m in HEADLINE if m != "RewardSum")))
     return 0
 
 

@@ -134,7 +134,11 @@ class DataSettings:
     candidate_num: int = 10
     val_num_per_task: int = 320
     keep_held_out: bool = False
-    train_data_file: str = ""  # static mode: RL_dataset_train.pickle from `python -m reclm_jax.data.process`
+    # Static mode: RL_dataset_{train,val}.pickle of `python -m reclm_jax.data.process --train_stage RL`, whose
+    # episodes replace the dynamic ones (train_tasks / val_tasks are then unused). Written with this run's seed,
+    # tasks, item_index, chat template, tokenizer (--tokenizer = model.path), topk and val_num_per_task, they hold
+    # exactly the samples the dynamic pipeline builds. data_path and the teacher are still needed (the reward).
+    train_data_file: str = ""
     val_data_file: str = ""
     chunk: int = 256  # samples built per batched teacher call
     toy_prompts: int = 64  # toy source: train prompts per episode (validation: 8 more)

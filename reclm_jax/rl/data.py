@@ -80,6 +80,13 @@ def prompt_ids(samples: Sequence[dict], tokenizer: Any, cfg: RLConfig) -> list[l
     return [tokenize_sample(s, tokenizer, pipe).prompt for s in samples]
 
 
+def _static(path: str, key: str) -> list[list[dict]]:
+    try:
+        return load_static(path)
+    except UserError as e:
+        raise UserError(f"{key}: {e}") from None
+
+
 class RLData:
     """The run's train prompts, validation samples and scorer, from ``cfg.data`` / ``cfg.reward``."""
 
@@ -112,12 +119,12 @@ class RLData:
             raise UserError("the NR-20.1 reward ranks items with the teacher: set teacher.checkpoint (a teacher run "
                             "folder) or teacher.port")
         if d.train_data_file:
-            self.source = StaticSource(load_static(d.train_data_file))
+            self.source = StaticSource(_static(d.train_data_file, "data.train_data_file"))
         else:
             self.source = TaskSource(SampleBuilder(self.ctx, list(d.train_tasks), "train", self.teacher,
                                                    cfg.train.seed))
         if d.val_data_file:
-            self._val = load_static(d.val_data_file)[0]
+            self._val = _static(d.val_data_file, "data.val_data_file")[0]
         elif d.val_tasks:
             self._val = SampleBuilder(self.ctx, list(d.val_tasks), "val", self.teacher, cfg.train.seed).epoch(0)
         else:

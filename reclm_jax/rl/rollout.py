@@ -139,8 +139,9 @@ class Rollout:
         return [r for rows in ids for r in rows], stopped.reshape(-1)
 
     def collect(self, trainable: dict, frozen: Any, samples: Sequence[dict], prompt_ids: Sequence[Sequence[int]],
-                iteration: int) -> Trajectories:
-        """Generates, builds the trajectory batch and dispatches its statistics (not waited for)."""
+                iteration: int, stats: bool = True) -> Trajectories:
+        """Generates, builds the trajectory batch and dispatches its statistics (not waited for; ``stats``
+        False leaves ``traj.stats`` None for the caller to compute with ``self.stats``)."""
         responses, stopped = self.responses(prompt_ids, iteration)
         g = self.s.sample_num
         rows_prompts = [list(prompt_ids[p]) for p in range(len(prompt_ids)) for _ in range(g)]
@@ -150,7 +151,8 @@ class Rollout:
             responses = [self.render(t) for t in texts]
             texts = self.decode(responses)
         traj = self.trajectories(rows_samples, rows_prompts, responses, texts, stopped)
-        traj.stats = self.stats(trainable, frozen, traj)
+        if stats:
+            traj.stats = self.stats(trainable, frozen, traj)
         return traj
 
     def decode(self, responses: Sequence[Sequence[int]]) -> list[str]:

@@ -18,7 +18,8 @@ Outputs under ``output_dir`` (written by the primary process only)::
     critic/                PPO: the critic adapter and ``value_head.safetensors``
     best_adapter/          the actor with the best mean validation reward
     log.jsonl, tensorboard/  per-iteration reward, KL, clip fraction, value loss, entropy, lr, timings; validation
-    metrics.json           validation before training and after the last validation
+                           rewards and task metrics per task (``validation.py``)
+    metrics.json           validation before training (the reference) and after the last validation (the actor)
 """
 
 from __future__ import annotations
@@ -41,8 +42,9 @@ from reclm_jax.rl.config import RLConfig
 from reclm_jax.rl.data import RLData, episode_order, prompt_ids
 from reclm_jax.rl.kl_control import init_kl_control, update_kl_control
 from reclm_jax.rl.ppo_step import Counter, UpdateBatch, make_prepare, make_update_step
-from reclm_jax.rl.rollout import GREEDY, Rollout
-from reclm_jax.rl.scoring import Scorer, selection_of
+from reclm_jax.rl.rollout import Rollout
+from reclm_jax.rl.scoring import Scorer
+from reclm_jax.rl.validation import KEPT, MetricsSource, log_record, validate_policy
 from reclm_jax.train.backbone import load_backbone, resolve_model_path
 from reclm_jax.train.cadence import Budget, Cadence, Hooks
 from reclm_jax.train.checkpoint import CheckpointStore
@@ -63,13 +65,16 @@ class RLTrainer:
     ``scorer``: a ``Scorer`` replacing the configured reward (tests use toy rewards); ``source``: a
     ``data.PromptSource`` replacing the configured prompts; ``val_samples``: replace the validation samples.
     ``runtime`` / ``hooks`` as SFT's trainer (``hooks.after_step(iteration)`` runs after each iteration's
-    checkpoint).
+    checkpoint). ``sync_timing``: wait for the old / reference log-probs before the reward is computed, so the
+    iteration's times split cleanly (``time_logprobs`` apart; benchmarks); by default that pass runs while the
+    host scores the responses.
     """
 
     def __init__(self, cfg: RLConfig, progress: bool = True, runtime: Runtime | None = None,
                  hooks: Hooks | None = None, scorer: Scorer | None = None, source: Any = None,
-                 val_samples: Sequence[dict] | None = None):
+                 val_samples: Sequence[dict] | None = None, sync_timing: bool = False):
         self.cfg = cfg
+        self.sync_timing = sync_timing
         r, p, t = cfg.rollout, cfg.ppo, cfg.train
         self._check(cfg)
         self.runtime = runtime or Runtime.create(cfg.mesh)
@@ -216,8 +221,12 @@ class RLTrainer:
         t0 = time.perf_counter()
         ids = prompt_ids(samples, self.tokenizer, cfg)
         self.rollout.sampler.update_params(self.trainable["lora"])  # the update step donated the old buffers
-        traj = self.rollout.collect(self.trainable, self.frozen, samples, ids, it)
+        traj = self.rollout.collect(self.trainable, self.frozen, samples, ids, it, stats=not self.sync_timing)
         times["time_rollout"] = time.perf_counter() - t0
+        if self.sync_timing:
+            t0 = time.perf_counter()
+            traj.stats = jax.block_until_ready(self.rollout.stats(self.trainable, self.frozen, traj))
+            times["time_logprobs"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         scores = self.scorer(traj.samples, traj.texts, traj.response_ids)
         times["time_reward"] = time.perf_counter() - t0
@@ -275,38 +284,24 @@ class RLTrainer:
 
     # -- validation -----------------------------------------------------------------------------------
     def validate(self, samples: list[dict], adapter: str | None, label: str, log: RunLog | None) -> dict:
-        """Greedy responses to the validation samples, their rewards per task and the mean over tasks of the
-        scorer's selection figure (NR-20.1: the list reward x10 on the last token, the original's RewardSum)."""
-        t = self.cfg.train
+        """Greedy responses to the validation samples: rewards and (RL tasks) task metrics per task, and the mean
+        over tasks of the scorer's selection figure (NR-20.1: the list reward x10 on the last token, the
+        original's RewardSum); see ``validation.validate_policy``."""
         self.rollout.sampler.update_params(self.trainable["lora"])
-        ids = prompt_ids(samples, self.tokenizer, self.cfg)
-        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))  # similar lengths share a prompt bucket
-        responses: list[list[int]] = [[] for _ in ids]
-        for start in range(0, len(order), t.val_batch_size):
-            chunk = order[start:start + t.val_batch_size]
-            toks, _ = self.rollout.generate([ids[i] for i in chunk], sampling=GREEDY, adapter=adapter)
-            for i, tk in zip(chunk, toks):
-                responses[i] = tk
-        texts = self.tokenizer.batch_decode(responses, skip_special_tokens=True, clean_up_tokenization_spaces=False)
-        scores = self.scorer(list(samples), list(texts), responses)
-        selection = selection_of(self.scorer)
-        per_task: dict[str, dict[str, list[float]]] = {}
-        for s, r in zip(samples, scores):
-            row = per_task.setdefault(s.get("task", "?"), {"reward": [], "reward_last": []})
-            row["reward"].append(float(np.sum(r)))
-            row["reward_last"].append(float(r[-1]) if len(r) else 0.0)
-        results = {task: {k: float(np.mean(v)) for k, v in row.items()} for task, row in per_task.items()}
-        key = "reward_last" if selection == "last" else "reward"
-        mean = float(np.mean([row[key] for row in results.values()])) if results else 0.0
+        res = validate_policy(self.rollout, self.tokenizer, self.cfg, self.scorer, samples, adapter,
+                              self._metrics_source(), progress=self.progress, desc=f"validate ({label})")
         if log is not None:
-            flat = {f"{task}/{k}": v for task, row in results.items() for k, v in row.items()}
-            log.write("val", self.iteration, {"mean_reward": mean, **flat})
-        return {"results": results, "mean_reward": mean, "selection": key,
-                "examples": [{"task": s.get("task"), "generated": g} for s, g in list(zip(samples, texts))[:3]]}
+            log.write("val", self.iteration, log_record(res))
+        return res
+
+    def _metrics_source(self) -> MetricsSource | None:
+        """The task metrics need the dataset's item index: RL tasks only (not the toy problem or given samples)."""
+        ctx = self.data.ctx if self.data is not None else None
+        return None if ctx is None else MetricsSource(ctx.index, ctx.raw.category2item, self.cfg.data.idx)
 
     def _validate_actor(self, label: str, log: RunLog | None) -> None:
         res = self.validate(self._val, ACTOR, label, log)
-        self.history["after"] = {k: res[k] for k in ("results", "mean_reward", "selection")}
+        self.history["after"] = {k: res[k] for k in KEPT if k in res}
         self.last_val_step = self.iteration
         if self.best is None or res["mean_reward"] > self.best:
             self.best = res["mean_reward"]
@@ -327,7 +322,7 @@ class RLTrainer:
         resumed, log = start_run(cfg, self.out, self.runtime, self.restore_latest, self.progress)
         if t.val_before and not resumed and self._val:
             before = self.validate(self._val, None, "reference", log)
-            self.history["before"] = {k: before[k] for k in ("results", "mean_reward", "selection")}
+            self.history["before"] = {k: before[k] for k in KEPT if k in before}
             self._write_metrics()
         budget = Budget(t.time_budget_s)
         bar = log.bar(self.total, initial=self.iteration, desc=cfg.algorithm.upper(), unit="it")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from reclm_jax.cli import run_main
 from reclm_jax.config import load_config, parse_stage_args
 from reclm_jax.sft.config import SFTConfig
-from reclm_jax.sft.report import before_after_table
+from reclm_jax.eval.compare import before_after_table
 
 
 def main() -> int:

@@ -1,10 +1,13 @@
 """Validation by generation: one Sampler per validation, reusable across validations with new weights."""
 
+import math
+
 import jax
+import pytest
 from transformers import AutoTokenizer
 
 from reclm_jax.data.item_index import ItemIndex
-from reclm_jax.eval.generation_eval import evaluate_generation, validation_sampler
+from reclm_jax.eval.generation_eval import evaluate_generation, generation_metrics, validation_sampler
 from reclm_jax.models.generation import generate
 from reclm_jax.models.hf_loading import load_llama
 from reclm_jax.models.sampler import Sampler
@@ -78,3 +81,20 @@ def test_batches_by_prompt_length_and_returns_texts_in_sample_order(tiny_llama_f
         alone = generate(model, [tok(s["input_text"])["input_ids"]], max_new_tokens=5, pad_id=tok.pad_token_id,
                          stop_ids=[tok.eos_token_id])
         assert text == tok.decode(alone.token_lists()[0], skip_special_tokens=True)
+
+
+def test_generation_metrics_parse_numbered_texts_and_take_list_rewards():
+    """What SFT and RL validation both score generated texts with, on hand-made texts: numbered lines parsed,
+    per task, RewardSum the mean of the list rewards given (RL tasks only)."""
+    f = {"item_count": 2, "sub_sequential": ["c"], "target_category": "X"}
+    samples = [{"task": "RLSeqRec", "input_field_data": f, "output_text": "Beta (2)"},
+               {"task": "RLSeqRec", "input_field_data": f, "output_text": "Alpha (1)"},
+               {"task": "SFTTestSeqRec", "input_field_data": f, "output_text": "Beta (2)"}]
+    texts = ["1. Alpha (1)\n 2. Beta (2)\n", "1. Gamma (3)\n2. Gamma (3)\n3. Nope", "1. Beta (2)\n 2. Delta (4)"]
+    m = generation_metrics(samples, texts, INDEX, CATS, list_rewards=[4.0, -2.0, 9.0])
+    rl, sft = m.results()["RLSeqRec"], m.results()["SFTTestSeqRec"]
+    assert rl["Count"] == 2 and rl["NDCG"] == pytest.approx(0.5 / math.log2(3))  # Beta second, then a miss
+    assert rl["CorrectCount"] == 0.5 and rl["RepeatRate"] == 0.5 and rl["InHistoryRate"] == 1.0
+    assert rl["RewardSum"] == 1.0 and "RewardSum" not in sft  # SFT tasks have no reward
+    assert sft["NDCG"] == 1.0 and sft["TargetCategoryRate"] == 1.0
+    assert generation_metrics(samples, texts, INDEX, CATS).results()["RLSeqRec"]["RewardSum"] == 0.0

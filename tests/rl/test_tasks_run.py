@@ -66,10 +66,20 @@ def test_ppo_on_rl_tasks_trains_validates_and_keeps_the_best(world, tmp_path):
     val = [r for r in rows if r["kind"] == "val"]
     assert [r["step"] for r in val] == [0, 2]  # before training, then at iteration 2
     assert {"RLSeqRec/reward_last", "RL-PersonalControlRec/reward_last"} <= set(val[0])
+    for r in val:  # the task metrics of SFT's validation, per task, with sane values
+        for task in ("RLSeqRec", "RL-PersonalControlRec"):
+            assert r[f"{task}/Count"] == 2
+            assert 0.0 <= r[f"{task}/NDCG"] <= r[f"{task}/Recall"] <= 1.0
+            assert 0.0 <= r[f"{task}/NonExistRate"] <= 3 and 0.0 <= r[f"{task}/RepeatRate"] <= 3
+            assert 0.0 <= r[f"{task}/CorrectCount"] <= 1.0 and np.isfinite(r[f"{task}/RewardSum"])
+        assert "RL-PersonalControlRec/SRTargetCategoryRate" in r and "RLSeqRec/SRTargetCategoryRate" not in r
+        assert r["mean_NDCG"] == pytest.approx(np.mean([r["RLSeqRec/NDCG"], r["RL-PersonalControlRec/NDCG"]]))
     assert all(np.isfinite(r["reward"]) and np.isfinite(r["loss"]) for r in train)
     assert {"reward/RLSeqRec", "reward/RL+PersonalControlRec"} <= set(train[0])  # per-task train rewards
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["after"]["selection"] == "reward_last"
+    assert {"results", "ratios", "mean_NDCG", "mean_reward"} <= set(metrics["before"]) == set(metrics["after"])
+    assert metrics["after"]["results"]["RLSeqRec"]["NDCG"] == pytest.approx(val[-1]["RLSeqRec/NDCG"])
     assert metrics["before"]["mean_reward"] == pytest.approx(val[0]["mean_reward"])
     assert (tmp_path / "best_adapter" / "lora_adapter.safetensors").is_file()
 
@@ -91,3 +101,32 @@ def test_rendered_trajectories_are_the_canonical_lists(world, tmp_path):
     sampled, _ = trainer.rollout.responses(prompt_ids(samples, tok, trainer.cfg), 1)  # the same draws again
     assert traj.response_ids == [trainer.rollout.render(t) for t in trainer.rollout.decode(sampled)]
     assert traj.texts == trainer.rollout.decode(traj.response_ids)
+
+
+def test_validation_metrics_are_the_original_metrics_of_each_greedy_response(world, tmp_path):
+    """Each sample decoded alone (greedy rows do not depend on their batch), scored by ``eval.metrics.Metrics``
+    with its NR-20.1 list reward as RewardSum: the validation's per-task figures. (The random tiny model writes
+    no titles, so the list metrics are 0 here; tests/eval scores hand-made lists through the same
+    ``generation_metrics``.)"""
+    from reclm_jax.eval.metrics import Metrics
+    from reclm_jax.eval.parsing import parse_list
+    from reclm_jax.rl.data import prompt_ids
+    from reclm_jax.rl.rollout import GREEDY
+
+    trainer = RLTrainer(_cfg(world, tmp_path, "train.val_batch_size=4"), progress=False)
+    samples = trainer.data.val_samples()
+    res = trainer.validate(samples, None, "reference", log=None)
+    ctx, tok = trainer.data.ctx, trainer.tokenizer
+    want = Metrics(sorted({s["task"] for s in samples}), ctx.index, ctx.raw.category2item)
+    for s, ids in zip(samples, prompt_ids(samples, tok, trainer.cfg)):
+        (resp,), _ = trainer.rollout.generate([ids], sampling=GREEDY, adapter=None)
+        text = tok.decode(resp, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+        (reward,) = trainer.scorer.model.score([(s["task"], s["input_field_data"], text)])
+        want.add_sample(s["task"], s["input_field_data"], parse_list(text), s["output_text"], reward.list_reward)
+    for task, row in want.results().items():
+        got = res["results"][task]
+        for name, value in row.items():
+            assert got[name] == pytest.approx(value, abs=1e-6), (task, name)
+    for task, row in want.ratios().items():
+        assert res["ratios"][task] == pytest.approx(row)
+    assert set(res["results"]) == {"RLSeqRec", "RL-PersonalControlRec"}
