@@ -15,6 +15,7 @@ import uuid
 from contextlib import asynccontextmanager
 from typing import Any
 
+import jax
 from fastapi import FastAPI, Request
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import StreamingResponse
@@ -98,7 +99,7 @@ def create_app(engine: Engine, cfg: ServeConfig) -> FastAPI:
 
     @app.get("/health")
     async def health():
-        return json_response({"status": "ok", "pid": os.getpid(), "model": cfg.served_model_name,
+        return json_response({"status": "ok", "pid": os.getpid(), "jax": jax.__version__, "model": cfg.served_model_name,
                               "adapter": engine.adapter, "max_model_len": engine.max_model_len,
                               "decode_calls": engine.decode_calls, "compiles": engine.sampler.traces,
                               **batcher.stats(), "max_batch": cfg.max_batch, "max_wait_ms": cfg.max_wait_ms,
