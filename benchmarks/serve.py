@@ -37,7 +37,6 @@ import asyncio
 import importlib.util
 import json
 import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -298,14 +297,8 @@ def main() -> None:
         if getattr(args, key) is None:
             setattr(args, key, smoke[key] if args.smoke else full)
     args.clients = gen.parse_list(args.clients, int)
-    engines = ["reclm-jax"] if args.smoke else gen.parse_list(args.engines)
-    unknown = set(engines) - set(ENGINES)
-    if unknown:
-        sys.exit(f"error: unknown engines {sorted(unknown)}; choose from {', '.join(ENGINES)}")
-    missing = {e: "not asked for" for e in ENGINES if e not in engines}
-    if "vllm-cpu" in engines and not Path(args.vllm_python).exists():
-        missing["vllm-cpu"] = f"no {args.vllm_python}"
-        engines.remove("vllm-cpu")
+    engines, missing = gen.select_engines(["reclm-jax"] if args.smoke else gen.parse_list(args.engines), ENGINES,
+                                          args.vllm_python)
     work = Path(tempfile.mkdtemp(prefix="reclm_jax_serve_bench_"))
     if args.smoke:
         args.model = gen.write_smoke_model(work)
@@ -354,12 +347,7 @@ def main() -> None:
     print(markdown_table(summary, engines, missing))
     for line in [] if args.smoke else targets(summary):
         print("target: " + line)
-    if args.json:
-        with open(args.json, "a") as f:
-            f.write(json.dumps(result) + "\n")
-    if result["failures"]:
-        sys.exit(f"error: {', '.join(result['failures'])} failed; server logs in {work}")
-    shutil.rmtree(work, ignore_errors=True)
+    gen.finish(result, args.json, work, "server logs")
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ from reclm_jax.service.batcher import MicroBatcher
 from reclm_jax.service.http import HTTPError, guarded, json_response, read_json
 from reclm_jax.serve.config import ServeConfig
 from reclm_jax.serve.engine import Engine, Row
-from reclm_jax.serve.outputs import chat_response, completion_response, make_choices
+from reclm_jax.serve.outputs import make_choices, response
 from reclm_jax.serve.protocol import parse_request
 from reclm_jax.serve.sse import chat_events, completion_events
 
@@ -74,8 +74,7 @@ def create_app(engine: Engine, cfg: ServeConfig) -> FastAPI:
             if req.params.stream:
                 events = completion_events if kind == "completion" else chat_events
                 return list(events(req, choices, tok, rid, created, req.model))
-            build = completion_response if kind == "completion" else chat_response
-            return build(req, choices, tok, rid, created, req.model)
+            return response(req, choices, tok, rid, created, req.model)
 
         result = await batcher.submit(engine.make_job(req, finish))
         if req.params.stream:
@@ -99,7 +98,8 @@ def create_app(engine: Engine, cfg: ServeConfig) -> FastAPI:
 
     @app.get("/health")
     async def health():
-        return json_response({"status": "ok", "pid": os.getpid(), "jax": jax.__version__, "model": cfg.served_model_name,
+        return json_response({"status": "ok", "pid": os.getpid(), "jax": jax.__version__,
+                              "model": cfg.served_model_name,
                               "adapter": engine.adapter, "max_model_len": engine.max_model_len,
                               "decode_calls": engine.decode_calls, "compiles": engine.sampler.traces,
                               **batcher.stats(), "max_batch": cfg.max_batch, "max_wait_ms": cfg.max_wait_ms,

@@ -132,29 +132,19 @@ def chat_logprobs(choice: Choice, tokenizer: Any, start: int = 0, stop: int | No
 
 
 # -- whole responses ------------------------------------------------------------------------------------------
-def completion_response(req: ParsedRequest, choices: Sequence[Choice], tokenizer: Any, rid: str, created: int,
-                        model: str) -> dict:
+def response(req: ParsedRequest, choices: Sequence[Choice], tokenizer: Any, rid: str, created: int,
+             model: str) -> dict:
+    """The non-streamed ``text_completion`` (``req.kind`` "completion") or ``chat.completion`` object."""
+    chat = req.kind == "chat"
     out = []
     for c in choices:
-        item = {"index": c.index, "text": c.text,
-                "logprobs": completion_logprobs(c, tokenizer) if c.logprobs is not None else None,
-                "finish_reason": c.finish_reason, "stop_reason": c.stop_reason}
+        item = {"index": c.index, **({"message": {"role": "assistant", "content": c.text}} if chat else
+                                     {"text": c.text})}
+        logprobs = chat_logprobs if chat else completion_logprobs
+        item.update(logprobs=logprobs(c, tokenizer) if c.logprobs is not None else None,
+                    finish_reason=c.finish_reason, stop_reason=c.stop_reason)
         if req.params.return_token_ids:
             item.update(token_ids=c.token_ids, prompt_token_ids=list(c.prompt))
         out.append(item)
-    return {"id": rid, "object": "text_completion", "created": created, "model": model, "choices": out,
-            "usage": usage(req, choices)}
-
-
-def chat_response(req: ParsedRequest, choices: Sequence[Choice], tokenizer: Any, rid: str, created: int,
-                  model: str) -> dict:
-    out = []
-    for c in choices:
-        item = {"index": c.index, "message": {"role": "assistant", "content": c.text},
-                "logprobs": chat_logprobs(c, tokenizer) if c.logprobs is not None else None,
-                "finish_reason": c.finish_reason, "stop_reason": c.stop_reason}
-        if req.params.return_token_ids:
-            item.update(token_ids=c.token_ids, prompt_token_ids=list(c.prompt))
-        out.append(item)
-    return {"id": rid, "object": "chat.completion", "created": created, "model": model, "choices": out,
-            "usage": usage(req, choices)}
+    return {"id": rid, "object": "chat.completion" if chat else "text_completion", "created": created,
+            "model": model, "choices": out, "usage": usage(req, choices)}

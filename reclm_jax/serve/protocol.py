@@ -102,7 +102,7 @@ def get_float(body: dict, field: str, default: float, lo: float, hi: float, lo_o
     return float(v)
 
 
-def get_bool(body: dict, field: str, default: bool) -> bool:
+def get_bool(body: dict, field: str, default: bool | None) -> bool | None:
     v = body.get(field)
     if v is None:
         return default
@@ -126,8 +126,8 @@ def _refuse_unsupported(body: dict) -> None:
         v = body.get(field)
         if v is not None and not ok(v):
             raise BadRequest(f"'{field}' = {v!r} is not supported by this server (reclm-jax)", param=field)
-    best_of = body.get("best_of")
-    if best_of is not None and best_of != body.get("n", 1):
+    best_of, n = body.get("best_of"), body.get("n")
+    if best_of is not None and best_of != (1 if n is None else n):
         raise BadRequest("'best_of' other than n is not supported by this server (reclm-jax)", param="best_of")
 
 
@@ -158,7 +158,7 @@ def completion_prompts(body: dict, info: ModelInfo) -> list[list[int]]:
     p = body.get("prompt")
     if p is None:
         raise BadRequest("missing field 'prompt'", param="prompt")
-    add = get_bool(body, "add_special_tokens", None) if "add_special_tokens" in body else None
+    add = get_bool(body, "add_special_tokens", None)
     if isinstance(p, str):
         p = [p]
     if not isinstance(p, list) or not p:
@@ -213,7 +213,8 @@ def chat_prompt(body: dict, info: ModelInfo) -> list[int]:
     add_gen = get_bool(body, "add_generation_prompt", True)
     cont = get_bool(body, "continue_final_message", False)
     if add_gen and cont:
-        raise BadRequest("'continue_final_message' needs 'add_generation_prompt': false", param="continue_final_message")
+        raise BadRequest("'continue_final_message' needs 'add_generation_prompt': false",
+                         param="continue_final_message")
     if cont and clean[-1]["role"] != "assistant":
         raise BadRequest("'continue_final_message' needs the last message to be the assistant's",
                          param="continue_final_message")
@@ -221,8 +222,7 @@ def chat_prompt(body: dict, info: ModelInfo) -> list[int]:
         text = info.render_chat(clean, add_gen, cont)
     except UserError as e:
         raise BadRequest(str(e), param="messages") from None
-    add = get_bool(body, "add_special_tokens", None) if "add_special_tokens" in body else None
-    ids = info.encode(text, add)
+    ids = info.encode(text, get_bool(body, "add_special_tokens", None))
     if not ids:
         raise BadRequest("'messages' render to an empty prompt", param="messages")
     return ids

@@ -41,7 +41,7 @@ def test_concurrent_requests_share_one_decode_and_each_gets_its_own_answer(serve
     alone = [httpx.post(server.url + "/v1/completions", json=b, timeout=600).json() for b in greedy + [sampled]]
     # Long waits, 4 rows per batch: the four greedy requests fill one batch; the sampled one (another program)
     # waits for company of its own kind and runs in a second decode call.
-    with BackgroundServer(create_app(engine, serve_config(max_batch=4, max_wait_ms=1500))) as s:
+    with BackgroundServer(create_app(engine, serve_config(max_batch=4, max_wait_ms=3000))) as s:
         calls = engine.decode_calls
         together = asyncio.run(_gather(s.url, greedy + [sampled]))
         assert engine.decode_calls - calls == 2
@@ -69,22 +69,37 @@ def test_n_rows_of_one_request_and_several_prompts_fill_one_batch(server, engine
 
 
 def test_a_full_queue_gets_503_and_the_server_recovers(engine, serve_config):
-    gate = threading.Event()
-    app = create_app(Wrapped(engine, before=lambda jobs: gate.wait(30)), serve_config(max_queue=1, max_batch=1))
+    gate, entered = threading.Event(), threading.Event()
+
+    def hold(jobs):
+        entered.set()
+        gate.wait(60)
+
+    app = create_app(Wrapped(engine, before=hold), serve_config(max_queue=1, max_batch=1))
     body = {"prompt": "hi", "max_tokens": 2, "temperature": 0}
     with BackgroundServer(app) as s:
+        async def wait_for(cond, what):
+            for _ in range(600):
+                if cond():
+                    return
+                await asyncio.sleep(0.05)
+            raise AssertionError(f"timed out waiting for {what}")
+
         async def go():
             async with httpx.AsyncClient(base_url=s.url, timeout=600) as client:
-                tasks = [asyncio.create_task(client.post("/v1/completions", json=body)) for _ in range(6)]
-                await asyncio.sleep(1.0)
+                running = asyncio.create_task(client.post("/v1/completions", json=body))
+                await wait_for(entered.is_set, "the first request to start decoding")
+                queued = asyncio.create_task(client.post("/v1/completions", json=body))
+                await wait_for(lambda: httpx.get(s.url + "/health").json()["queued"] == 1, "a queued request")
+                refused = await client.post("/v1/completions", json=body)  # the queue holds max_queue = 1
                 gate.set()
-                return await asyncio.gather(*tasks)
+                return refused, await running, await queued
 
-        responses = asyncio.run(go())
-        codes = sorted(r.status_code for r in responses)
-        assert set(codes) == {200, 503} and codes.count(200) >= 2  # one decoding, one queued; the rest refused
-        busy = next(r for r in responses if r.status_code == 503)
-        assert busy.json()["error"]["type"] == "server_error" and busy.headers["retry-after"] == "1"
+        refused, running, queued = asyncio.run(go())
+        assert refused.status_code == 503 and running.status_code == 200 and queued.status_code == 200
+        err = refused.json()["error"]
+        assert err["type"] == "server_error" and err["code"] == "overloaded" and "full" in err["message"]
+        assert refused.headers["retry-after"] == "1"
         assert httpx.post(s.url + "/v1/completions", json=body, timeout=600).status_code == 200
 
 

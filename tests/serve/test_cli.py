@@ -51,7 +51,7 @@ def test_the_command_serves_on_its_port(tiny_llama_dir, server):
                                                  timeout=600).json()["choices"]
         # the port is taken now: a second server stops before loading anything
         res = subprocess.run(serve_cmd("--model", tiny_llama_dir, "--port", port), cwd=REPO, env=env,
-                             capture_output=True, text=True, timeout=120)
+                             capture_output=True, text=True, timeout=600)
         assert res.returncode == 2 and res.stderr.startswith("error: --port") and str(port) in res.stderr
     finally:
         proc.terminate()
@@ -65,11 +65,18 @@ def test_the_command_serves_on_its_port(tiny_llama_dir, server):
     (["--model", "{model}", "--max-batch", "0"], "--max-batch"),
     (["--model", "{model}", "--port", "70000"], "--port"),
 ], ids=["no-model", "not-an-adapter", "merge-without-adapter", "max-batch", "port-range"])
-def test_argument_errors_exit_2_with_one_line(tiny_llama_dir, args, needle):
-    args = [a.replace("{model}", str(tiny_llama_dir)) for a in args]
-    res = subprocess.run(serve_cmd(*args), cwd=REPO, capture_output=True, text=True, timeout=120,
-                         env={**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(REPO)})
-    assert res.returncode == 2 and res.stderr.startswith("error:") and needle in res.stderr, res.stderr
+def test_argument_errors_are_user_errors_naming_the_flag(tiny_llama_dir, args, needle):
+    from reclm_jax.errors import UserError
+    from reclm_jax.serve.__main__ import main
+
+    with pytest.raises(UserError, match=needle.replace("-", "\\-")):
+        main([a.replace("{model}", str(tiny_llama_dir)) for a in args])
+
+
+def test_a_user_error_exits_2_with_one_line(tmp_path):
+    res = subprocess.run(serve_cmd("--model", tmp_path / "missing"), cwd=REPO, capture_output=True, text=True,
+                         timeout=600, env={**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(REPO)})
+    assert res.returncode == 2 and res.stderr.startswith("error: --model") and "missing" in res.stderr
     assert "Traceback" not in res.stderr
 
 
