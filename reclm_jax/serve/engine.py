@@ -22,6 +22,7 @@ import numpy as np
 
 from reclm_jax.errors import UserError
 from reclm_jax.models.generation import MAX_STOP_IDS, SamplingConfig
+from reclm_jax.service.http import BadRequest
 from reclm_jax.serve.config import MAX_TOP_LOGPROBS
 from reclm_jax.serve.protocol import ParsedRequest
 
@@ -83,7 +84,8 @@ class Engine:
         self.sampler = Sampler(model, pad_id=self.pad_id, stop_ids=self.stop_ids, batch_buckets=buckets)
         self.decode_calls = 0  # Sampler calls (tests and /health read it)
         self._lock = threading.Lock()  # one decode at a time, whichever app's worker thread asks
-        self._stop_token_cache: dict[str, int | None] = {}
+        # Stop strings come from clients: a bounded cache, so endless distinct strings cannot grow memory.
+        self.stop_string_token = functools.lru_cache(maxsize=4096)(self._stop_string_token)
 
     # -- text <-> tokens (validation calls these on the event loop) ----------------------------------------
     def encode(self, text: str, add_special_tokens: bool | None = None) -> list[int]:
@@ -107,20 +109,17 @@ class Engine:
         except Exception as e:  # jinja's raise_exception (e.g. roles that do not alternate), template errors
             raise UserError(f"the chat template refused these messages: {e}") from None
 
-    def stop_string_token(self, text: str) -> int | None:
+    def _stop_string_token(self, text: str) -> int | None:
         """The token whose text is exactly ``text``, also after another token (so generating it puts ``text``
-        in the output), or None. Such a stop string can also end the row as a stop id, early."""
-        if text not in self._stop_token_cache:
-            ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-            found = None
-            if len(ids) == 1:
-                before = self.tokenizer("a", add_special_tokens=False)["input_ids"]
-                alone = self.tokenizer.decode(ids)
-                after = self.tokenizer.decode(before + ids)
-                if alone == text and after.endswith(text):
-                    found = int(ids[0])
-            self._stop_token_cache[text] = found
-        return self._stop_token_cache[text]
+        in the output), or None. Such a stop string can also end the row as a stop id, early. (Called through
+        ``self.stop_string_token``, a bounded cache of it.)"""
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        if len(ids) != 1:
+            return None
+        before = self.tokenizer("a", add_special_tokens=False)["input_ids"]
+        if self.tokenizer.decode(ids) == text and self.tokenizer.decode(before + ids).endswith(text):
+            return int(ids[0])
+        return None
 
     # -- jobs ------------------------------------------------------------------------------------------------
     def make_job(self, req: ParsedRequest, finish: Callable[[list[Row]], Any]) -> Job:
@@ -131,8 +130,6 @@ class Engine:
         stops = [] if p.ignore_eos else list(self.stop_ids)
         stops += [t for t in p.stop_token_ids if t not in stops]
         if len(stops) > MAX_STOP_IDS:
-            from reclm_jax.service.http import BadRequest
-
             raise BadRequest(f"'stop_token_ids': with the model's own stop ids that is {len(stops)} stop tokens; at "
                              f"most {MAX_STOP_IDS} are supported", param="stop_token_ids")
         for s in p.stop:  # single-token stop strings also stop the row early; the text cut stays the same
