@@ -88,7 +88,8 @@ def main() -> None:
                                                                  "teacher_calls": builder.teacher_calls}}
 
     from reclm_jax.teacher.client import TeacherClient
-    from reclm_jax.teacher.serve import BackgroundServer, ServeConfig, create_app
+    from reclm_jax.service.server import BackgroundServer
+    from reclm_jax.teacher.serve import ServeConfig, create_app
 
     with BackgroundServer(create_app(teacher, ServeConfig(max_batch=1024, max_wait_ms=2.0))) as server:
         client = TeacherClient(port=server.port, batch_size=1024)

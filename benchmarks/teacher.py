@@ -104,7 +104,7 @@ def load(port: int, bodies: list[bytes], clients: int, seconds: float, path: str
 
 class Service:
     def __init__(self, run: Path, *extra: str):
-        from reclm_jax.teacher.serve import free_port
+        from reclm_jax.service.server import free_port
 
         self.port = free_port()
         env = {**os.environ, "JAX_PLATFORMS": "cpu"}

@@ -73,6 +73,10 @@ class GenerationResult:
     logprobs: np.ndarray  # float32 [B, max_new_tokens]; model log-probabilities of `tokens`, 0 after the end
     lengths: np.ndarray  # int32 [B]: generated tokens per row, including the stop token if any
     stopped: np.ndarray  # bool [B]: the row ended on a stop id (False: it hit its max_new_tokens)
+    # With ``top_logprobs=k``: the k most likely tokens of each step, int32 [B, max_new_tokens, k] (most likely
+    # first), and their model log-probabilities, float32; pad_id and 0 after the end. None otherwise.
+    top_ids: np.ndarray | None = None
+    top_logprobs: np.ndarray | None = None
 
     def token_lists(self) -> list[list[int]]:
         return [row[:n].tolist() for row, n in zip(self.tokens, self.lengths)]

@@ -20,19 +20,17 @@ import dataclasses
 import gc
 import json
 import os
-import socket
-import threading
-import time
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
-from starlette.responses import Response
 
 from reclm_jax.errors import UserError
+from reclm_jax.service.http import BadRequest, guarded, json_response, read_json
+from reclm_jax.service.server import BackgroundServer, check_port, free_port, run_server  # noqa: F401
+from reclm_jax.teacher.batcher import Job, teacher_batcher
 from reclm_jax.teacher.connect import DEFAULT_PORT
-from reclm_jax.teacher.batcher import Job, MicroBatcher, QueueFullError
 from reclm_jax.teacher.teacher import Teacher
 
 ENV_ARGS = "RECLM_TEACHER_SERVE_ARGS"  # how worker processes (--workers > 1) receive the settings
@@ -46,10 +44,6 @@ class ServeConfig:
     max_history: int = 1024  # longest accepted history (the model uses its last `window` items)
     max_users: int = 4096  # users per request
     max_k: int = 1000
-
-
-class BadRequest(Exception):
-    pass
 
 
 def _list(body: dict, key: str, n: int | None = None, required: bool = True) -> list | None:
@@ -130,7 +124,7 @@ def parse_request(body: Any, kind: str, teacher: Teacher, cfg: ServeConfig) -> J
 
 def create_app(teacher: Teacher, cfg: ServeConfig = ServeConfig()):
     """The FastAPI app; its micro-batcher starts with the app's lifespan."""
-    batcher = MicroBatcher(teacher, cfg.max_batch, cfg.max_wait_ms / 1000.0, cfg.max_queue)
+    batcher = teacher_batcher(teacher, cfg.max_batch, cfg.max_wait_ms / 1000.0, cfg.max_queue)
 
     @asynccontextmanager
     async def lifespan(app):
@@ -141,26 +135,12 @@ def create_app(teacher: Teacher, cfg: ServeConfig = ServeConfig()):
     app = FastAPI(title="reclm-jax teacher", lifespan=lifespan)
     app.state.batcher = batcher
 
-    def reply(obj: Any, status: int = 200) -> Response:
-        return Response(json.dumps(obj, separators=(",", ":")), status_code=status, media_type="application/json")
+    async def handle(request: Request, kind: str, key: str):
+        async def answer():
+            job = parse_request(await read_json(request), kind, teacher, cfg)
+            return json_response({key: await batcher.submit(job)})
 
-    async def handle(request: Request, kind: str, key: str) -> Response:
-        try:
-            raw = await request.body()
-            try:
-                body = json.loads(raw)
-            except (ValueError, UnicodeDecodeError) as e:
-                raise BadRequest(f"malformed JSON: {e}") from None
-            job = parse_request(body, kind, teacher, cfg)
-            return reply({key: await batcher.submit(job)})
-        except BadRequest as e:
-            return reply({"error": str(e)}, 400)
-        except UserError as e:  # checks the model itself made
-            return reply({"error": str(e)}, 400)
-        except QueueFullError as e:
-            return reply({"error": f"too busy: {e}; retry later"}, 503)
-        except Exception as e:  # a bug: report it, keep serving
-            return reply({"error": f"internal error: {type(e).__name__}: {e}"}, 500)
+        return await guarded(answer)  # {"error": "..."}: 400 bad input, 503 full queue, 500 a bug
 
     @app.post("/inference")
     async def inference(request: Request):
@@ -172,47 +152,12 @@ def create_app(teacher: Teacher, cfg: ServeConfig = ServeConfig()):
 
     @app.get("/health")
     async def health():
-        return reply({"status": "ok", "pid": os.getpid(), "items": len(teacher.items), "users": len(teacher.users),
-                      "categories": len(teacher.categories), "window": teacher.window,
-                      "queued": batcher.queued, "batches": batcher.batches, "requests": batcher.jobs_done,
-                      **dataclasses.asdict(cfg)})
+        return json_response({"status": "ok", "pid": os.getpid(), "items": len(teacher.items),
+                              "users": len(teacher.users), "categories": len(teacher.categories),
+                              "window": teacher.window, "queued": batcher.queued, "batches": batcher.batches,
+                              "requests": batcher.jobs_done, **dataclasses.asdict(cfg)})
 
     return app
-
-
-class BackgroundServer:
-    """Runs an app with uvicorn on a thread (tests, benchmarks, notebooks): ``with BackgroundServer(app) as s``."""
-
-    def __init__(self, app, host: str = "127.0.0.1", port: int | None = None):
-        import uvicorn
-
-        self.host, self.port = host, port or free_port()
-        self._server = uvicorn.Server(uvicorn.Config(app, host=host, port=self.port, log_level="warning",
-                                                     access_log=False))
-        self._thread = threading.Thread(target=self._server.run, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
-
-    def __enter__(self) -> "BackgroundServer":
-        self._thread.start()
-        deadline = time.time() + 30
-        while not self._server.started:
-            if time.time() > deadline or not self._thread.is_alive():
-                raise RuntimeError("the teacher service did not start")
-            time.sleep(0.02)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._server.should_exit = True
-        self._thread.join(timeout=10)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _load(args: dict) -> tuple[Teacher, ServeConfig]:
@@ -254,20 +199,18 @@ def main(argv: list[str] | None = None) -> int:
     if not Path(a.checkpoint).is_dir():
         raise UserError(f"--checkpoint {a.checkpoint}: no such folder")
     args = {"checkpoint": a.checkpoint, "data_path": a.data_path, "serve": serve}
-
-    import uvicorn
+    check_port(a.host, a.port)
 
     if a.workers == 1:
         teacher, cfg = _load(args)
         print(f"teacher service: {len(teacher.items):,} items, http://{a.host}:{a.port}", flush=True)
-        uvicorn.run(create_app(teacher, cfg), host=a.host, port=a.port, log_level="warning", access_log=False,
-                    http=a.http)
+        run_server(create_app(teacher, cfg), a.host, a.port, http=a.http)
     else:
         Teacher.from_checkpoint(a.checkpoint, a.data_path)  # fail here, once, on a bad checkpoint or dataset
         os.environ[ENV_ARGS] = json.dumps(args)
         print(f"teacher service: {a.workers} workers on http://{a.host}:{a.port}", flush=True)
-        uvicorn.run("reclm_jax.teacher.serve:app_from_env", factory=True, workers=a.workers, host=a.host,
-                    port=a.port, log_level="warning", access_log=False, http=a.http)
+        run_server("reclm_jax.teacher.serve:app_from_env", a.host, a.port, http=a.http, factory=True,
+                   workers=a.workers)
     return 0
 
 

@@ -19,7 +19,8 @@ def tiny_raw(tiny_dataset_dir):
 
 @pytest.fixture(scope="session")
 def teacher_service(teacher):
-    from reclm_jax.teacher.serve import BackgroundServer, ServeConfig, create_app
+    from reclm_jax.service.server import BackgroundServer
+    from reclm_jax.teacher.serve import ServeConfig, create_app
 
     with BackgroundServer(create_app(teacher, ServeConfig(max_batch=256, max_wait_ms=2.0))) as server:
         yield server

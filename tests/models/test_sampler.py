@@ -230,3 +230,22 @@ def test_jax_keys_are_one_seed_and_other_arrays_must_be_one_int_per_prompt(model
 
 def test_sampler_has_no_set_model():
     assert not hasattr(Sampler, "set_model")  # replaced by update_params / a new Sampler
+
+
+def test_top_logprobs_are_the_k_most_likely_tokens_of_every_step(model, prompts):
+    sampler = Sampler(model, pad_id=3)
+    plain = sampler(prompts, max_new_tokens=[6, 9, 4])
+    res = sampler(prompts, max_new_tokens=[6, 9, 4], top_logprobs=5)
+    assert plain.top_ids is None and res.top_ids.shape == res.top_logprobs.shape == (3, 9, 5)
+    assert res.token_lists() == plain.token_lists()  # the same tokens: alternatives are only read
+    for i, p in enumerate(prompts):
+        n = int(res.lengths[i])
+        seq = np.asarray([p + res.token_lists()[i]])
+        logp = np.asarray(jax.nn.log_softmax(model(seq).logits[0].astype(jnp.float32)))[len(p) - 1:len(p) - 1 + n]
+        want = np.argsort(-logp, axis=-1, kind="stable")[:, :5]
+        np.testing.assert_array_equal(res.top_ids[i, :n], want)
+        np.testing.assert_allclose(res.top_logprobs[i, :n], np.take_along_axis(logp, want, -1), atol=1e-5)
+        assert (res.top_ids[i, :n, 0] == res.tokens[i, :n]).all()  # greedy: the chosen token is the most likely
+        assert (res.top_ids[i, n:] == 3).all() and (res.top_logprobs[i, n:] == 0).all()
+    with pytest.raises(UserError, match="top_logprobs"):
+        sampler(prompts, max_new_tokens=2, top_logprobs=-1)

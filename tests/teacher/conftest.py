@@ -38,7 +38,8 @@ def cycle_dataset(tmp_path_factory):
 @pytest.fixture(scope="session")
 def service(teacher):
     """A live service on a free localhost port (thread), sharing the in-process teacher."""
-    from reclm_jax.teacher.serve import BackgroundServer, ServeConfig, create_app
+    from reclm_jax.service.server import BackgroundServer
+    from reclm_jax.teacher.serve import ServeConfig, create_app
 
     with BackgroundServer(create_app(teacher, ServeConfig(max_batch=256, max_wait_ms=5.0))) as server:
         yield server

@@ -10,7 +10,7 @@ from starlette.responses import JSONResponse
 
 from reclm_jax.errors import UserError
 from reclm_jax.teacher.client import TeacherClient, TeacherUnavailableError
-from reclm_jax.teacher.serve import BackgroundServer, free_port
+from reclm_jax.service.server import BackgroundServer, free_port
 
 
 def test_client_matches_teacher_in_batches(teacher, service, tiny_dataset_dir):

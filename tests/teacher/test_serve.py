@@ -125,7 +125,8 @@ def test_k_zero_is_answered_with_empty_lists(service):
 
 
 def test_full_queue_gets_503(teacher):
-    from reclm_jax.teacher.serve import BackgroundServer, ServeConfig, create_app
+    from reclm_jax.service.server import BackgroundServer
+    from reclm_jax.teacher.serve import ServeConfig, create_app
 
     gate = threading.Event()
 
@@ -156,7 +157,7 @@ def test_full_queue_gets_503(teacher):
 
 @pytest.mark.parametrize("workers", [1, 2])
 def test_serve_cli_starts_and_answers(tiny_teacher_dir, teacher, workers):
-    from reclm_jax.teacher.serve import free_port
+    from reclm_jax.service.server import free_port
 
     port = free_port()
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}

@@ -1,0 +1,109 @@
+"""The FastAPI app: OpenAI's ``/v1/models``, ``/v1/completions``, ``/v1/chat/completions``, and ``/health``.
+
+Handlers only validate (``protocol.py``) and wait: the request becomes a ``Job`` for the shared
+``MicroBatcher``, whose worker thread decodes (``engine.py``) and builds the response (``outputs.py`` /
+``sse.py``), so the event loop never blocks on JAX. Every error is OpenAI's JSON
+``{"error": {"message", "type", "param", "code"}}``: 400 for a bad request, 404 for an unknown model or path,
+503 when the queue is full, 500 for a bug or a failed decode (only the requests of that batch fail).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from contextlib import asynccontextmanager
+from typing import Any
+
+import jax
+from fastapi import FastAPI, Request
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import StreamingResponse
+
+from reclm_jax.service.batcher import MicroBatcher
+from reclm_jax.service.http import HTTPError, guarded, json_response, read_json
+from reclm_jax.serve.config import ServeConfig
+from reclm_jax.serve.engine import Engine, Row
+from reclm_jax.serve.outputs import make_choices, response
+from reclm_jax.serve.protocol import parse_request
+from reclm_jax.serve.sse import chat_events, completion_events
+
+ERROR_TYPES = {400: "invalid_request_error", 404: "invalid_request_error", 503: "server_error",
+               500: "server_error"}
+
+
+def openai_error(status: int, message: str, err: HTTPError | None) -> dict:
+    code = err.code if err is not None and err.code else (None if status < 500 else
+                                                          "overloaded" if status == 503 else "internal_error")
+    return {"error": {"message": message, "type": ERROR_TYPES.get(status, "invalid_request_error"),
+                      "param": err.param if err is not None else None, "code": code}}
+
+
+def create_app(engine: Engine, cfg: ServeConfig) -> FastAPI:
+    """The app over ``engine``; its micro-batcher starts and stops with the app's lifespan. Several apps may
+    share one engine (its decodes are serialised)."""
+    batcher = MicroBatcher(engine.run_batch, cfg.max_batch, cfg.max_wait_ms / 1000.0, cfg.max_queue,
+                           thread_name="decode")
+    started = int(time.time())
+
+    @asynccontextmanager
+    async def lifespan(app):
+        batcher.start()
+        yield
+        await batcher.stop()
+
+    app = FastAPI(title="reclm-jax OpenAI-compatible server", lifespan=lifespan, docs_url=None, redoc_url=None,
+                  openapi_url=None)
+    app.state.batcher, app.state.engine, app.state.cfg = batcher, engine, cfg
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException):  # unknown paths, wrong methods
+        message = f"{request.method} {request.url.path}: {exc.detail}"
+        status = exc.status_code
+        return json_response(openai_error(status, message, HTTPError(message, status=status)), status)
+
+    async def generate(request: Request, kind: str):
+        body = await read_json(request)
+        req = parse_request(body, kind, engine, cfg)
+        rid = f"{'cmpl' if kind == 'completion' else 'chatcmpl'}-{uuid.uuid4().hex}"
+        created = int(time.time())
+        tok = engine.tokenizer
+
+        def finish(rows: list[Row]) -> Any:  # on the worker thread
+            choices = make_choices(req, rows, tok)
+            if req.params.stream:
+                events = completion_events if kind == "completion" else chat_events
+                return list(events(req, choices, tok, rid, created, req.model))
+            return response(req, choices, tok, rid, created, req.model)
+
+        result = await batcher.submit(engine.make_job(req, finish))
+        if req.params.stream:
+            return StreamingResponse(iter(result), media_type="text/event-stream",
+                                     headers={"Cache-Control": "no-cache"})
+        return json_response(result)
+
+    @app.post("/v1/completions")
+    async def completions(request: Request):
+        return await guarded(lambda: generate(request, "completion"), openai_error)
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request):
+        return await guarded(lambda: generate(request, "chat"), openai_error)
+
+    @app.get("/v1/models")
+    async def models():
+        return json_response({"object": "list", "data": [{
+            "id": cfg.served_model_name, "object": "model", "created": started, "owned_by": "reclm-jax",
+            "root": str(engine.model_dir), "parent": None, "max_model_len": engine.max_model_len}]})
+
+    @app.get("/health")
+    async def health():
+        return json_response({"status": "ok", "pid": os.getpid(), "jax": jax.__version__,
+                              "model": cfg.served_model_name,
+                              "adapter": engine.adapter, "max_model_len": engine.max_model_len,
+                              "decode_calls": engine.decode_calls, "compiles": engine.sampler.traces,
+                              **batcher.stats(), "max_batch": cfg.max_batch, "max_wait_ms": cfg.max_wait_ms,
+                              "max_queue": cfg.max_queue})
+
+    return app
+

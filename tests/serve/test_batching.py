@@ -1,0 +1,119 @@
+"""Batching: concurrent requests that can compile together share one decode call and each gets what it gets
+alone; other sampling settings form their own batch; a full queue is 503; a failed decode fails only its batch.
+The apps here share the session's engine (and its compiled programs) with their own batcher settings."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import httpx
+
+from reclm_jax.serve.app import create_app
+from reclm_jax.service.server import BackgroundServer
+
+PROMPTS = ["The quick brown fox", "Recommend a movie like 'Heat (1995)'", "1. Fargo (1996)\n 2.", "Sure! What"]
+
+
+class Wrapped:
+    """The real engine with its batch runner wrapped (held at a gate, or failing once); all else delegated."""
+
+    def __init__(self, engine, before=None):
+        self._engine, self._before = engine, before
+
+    def __getattr__(self, name):
+        return getattr(self._engine, name)
+
+    def run_batch(self, jobs):
+        if self._before is not None:
+            self._before(jobs)
+        return self._engine.run_batch(jobs)
+
+
+async def _gather(url, bodies, path="/v1/completions"):
+    async with httpx.AsyncClient(base_url=url, timeout=600) as client:
+        return await asyncio.gather(*(client.post(path, json=b) for b in bodies))
+
+
+def test_concurrent_requests_share_one_decode_and_each_gets_its_own_answer(server, engine, serve_config):
+    greedy = [{"prompt": p, "max_tokens": 6 + 2 * i, "temperature": 0} for i, p in enumerate(PROMPTS)]
+    sampled = {"prompt": PROMPTS[0], "max_tokens": 8, "temperature": 1.0, "seed": 7}
+    alone = [httpx.post(server.url + "/v1/completions", json=b, timeout=600).json() for b in greedy + [sampled]]
+    # Long waits, 4 rows per batch: the four greedy requests fill one batch; the sampled one (another program)
+    # waits for company of its own kind and runs in a second decode call.
+    with BackgroundServer(create_app(engine, serve_config(max_batch=4, max_wait_ms=3000))) as s:
+        calls = engine.decode_calls
+        together = asyncio.run(_gather(s.url, greedy + [sampled]))
+        assert engine.decode_calls - calls == 2
+        health = httpx.get(s.url + "/health").json()
+        assert health["batches"] == 2 and health["requests"] == 5 and health["rows"] == 5
+    for a, t in zip(alone, together):
+        assert t.status_code == 200
+        assert [c["text"] for c in t.json()["choices"]] == [c["text"] for c in a["choices"]]
+        assert t.json()["usage"] == a["usage"]
+
+
+def test_n_rows_of_one_request_and_several_prompts_fill_one_batch(server, engine):
+    calls = engine.decode_calls
+    r = httpx.post(server.url + "/v1/completions", json={"prompt": PROMPTS[:2], "n": 2, "max_tokens": 5,
+                                                         "temperature": 1.0, "seed": 1}, timeout=600)
+    assert r.status_code == 200 and len(r.json()["choices"]) == 4 and engine.decode_calls - calls == 1
+    # more rows than max_batch (4) are decoded max_batch at a time
+    calls = engine.decode_calls
+    r = httpx.post(server.url + "/v1/completions", json={"prompt": PROMPTS[:3], "n": 2, "max_tokens": 5,
+                                                         "temperature": 1.0, "seed": 1}, timeout=600)
+    assert r.status_code == 200 and len(r.json()["choices"]) == 6 and engine.decode_calls - calls == 2
+    first = httpx.post(server.url + "/v1/completions", json={"prompt": PROMPTS[:2], "n": 2, "max_tokens": 5,
+                                                             "temperature": 1.0, "seed": 1}, timeout=600)
+    assert [c["text"] for c in r.json()["choices"][:4]] == [c["text"] for c in first.json()["choices"]]
+
+
+def test_a_full_queue_gets_503_and_the_server_recovers(engine, serve_config):
+    gate, entered = threading.Event(), threading.Event()
+
+    def hold(jobs):
+        entered.set()
+        gate.wait(60)
+
+    app = create_app(Wrapped(engine, before=hold), serve_config(max_queue=1, max_batch=1))
+    body = {"prompt": "hi", "max_tokens": 2, "temperature": 0}
+    with BackgroundServer(app) as s:
+        async def wait_for(cond, what):
+            for _ in range(600):
+                if cond():
+                    return
+                await asyncio.sleep(0.05)
+            raise AssertionError(f"timed out waiting for {what}")
+
+        async def go():
+            async with httpx.AsyncClient(base_url=s.url, timeout=600) as client:
+                running = asyncio.create_task(client.post("/v1/completions", json=body))
+                await wait_for(entered.is_set, "the first request to start decoding")
+                queued = asyncio.create_task(client.post("/v1/completions", json=body))
+                await wait_for(lambda: httpx.get(s.url + "/health").json()["queued"] == 1, "a queued request")
+                refused = await client.post("/v1/completions", json=body)  # the queue holds max_queue = 1
+                gate.set()
+                return refused, await running, await queued
+
+        refused, running, queued = asyncio.run(go())
+        assert refused.status_code == 503 and running.status_code == 200 and queued.status_code == 200
+        err = refused.json()["error"]
+        assert err["type"] == "server_error" and err["code"] == "overloaded" and "full" in err["message"]
+        assert refused.headers["retry-after"] == "1"
+        assert httpx.post(s.url + "/v1/completions", json=body, timeout=600).status_code == 200
+
+
+def test_a_failed_decode_fails_only_its_batch(engine, serve_config):
+    failures = iter([RuntimeError("device lost")])
+
+    def fail_once(jobs):
+        err = next(failures, None)
+        if err is not None:
+            raise err
+
+    app = create_app(Wrapped(engine, before=fail_once), serve_config())
+    body = {"prompt": "hi", "max_tokens": 2, "temperature": 0}
+    with BackgroundServer(app) as s:
+        r = httpx.post(s.url + "/v1/completions", json=body, timeout=600)
+        assert r.status_code == 500 and "device lost" in r.json()["error"]["message"]
+        assert httpx.post(s.url + "/v1/completions", json=body, timeout=600).status_code == 200
