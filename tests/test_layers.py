@@ -10,8 +10,8 @@ PKG = Path(__file__).parents[1] / "reclm_jax"
 ORDER = ["foundation", "datasets", "models", "train", "teacher", "data", "eval", "stages"]
 LAYER = {"datasets": "datasets", "models": "models", "train": "train", "teacher": "teacher", "data": "data",
          "eval": "eval", "testing": "stages", "sft": "stages", "rl": "stages", "generate": "stages",
-         "export": "stages"}
-STAGES = {"sft", "rl", "generate", "export"}
+         "export": "stages", "serve": "stages", "service": "foundation"}
+STAGES = {"sft", "rl", "generate", "export", "serve"}
 # Documented exception: a Sampler given weights on a mesh without a Runtime builds one (lazily, in a function).
 ALLOWED = {("models/sampler.py", "train")}
 
