@@ -21,6 +21,18 @@ def test_setup_venv_rejects_what_is_not_an_extra(extra, tmp_path):
     assert res.returncode == 2 and "is not a pyproject extra" in res.stderr
 
 
+def test_quickstart_test_stage_checks_its_arguments_and_inputs(tmp_path):
+    script = str(REPO / "scripts" / "quickstart_test_stage.sh")
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "RECLM_JAX_RUNS": str(tmp_path / "runs")}
+    res = subprocess.run(["bash", script, "--bogus"], capture_output=True, text=True, timeout=60, env=env)
+    assert res.returncode == 2 and "--bogus" in res.stderr
+    res = subprocess.run(["bash", script], capture_output=True, text=True, timeout=60, env=env)
+    assert res.returncode == 2 and "run scripts/quickstart.sh first" in res.stderr
+    assert str(tmp_path / ".cache" / "reclm_jax" / "datasets" / "ml-1m") in res.stderr  # the first missing input
+    res = subprocess.run(["bash", script, "--help"], capture_output=True, text=True, timeout=60, env=env)
+    assert res.returncode == 0 and "EVAL_USERS" in res.stdout
+
+
 def test_quickstart_rejects_unknown_arguments():
     res = subprocess.run(["bash", str(REPO / "scripts" / "quickstart.sh"), "--bogus"], capture_output=True,
                          text=True, timeout=60)
@@ -63,7 +75,7 @@ def test_quickstart_help_lists_every_numbered_step_and_budget():
     listed = [int(n) for n in re.findall(r"^#\s+(\d+)\. ", res.stdout, re.M)]
     stamps = re.findall(r'stamp "== \[(\d+)/(\d+)\]', QUICKSTART.read_text())
     assert listed == [int(i) for i, _ in stamps] == list(range(1, len(stamps) + 1))
-    assert {int(n) for _, n in stamps} == {len(stamps)} == {7}
+    assert {int(n) for _, n in stamps} == {len(stamps)} == {8}
     for var in ("TEACHER_SECONDS", "SFT_STEPS", "SFT_SECONDS", "RL_ITERS", "RL_SECONDS", "RL_LR"):
         assert var in res.stdout and re.search(rf'^{var}="\$\{{{var}:-', QUICKSTART.read_text(), re.M)
     header = QUICKSTART.read_text().splitlines()[1:]
