@@ -19,6 +19,13 @@ for arg in "$@"; do
   esac
 done
 CACHE="${RECLM_JAX_CACHE:-$HOME/.cache/reclm_jax}"
+RUNS_CHECK="${RECLM_JAX_RUNS:-runs}"
+if [ ! -e "$CACHE/datasets/$DATASET" ] || [ ! -e "$RUNS_CHECK/quickstart_sft_${DATASET/-/}/merged" ]; then
+  echo "error: $CACHE/datasets/$DATASET or $RUNS_CHECK/quickstart_sft_${DATASET/-/}/merged not found: run scripts/quickstart.sh first" >&2
+  exit 2
+fi
+# An explicit (empty) extra: a bare 'source' would hand this script's own arguments to setup_venv.sh.
+source scripts/setup_venv.sh ""
 RUNS="${RECLM_JAX_RUNS:-runs}"
 DATA_DIR="$CACHE/datasets/$DATASET"
 MODEL_DIR="$CACHE/models/smollm2-135m-instruct"
