@@ -68,9 +68,13 @@ def test_the_command_serves_on_its_port(tiny_llama_dir, server):
 def test_argument_errors_are_user_errors_naming_the_flag(tiny_llama_dir, args, needle):
     from reclm_jax.errors import UserError
     from reclm_jax.serve.__main__ import main
+    from reclm_jax.service.server import free_port
 
+    args = [a.replace("{model}", str(tiny_llama_dir)) for a in args]
+    if "--port" not in args:  # the default port may be taken on this machine (a real server): not the subject here
+        args += ["--port", str(free_port())]
     with pytest.raises(UserError, match=needle.replace("-", "\\-")):
-        main([a.replace("{model}", str(tiny_llama_dir)) for a in args])
+        main(args)
 
 
 def test_a_user_error_exits_2_with_one_line(tmp_path):
