@@ -4,7 +4,7 @@
 #      with the original's test client on the first EVAL_USERS test users: the base model as a general LLM
 #      (the original's flattened prompt and parser), the SFT and the RL models as fine-tuned ones
 #   2. the teacher's and popularity's own lists, scored the same way
-#   3. one report comparing them: $RUNS/report_<dataset>/index.html (+ report.png when chromium is installed)
+#   3. one report comparing them: $RUNS/report_<dataset>/index.html (+ $RUNS/report_<dataset>.png with chromium)
 # Usage: scripts/quickstart_test_stage.sh [--small]   (--small: MovieLens-100K, as the quickstart's flag)
 # Budgets: EVAL_USERS (default 60 users, x 7 tasks per model), EVAL_MAX_TOKENS (default 256 new tokens per
 # answer), EVAL_PORT (default 13579). Answers are cached per model and task: a second run re-asks nothing.
@@ -86,4 +86,4 @@ for kind in teacher popularity; do
   runs+=("$EVAL_DIR/$kind")
 done
 python -m reclm_jax.eval.report "${runs[@]}" --out "$REPORT_DIR" \
-  --title "Quickstart on $DATASET: $EVAL_USERS test users" --screenshot "$REPORT_DIR/report.png"
+  --title "Quickstart on $DATASET: $EVAL_USERS test users" --screenshot "$RUNS/report_${DATASET/-/}.png"
