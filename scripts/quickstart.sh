@@ -22,23 +22,10 @@
 # EVAL_MAX_TOKENS (default 256).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-DATASET=ml-1m
-for arg in "$@"; do
-  case "$arg" in
-    --small) DATASET=ml-100k ;;
-    -h|--help) awk 'NR > 1 && !/^#/ { exit } NR > 1' "$0"; exit 0 ;;  # the header above
-    *) echo "error: unknown argument $arg (use --small for MovieLens-100K)" >&2; exit 2 ;;
-  esac
-done
+usage() { awk 'NR > 1 && !/^#/ { exit } NR > 1' "$0"; }  # the header above
+source scripts/quickstart_layout.sh
 # An explicit (empty) extra: a bare 'source' would hand this script's own arguments (--small) to setup_venv.sh.
 source scripts/setup_venv.sh ""
-CACHE="${RECLM_JAX_CACHE:-$HOME/.cache/reclm_jax}"
-RUNS="${RECLM_JAX_RUNS:-runs}"
-DATA_DIR="$CACHE/datasets/$DATASET"
-MODEL_DIR="$CACHE/models/smollm2-135m-instruct"
-TEACHER_RUN="$RUNS/teacher_${DATASET/-/}"
-SFT_RUN="$RUNS/quickstart_sft_${DATASET/-/}"
-RL_RUN="$RUNS/quickstart_rl_${DATASET/-/}"
 TEACHER_SECONDS="${TEACHER_SECONDS:-150}"
 SFT_STEPS="${SFT_STEPS:-20}"
 SFT_SECONDS="${SFT_SECONDS:-600}"

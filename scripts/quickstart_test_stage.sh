@@ -10,37 +10,19 @@
 # answer), EVAL_PORT (default 13579). Answers are cached per model and task: a second run re-asks nothing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-DATASET=ml-1m
-for arg in "$@"; do
-  case "$arg" in
-    --small) DATASET=ml-100k ;;
-    -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
-    *) echo "error: unknown argument $arg (use --small for MovieLens-100K)" >&2; exit 2 ;;
-  esac
+usage() { sed -n '2,11p' "$0"; }
+source scripts/quickstart_layout.sh
+for need in "$DATA_DIR" "$MODEL_DIR" "$TEACHER_RUN" "$SFT_RUN/merged"; do
+  [ -e "$need" ] || { echo "error: $need not found: run scripts/quickstart.sh first" >&2; exit 2; }
 done
-CACHE="${RECLM_JAX_CACHE:-$HOME/.cache/reclm_jax}"
-RUNS_CHECK="${RECLM_JAX_RUNS:-runs}"
-if [ ! -e "$CACHE/datasets/$DATASET" ] || [ ! -e "$RUNS_CHECK/quickstart_sft_${DATASET/-/}/merged" ]; then
-  echo "error: $CACHE/datasets/$DATASET or $RUNS_CHECK/quickstart_sft_${DATASET/-/}/merged not found: run scripts/quickstart.sh first" >&2
-  exit 2
-fi
 # An explicit (empty) extra: a bare 'source' would hand this script's own arguments to setup_venv.sh.
 source scripts/setup_venv.sh ""
-RUNS="${RECLM_JAX_RUNS:-runs}"
-DATA_DIR="$CACHE/datasets/$DATASET"
-MODEL_DIR="$CACHE/models/smollm2-135m-instruct"
-TEACHER_RUN="$RUNS/teacher_${DATASET/-/}"
-SFT_RUN="$RUNS/quickstart_sft_${DATASET/-/}"
-RL_RUN="$RUNS/quickstart_rl_${DATASET/-/}"
 EVAL_DIR="$RUNS/eval_${DATASET/-/}"
 REPORT_DIR="$RUNS/report_${DATASET/-/}"
 EVAL_USERS="${EVAL_USERS:-60}"
 EVAL_MAX_TOKENS="${EVAL_MAX_TOKENS:-256}"
 EVAL_PORT="${EVAL_PORT:-13579}"
 export JAX_PLATFORMS="${JAX_PLATFORMS:-cpu}" HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
-for need in "$DATA_DIR" "$MODEL_DIR" "$TEACHER_RUN" "$SFT_RUN/merged"; do
-  [ -e "$need" ] || { echo "error: $need not found: run scripts/quickstart.sh first" >&2; exit 2; }
-done
 mkdir -p "$EVAL_DIR"
 server=""
 trap '[ -n "$server" ] && kill "$server" 2>/dev/null || true' EXIT
