@@ -114,6 +114,20 @@ inline void KnRowBlocks(const Dot& d, int64_t col, __mmask32 lo, __mmask32 hi) {
   }
 }
 
+// One masked step of at most 32 columns of KnOneRow: out[0, 32) += the (a, b) row pair times xb, b zero when
+// absent (odd K).
+inline void OneRowMasked(const uint16_t* a_row, const uint16_t* b_row, float* out, __mmask32 cols, __m512bh xb,
+                         __m512i lo_idx, __m512i hi_idx) {
+  const __m512i a = _mm512_maskz_loadu_epi16(cols, a_row);
+  const __m512i b = b_row ? _mm512_maskz_loadu_epi16(cols, b_row) : _mm512_setzero_si512();
+  const __mmask16 ml = static_cast<__mmask16>(cols), mh = static_cast<__mmask16>(cols >> 16);
+  __m512 lo = _mm512_maskz_loadu_ps(ml, out), hi = _mm512_maskz_loadu_ps(mh, out + 16);
+  lo = _mm512_dpbf16_ps(lo, (__m512bh)_mm512_permutex2var_epi16(a, lo_idx, b), xb);
+  hi = _mm512_dpbf16_ps(hi, (__m512bh)_mm512_permutex2var_epi16(a, hi_idx, b), xb);
+  _mm512_mask_storeu_ps(out, ml, lo);
+  _mm512_mask_storeu_ps(out + 16, mh, hi);
+}
+
 // One row (M = 1): stream w row pair by row pair, each thread over its own column range, the f32 sums in an
 // L1-resident buffer. Sequential reads keep the hardware prefetcher ahead, which the strided 64-column strips
 // above do not at one row (there are no other rows to reuse a strip).
@@ -144,31 +158,12 @@ void KnOneRow(const void* ctx, int64_t begin, int64_t end) {
       _mm512_storeu_ps(out + c, lo);
       _mm512_storeu_ps(out + c + 16, hi);
     }
-    if (c < width) {
-      const __mmask32 cols = Cols(width - c);
-      const __m512i a = _mm512_maskz_loadu_epi16(cols, r0 + c), b = _mm512_maskz_loadu_epi16(cols, r1 + c);
-      const __mmask16 ml = static_cast<__mmask16>(cols), mh = static_cast<__mmask16>(cols >> 16);
-      __m512 lo = _mm512_maskz_loadu_ps(ml, out + c), hi = _mm512_maskz_loadu_ps(mh, out + c + 16);
-      lo = _mm512_dpbf16_ps(lo, (__m512bh)_mm512_permutex2var_epi16(a, lo_idx, b), xb);
-      hi = _mm512_dpbf16_ps(hi, (__m512bh)_mm512_permutex2var_epi16(a, hi_idx, b), xb);
-      _mm512_mask_storeu_ps(out + c, ml, lo);
-      _mm512_mask_storeu_ps(out + c + 16, mh, hi);
-    }
+    if (c < width) OneRowMasked(r0 + c, r1 + c, out + c, Cols(width - c), xb, lo_idx, hi_idx);
   }
-  if (k < K) {  // odd K
+  if (k < K) {  // odd K: the last row pairs with zeros
     const __m512bh xb = (__m512bh)_mm512_set1_epi32(static_cast<int32_t>(d.x[k]));
     const uint16_t* r0 = d.w + k * N + c0;
-    const __m512i z = _mm512_setzero_si512();
-    for (int64_t c = 0; c < width; c += 32) {
-      const __mmask32 cols = Cols(width - c);
-      const __m512i a = _mm512_maskz_loadu_epi16(cols, r0 + c);
-      const __mmask16 ml = static_cast<__mmask16>(cols), mh = static_cast<__mmask16>(cols >> 16);
-      __m512 lo = _mm512_maskz_loadu_ps(ml, out + c), hi = _mm512_maskz_loadu_ps(mh, out + c + 16);
-      lo = _mm512_dpbf16_ps(lo, (__m512bh)_mm512_permutex2var_epi16(a, lo_idx, z), xb);
-      hi = _mm512_dpbf16_ps(hi, (__m512bh)_mm512_permutex2var_epi16(a, hi_idx, z), xb);
-      _mm512_mask_storeu_ps(out + c, ml, lo);
-      _mm512_mask_storeu_ps(out + c + 16, mh, hi);
-    }
+    for (int64_t c = 0; c < width; c += 32) OneRowMasked(r0 + c, nullptr, out + c, Cols(width - c), xb, lo_idx, hi_idx);
   }
 }
 
