@@ -15,7 +15,8 @@ import pytest
 
 class FakeOpenAI:
     """``answer(prompt, attempt) -> reply``; a reply is ``("text", str)``, ``("status", code)``, ``("raw",
-    bytes)`` (a 200 with that body), ``("json", obj)`` or ``("hang", seconds)``. ``prompts`` lists every
+    bytes)`` (a 200 with that body), ``("json", obj)`` or ``("hang", seconds)`` (no answer for that long, or until the server stops: a
+    hang outlives any client timeout however slow the machine). ``prompts`` lists every
     completion request's prompt in arrival order (retries included)."""
 
     def __init__(self, answer: Callable, model: str = "fake", delay: float = 0.0):
@@ -24,6 +25,7 @@ class FakeOpenAI:
         self.payloads: list[dict] = []
         self.attempts: Counter = Counter()
         self._lock = threading.Lock()
+        self._stopping = threading.Event()
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -71,7 +73,7 @@ class FakeOpenAI:
                 elif kind == "status":
                     self._send(value, b'{"error": "boom"}')
                 elif kind == "hang":
-                    time.sleep(value)
+                    fake._stopping.wait(value)
                     self._send(200, b"{}")
                 else:
                     raise ValueError(kind)
@@ -86,6 +88,7 @@ class FakeOpenAI:
         return self
 
     def __exit__(self, *exc) -> None:
+        self._stopping.set()
         self._server.shutdown()
         self._server.server_close()
 
