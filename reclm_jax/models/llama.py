@@ -18,6 +18,7 @@ from flax import nnx
 
 from reclm_jax.models.kernels import resolve_kernels, self_attention, step_attention
 from reclm_jax.models.kv_cache import KVCache, write_slots
+from reclm_jax.models.layer_stack import run_stack, stack_modules
 from reclm_jax.models.linear import Linear, normal_init
 from reclm_jax.models.llama_config import LlamaConfig
 from reclm_jax.models.rope import apply_rope, inverse_frequencies, rope_angles
@@ -132,7 +133,9 @@ class DecoderLayer(nnx.Module):
 class LlamaModel(nnx.Module):
     def __init__(self, cfg: LlamaConfig, rngs: nnx.Rngs):
         self.embed_tokens = Embedding(cfg.vocab_size, cfg.hidden_size, cfg.jnp_param_dtype, cfg.jnp_dtype, rngs)
-        self.layers = nnx.List([DecoderLayer(cfg, i, rngs) for i in range(cfg.num_layers)])
+        layers = [DecoderLayer(cfg, i, rngs) for i in range(cfg.num_layers)]
+        # scan_layers: one DecoderLayer with [L, ...] parameters (the same initial values), see layer_stack.py.
+        self.layers = stack_modules(layers) if cfg.scan_layers else nnx.List(layers)
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, cfg.jnp_param_dtype, cfg.jnp_dtype)
 
 
@@ -192,21 +195,28 @@ class LlamaForCausalLM(nnx.Module):
         cos, sin = rope_angles(positions, inverse_frequencies(cfg))  # constants, not parameters
 
         x = constrain(self.model.embed_tokens(tokens), "batch", None, None)
-        new_keys, new_values = [], []
-        for i, layer in enumerate(self.model.layers):
-            kv = None if cache is None else (cache.keys[i], cache.values[i])
-            if cfg.remat and cache is None:
-                x, _ = _remat_layer(layer, x, cos, sin, mask, adapter, dropout_rng)
-            else:
-                x, new_kv = layer(x, cos, sin, mask, kv, end, adapter, dropout_rng, prefill)
-                if new_kv is not None:
-                    new_keys.append(new_kv[0])
-                    new_values.append(new_kv[1])
+        if cfg.scan_layers:
+            kv = None if cache is None else (cache.keys, cache.values)
+            x, kv = run_stack(self.model.layers, x, cos, sin, mask, kv=kv, end=end, adapter=adapter,
+                              rng=dropout_rng, prefill=prefill, remat=cfg.remat)
+            new_keys, new_values = kv if kv is not None else ((), ())
+        else:
+            new_keys, new_values = [], []
+            for i, layer in enumerate(self.model.layers):
+                kv = None if cache is None else (cache.keys[i], cache.values[i])
+                if cfg.remat and cache is None:
+                    x, _ = _remat_layer(layer, x, cos, sin, mask, adapter, dropout_rng)
+                else:
+                    x, new_kv = layer(x, cos, sin, mask, kv, end, adapter, dropout_rng, prefill)
+                    if new_kv is not None:
+                        new_keys.append(new_kv[0])
+                        new_values.append(new_kv[1])
+            new_keys, new_values = tuple(new_keys), tuple(new_values)
         hidden = self.model.norm(x)
         logits = self.head(hidden, adapter=adapter, dropout_rng=dropout_rng) if compute_logits else None
         new_cache = None
         if cache is not None:
-            new_cache = KVCache(tuple(new_keys), tuple(new_values), valid, end + t)
+            new_cache = KVCache(new_keys, new_values, valid, end + t)
         return ModelOutput(logits, hidden, new_cache)
 
     def head(self, hidden: jnp.ndarray, *, adapter: str | None = None,

@@ -4,7 +4,9 @@ Rules are matched against a parameter's dotted HF-style path (``model.layers.3.s
 Kernels are ``[in, out]``: column-parallel layers (q/k/v/gate/up, lm_head) split ``out`` over ``tp`` and
 ``in`` over ``fsdp``; row-parallel layers (o/down) the other way round, so the pair needs one reduction.
 A dimension that a mesh axis does not divide is replicated instead (e.g. 3 KV heads on tp=2), and the
-same code runs on 1 CPU, simulated CPU devices, one or many GPUs and several hosts.
+same code runs on 1 CPU, simulated CPU devices, one or many GPUs and several hosts. A layer stack's parameter
+(``model.scan_layers``: ``model.layers.self_attn.q_proj.kernel`` [L, in, out], no layer index in the name) gets
+its per-layer rule with the leading layer dim unsharded.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from reclm_jax.errors import UserError
+from reclm_jax.models.layer_stack import is_stacked_name, layer_name
 
 AXES = ("data", "fsdp", "tp")
 BATCH = ("data", "fsdp")  # the batch dimension of activations is split over both data-like axes
@@ -73,6 +76,8 @@ def path_name(path: tuple) -> str:
 
 def partition_spec(name: str, shape: tuple[int, ...], mesh: Mesh) -> P:
     """The ``PartitionSpec`` for parameter ``name`` of ``shape``; undivisible dims are replicated."""
+    if is_stacked_name(name):  # a layer stack: the layer dim stays whole, the rest as one layer's parameter
+        return P(None, *partition_spec(layer_name(name, 0), shape[1:], mesh))
     for pattern, axes in PARTITION_RULES:
         if re.search(pattern, name):
             axes = tuple(axes) + (None,) * (len(shape) - len(axes))
