@@ -159,6 +159,24 @@ def test_the_key_is_read_from_yaml_overrides():
     sft = configs / "sft_tiny.yaml"
     assert load_config(SFTConfig, sft, base + ["model.scan_layers=true"]).model.scan_layers is True
     assert load_config(SFTConfig, sft, base).model.scan_layers is False
-    assert load_config(RLConfig, configs / "rl_tiny.yaml", ["model.path=m", "model.scan_layers=true"]).model.scan_layers is True
+    rl = load_config(RLConfig, configs / "rl_tiny.yaml", ["model.path=m", "model.scan_layers=true"])
+    assert rl.model.scan_layers is True
     with pytest.raises(UserError, match="scan_layers"):
         load_config(SFTConfig, sft, base + ["model.scan_layers=maybe"])
+
+
+def test_a_sharded_stack_matches_the_unrolled_model_on_one_device(model_dir):
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    proc = subprocess.run([sys.executable, str(Path(__file__).with_name("scan_mesh_check.py")), str(model_dir)],
+                          capture_output=True, text=True, env={**os.environ, "JAX_PLATFORMS": "cpu"}, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert res["kernel_spec"] == ["None", "fsdp", "tp"] and res["kernel_shards"] == 8  # the layer dim unsharded
+    assert res["lora_a_spec"] == ["None", "fsdp", "None"]
+    assert res["logits_max_diff"] <= 1e-4 * max(1.0, res["logits_scale"])
+    assert res["same_tokens"]
