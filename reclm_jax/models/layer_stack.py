@@ -14,7 +14,8 @@ against per-layer names. The sharding rules see the stacked name and keep the la
 (``sharding.partition_spec``).
 
 Decoding: the KV cache of a stacked model holds one ``[L, B, K, S, H]`` array for keys and one for values
-(``kv_cache.init_cache``), carried through the scan and updated in place layer by layer.
+(``kv_cache.init_cache``), carried through the scan and updated in place layer by layer. LoRA dropout draws the
+unrolled model's masks (each layer's index reaches its linears' dropout keys).
 """
 
 from __future__ import annotations
@@ -88,8 +89,8 @@ def stack_modules(modules: list[nnx.Module]) -> nnx.Module:
     """One module of ``modules[0]``'s structure whose every variable stacks the modules' values on a new dim 0.
 
     All modules must have the same structure (same adapters, shapes and dtypes). Static attributes are
-    ``modules[0]``'s: the layers' ``Linear.uid`` (the dropout fold-in) is then layer 0's, and ``run_stack`` folds
-    the layer index into the dropout key instead.
+    ``modules[0]``'s: the layers' ``Linear.uid`` (the dropout fold-in) is then layer 0's, and ``run_stack`` passes
+    each layer's index so that its linears add the layer's offset (the unrolled model's masks, exactly).
     """
     graphdef, first = nnx.split(modules[0])
     states = [first] + [nnx.state(m) for m in modules[1:]]
@@ -103,7 +104,8 @@ def run_stack(layers: nnx.Module, x: jnp.ndarray, cos, sin, mask, *, kv=None, en
 
     x: [B, T, D] in the compute dtype; cos, sin, mask as ``DecoderLayer.__call__``. kv: None or (keys, values)
     [L, B, K, S, H], the stacked cache, carried through the scan and written layer by layer (in place).
-    ``rng`` (LoRA dropout) is folded with the layer index. ``remat`` checkpoints each layer (no cache only).
+    ``rng`` (LoRA dropout) gives each layer the unrolled model's masks. ``remat`` checkpoints each layer (no cache
+    only).
     Returns (x [B, T, D], (keys, values) or None).
     """
     graphdef, state = nnx.split(layers)
@@ -113,12 +115,11 @@ def run_stack(layers: nnx.Module, x: jnp.ndarray, cos, sin, mask, *, kv=None, en
         h, cache = carry
         layer_state, i = xs
         layer = nnx.merge(graphdef, layer_state)
-        key = None if rng is None else jax.random.fold_in(rng, i)
         if cache is None:
-            h, _ = layer(h, cos, sin, mask, None, None, adapter, key, False)
+            h, _ = layer(h, cos, sin, mask, None, None, adapter, rng, False, layer=i)
             return (h, None), None
         keys, values = cache
-        h, (k, v) = layer(h, cos, sin, mask, (keys[i], values[i]), end, adapter, key, prefill)
+        h, (k, v) = layer(h, cos, sin, mask, (keys[i], values[i]), end, adapter, rng, prefill, layer=i)
         return (h, (keys.at[i].set(k), values.at[i].set(v))), None
 
     if remat and kv is None:

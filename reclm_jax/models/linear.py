@@ -123,11 +123,13 @@ class Linear(nnx.Module):
         return scale * (a.astype(jnp.float32) @ b.astype(jnp.float32))
 
     def __call__(self, x: jnp.ndarray, *, adapter: str | None = None, dropout_rng: jax.Array | None = None,
-                 kernel_t: jnp.ndarray | None = None) -> jnp.ndarray:
+                 kernel_t: jnp.ndarray | None = None, uid_offset=0) -> jnp.ndarray:
         """x [..., in] -> [..., out] in the compute dtype.
 
         ``kernel_t``: [out, in], used instead of ``kernel`` (the tied head's embedding). An ``adapter`` that owns
-        a full copy uses that copy instead of either.
+        a full copy uses that copy instead of either. ``uid_offset`` (an int, or a traced int32 scalar) is added to
+        ``uid`` for the dropout key: a layer stack's one ``Linear`` serves every layer (``layer_stack.py``) and
+        passes the layer's offset, so each layer draws the mask the unrolled model's layer draws.
         """
         lead = x.shape[:-1]
         # 2-D matmuls on both kernel paths: with a [B, T, in] input XLA:CPU transposes the [B*T, out] gradient
@@ -147,7 +149,7 @@ class Linear(nnx.Module):
             ad = self.lora[adapter]
             h = x
             if rate > 0.0 and dropout_rng is not None:
-                keep = dropout_keep(jax.random.fold_in(dropout_rng, self.uid), rate, x.shape)
+                keep = dropout_keep(jax.random.fold_in(dropout_rng, self.uid + uid_offset), rate, x.shape)
                 h = jnp.where(keep, x / (1.0 - rate), 0).astype(self.dtype)
             low = linear_dot(h, ad["a"][...].astype(self.dtype), self.kernels)
             y = y + linear_dot(low, ad["b"][...].astype(self.dtype), self.kernels) * jnp.asarray(scale, self.dtype)

@@ -25,6 +25,10 @@ from reclm_jax.models.rope import apply_rope, inverse_frequencies, rope_angles
 from reclm_jax.models.sharding import constrain
 
 
+# Dropout-key ids: layer i's linears are i * UIDS_PER_LAYER + slot (slots 0-6), so every layer draws its own masks.
+UIDS_PER_LAYER = 8
+
+
 class ModelOutput(NamedTuple):
     logits: jnp.ndarray  # [B, T, vocab] in the compute dtype
     hidden: jnp.ndarray  # [B, T, hidden] after the final norm, compute dtype
@@ -59,7 +63,7 @@ class Attention(nnx.Module):
         d, h = cfg.hidden_size, cfg.head_dim
 
         def lin(i, o, slot):
-            return Linear(i, o, use_bias=cfg.attention_bias, param_dtype=pd, dtype=dt, uid=layer * 8 + slot,
+            return Linear(i, o, use_bias=cfg.attention_bias, param_dtype=pd, dtype=dt, uid=layer * UIDS_PER_LAYER + slot,
                           kernels=cfg.kernels, rngs=rngs)
 
         self.q_proj = lin(d, cfg.num_heads * h, 0)
@@ -69,14 +73,14 @@ class Attention(nnx.Module):
         self.num_heads, self.num_kv_heads, self.head_dim = cfg.num_heads, cfg.num_kv_heads, h
         self.kernels = resolve_kernels(cfg.kernels)
 
-    def __call__(self, x, cos, sin, mask, kv=None, end=None, adapter=None, rng=None, prefill=False):
-        """x [B, T, D]; kv = (keys, values) [B, K, S, H] (the cache layout) or None.
+    def __call__(self, x, cos, sin, mask, kv=None, end=None, adapter=None, rng=None, prefill=False, uid_offset=0):
+        """x [B, T, D]; kv = (keys, values) [B, K, S, H] (the cache layout) or None; uid_offset as ``Linear``'s.
 
         mask: bool [B, 1, T, S] over the cache slots, or [B, 1, T, T] over the new tokens when there is no cache
         or ``prefill`` (the cache is empty, so the new tokens attend only among themselves).
         Returns (out [B, T, D], new (keys, values) or None)."""
         b, t, _ = x.shape
-        kw = dict(adapter=adapter, dropout_rng=rng)
+        kw = dict(adapter=adapter, dropout_rng=rng, uid_offset=uid_offset)
         q = self.q_proj(x, **kw).reshape(b, t, self.num_heads, self.head_dim)
         k = self.k_proj(x, **kw).reshape(b, t, self.num_kv_heads, self.head_dim)
         v = self.v_proj(x, **kw).reshape(b, t, self.num_kv_heads, self.head_dim)
@@ -101,15 +105,15 @@ class MLP(nnx.Module):
         d, f = cfg.hidden_size, cfg.intermediate_size
 
         def lin(i, o, slot):
-            return Linear(i, o, use_bias=cfg.mlp_bias, param_dtype=pd, dtype=dt, uid=layer * 8 + slot,
+            return Linear(i, o, use_bias=cfg.mlp_bias, param_dtype=pd, dtype=dt, uid=layer * UIDS_PER_LAYER + slot,
                           kernels=cfg.kernels, rngs=rngs)
 
         self.gate_proj = lin(d, f, 4)
         self.up_proj = lin(d, f, 5)
         self.down_proj = lin(f, d, 6)
 
-    def __call__(self, x, adapter=None, rng=None):
-        kw = dict(adapter=adapter, dropout_rng=rng)
+    def __call__(self, x, adapter=None, rng=None, uid_offset=0):
+        kw = dict(adapter=adapter, dropout_rng=rng, uid_offset=uid_offset)
         h = jax.nn.silu(self.gate_proj(x, **kw)) * self.up_proj(x, **kw)
         h = constrain(h, "batch", None, "tp")
         return self.down_proj(h, **kw)
@@ -123,10 +127,13 @@ class DecoderLayer(nnx.Module):
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, pd, dt)
         self.mlp = MLP(cfg, layer, rngs)
 
-    def __call__(self, x, cos, sin, mask, kv=None, end=None, adapter=None, rng=None, prefill=False):
-        attn, new_kv = self.self_attn(self.input_layernorm(x), cos, sin, mask, kv, end, adapter, rng, prefill)
+    def __call__(self, x, cos, sin, mask, kv=None, end=None, adapter=None, rng=None, prefill=False, layer=0):
+        """``layer``: this layer's index (a traced int32 in a layer stack, whose static dropout ids are layer 0's;
+        0 in the unrolled model, whose ids already hold it)."""
+        off = layer * UIDS_PER_LAYER
+        attn, new_kv = self.self_attn(self.input_layernorm(x), cos, sin, mask, kv, end, adapter, rng, prefill, off)
         x = x + attn
-        x = x + self.mlp(self.post_attention_layernorm(x), adapter, rng)
+        x = x + self.mlp(self.post_attention_layernorm(x), adapter, rng, off)
         return constrain(x, "batch", None, None), new_kv
 
 
@@ -151,7 +158,7 @@ class LlamaForCausalLM(nnx.Module):
         self.model = LlamaModel(cfg, rngs)
         # Tied models keep an lm_head without a kernel: it reads the embedding but can own LoRA adapters.
         self.lm_head = Linear(cfg.hidden_size, cfg.vocab_size, param_dtype=cfg.jnp_param_dtype, dtype=cfg.jnp_dtype,
-                              with_kernel=not cfg.tie_word_embeddings, uid=(cfg.num_layers + 1) * 8,
+                              with_kernel=not cfg.tie_word_embeddings, uid=(cfg.num_layers + 1) * UIDS_PER_LAYER,
                               kernels=cfg.kernels, rngs=rngs)
 
     def __call__(self, tokens: jnp.ndarray, *, attention_mask: jnp.ndarray | None = None,

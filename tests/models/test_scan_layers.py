@@ -79,30 +79,35 @@ def test_greedy_generation_through_the_sampler_is_the_same(model_dir):
     np.testing.assert_allclose(got[1].logprobs, got[0].logprobs, atol=1e-4)
 
 
-@pytest.mark.parametrize("remat", [False, True])
-def test_one_lora_sft_step_gives_the_same_loss_and_update(model_dir, remat):
-    cfg = LoraConfig(rank=4, alpha=8.0, dropout=0.0, targets=("q_proj", "v_proj", "down_proj", "lm_head"))
+def test_one_lora_sft_step_with_dropout_gives_the_same_loss_and_update(model_dir):
+    # With dropout: each layer of the stack must draw the unrolled layer's mask for the update to match; the
+    # stack with remat (each layer checkpointed inside the scan) too.
+    cfg = LoraConfig(rank=4, alpha=8.0, dropout=0.3, targets=("q_proj", "v_proj", "down_proj", "lm_head"))
     tokens, mask = _tokens(100, b=2, t=16, seed=1)
     loss_mask = mask.at[:, :8].set(False)
     batch = Batch(tokens[None], mask[None].astype(jnp.int32), loss_mask[None].astype(jnp.int32))
     tx = make_optimizer(OptimConfig(lr=1e-2), total_steps=10)
     results = []
-    for m in _pair(model_dir, kernels="xla", remat=remat):
+    for scan, remat in ((False, False), (True, False), (True, True)):
+        m = load_llama(model_dir, progress=False, kernels="xla", scan_layers=scan, remat=remat)
         add_lora(m, cfg, "default", seed=3)
         graphdef, trainable, frozen = split_trainable(m)
-        step = make_train_step(graphdef, tx, weighting="token", dropout=False)
+        step = make_train_step(graphdef, tx, weighting="token", dropout=True)
         trainable, _, metrics = step(trainable, tx.init(trainable), frozen, batch, jax.random.key(0))
         nnx.update(m, trainable)
         deltas = {k: np.asarray(lin.lora["default"]["b"][...] if layer is None else
                                 lin.lora["default"]["b"][...][layer])
                   for k, (lin, layer) in layer_linears(m).items() if "default" in lin.adapters}
         results.append((float(metrics["loss"]), float(metrics["grad_norm"]), deltas))
-    (loss_u, norm_u, b_u), (loss_s, norm_s, b_s) = results
-    assert loss_s == pytest.approx(loss_u, rel=1e-5) and norm_s == pytest.approx(norm_u, rel=1e-4)
-    assert list(b_s) == list(b_u) and len(b_u) == 3 * LAYERS + 1
-    for k in b_u:
-        assert np.abs(b_u[k]).max() > 0  # the step moved it
-        np.testing.assert_allclose(b_s[k], b_u[k], atol=1e-6, rtol=1e-4)
+    loss_u, norm_u, b_u = results[0]
+    assert len(b_u) == 3 * LAYERS + 1 and all(np.abs(b).max() > 0 for b in b_u.values())  # the step moved them
+    for loss_s, norm_s, b_s in results[1:]:
+        assert loss_s == pytest.approx(loss_u, rel=1e-5) and norm_s == pytest.approx(norm_u, rel=1e-4)
+        assert list(b_s) == list(b_u)
+        for k in b_u:
+            # Adam's first step is about lr * sign(g) (1e-2): where |g| is near eps, float reordering in the
+            # scan moves it by a few 1e-6 (seen: 4e-6).
+            np.testing.assert_allclose(b_s[k], b_u[k], atol=2e-5, rtol=1e-4)
 
 
 def test_adapter_and_merged_export_files_are_byte_identical(model_dir, tmp_path):

@@ -96,6 +96,18 @@ def test_eight_device_mesh_gives_the_same_loss_curve(reference_run, tmp_path, ti
     np.testing.assert_allclose(_losses(tmp_path), _losses(reference_run), atol=1e-4)
 
 
+def test_scanned_layers_train_the_same_run(reference_run, tmp_path, tiny_overrides):
+    # model.scan_layers=true from the command line: the same losses (LoRA dropout 0.1 draws the same masks) and
+    # an adapter file with the unrolled run's tensor names.
+    r = _sft(tiny_overrides(tmp_path, *RUN, "model.scan_layers=true"), _env())
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "scan_layers: true" in (tmp_path / "config.yaml").read_text()
+    np.testing.assert_allclose(_losses(tmp_path), _losses(reference_run), atol=1e-5)
+    ref, got = _adapter(reference_run), _adapter(tmp_path)
+    assert list(got) == list(ref)
+    assert max(float(np.max(np.abs(ref[k] - got[k]))) for k in ref) <= 1e-5
+
+
 def test_merged_export_equals_the_trained_adapter_model(reference_run, tmp_path, sft_world):
     from reclm_jax.models.adapter_io import load_adapter
     from reclm_jax.models.hf_loading import load_llama
