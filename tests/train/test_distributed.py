@@ -81,3 +81,31 @@ def test_single_process_stages_refuse_a_multi_process_launch():
     with pytest.raises(UserError, match="teacher runs as one process"):
         refuse_multi_process("teacher", env={"RECLM_JAX_COORDINATOR": "h:1", "RECLM_JAX_NUM_PROCESSES": "2",
                                              "RECLM_JAX_PROCESS_ID": "1"})
+
+
+def _stage(module: str, *args: str, env: dict | None = None):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    base = {k: v for k, v in os.environ.items() if not k.startswith("RECLM_JAX_") or "COMPILATION" in k}
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=repo, capture_output=True, text=True,
+                          timeout=120, env={**base, "PYTHONPATH": str(repo), **(env or {})})
+
+
+def test_entry_points_stop_on_launch_mistakes_with_exit_2():
+    # the stage entry points resolve the launch right after the config, before a model or dataset is read
+    res = _stage("reclm_jax.rl", "--config", "configs/rl_tiny.yaml", "model.path=/nonexistent",
+                 "distributed.num_processes=2")
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert "error: a multi-process launch needs distributed.coordinator_address, distributed.process_id" in res.stderr
+    res = _stage("reclm_jax.sft", "--config", "configs/sft_tiny.yaml", "data_path=/x", "model.path=/x",
+                 env={"RECLM_JAX_COORDINATOR": "127.0.0.1:1", "RECLM_JAX_NUM_PROCESSES": "2",
+                      "RECLM_JAX_PROCESS_ID": "5"})
+    assert res.returncode == 2 and "distributed.process_id (RECLM_JAX_PROCESS_ID) must be in 0..1" in res.stderr
+    res = _stage("reclm_jax.teacher.train", "--config", "configs/teacher_tiny.yaml", "data_path=/x", "output_dir=/x",
+                 env={"RECLM_JAX_COORDINATOR": "127.0.0.1:1", "RECLM_JAX_NUM_PROCESSES": "2",
+                      "RECLM_JAX_PROCESS_ID": "0"})
+    assert res.returncode == 2 and "runs as one process" in res.stderr, res.stderr
