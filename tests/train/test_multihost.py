@@ -4,7 +4,8 @@ PPO iteration give the same losses, only process 0 writes the run's files, and a
 wrote resumes in one process to the same step and adapter.
 
 Each run is a real ``python -m reclm_jax.<stage>`` (its entry point initialises ``jax.distributed``), so this
-takes minutes of compiling on 2 cores: marked slow; .ci/run runs it as a second pytest call.
+takes minutes of compiling (2 min 48 s of CPU time in all, measured 2026-12-01 on this 2-core machine): marked
+slow; .ci/run runs it as a second pytest call.
 """
 
 from __future__ import annotations
