@@ -172,3 +172,52 @@ def test_serve_vllm_cpu_command_has_the_cpu_settings(tiny_llama_dir, tmp_path):
     assert cmd.startswith(f"{py} -m vllm.entrypoints.openai.api_server --model {tiny_llama_dir} ")
     for flag in ("--port 8123", "--served-model-name m", "--no-enable-prefix-caching", "--seed 3"):
         assert flag in cmd
+
+
+# -- launch_multihost.sh: argument handling and the per-process commands (--dry-run), one real local launch -------
+def _launch(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", str(REPO / "scripts" / "launch_multihost.sh"), *map(str, args)],
+                          capture_output=True, text=True, timeout=60, env={"PATH": "/usr/bin:/bin", "HOME": "/tmp"})
+
+
+def test_launch_multihost_rejects_bad_arguments():
+    for args, needle in [((), "no command given"), (("--hosts", "a"), "no command given"),
+                         (("--", "true"), "--hosts is required"), (("--hosts", "a,,b", "--", "x"), "empty entry"),
+                         (("--hosts", "a", "--port", "8x", "--", "x"), "--port must be"),
+                         (("--hosts", "a", "--gpus-per-host", "0", "--", "x"), "--gpus-per-host must be"),
+                         (("--hosts", "a,b", "--host-index", "2", "--", "x"), "--host-index must be in 0..1"),
+                         (("--hosts", "a", "--export", "1X=2", "--", "x"), "--export wants NAME=VALUE"),
+                         (("--hosts", "a", "--bogus", "--", "x"), "unknown argument --bogus")]:
+        res = _launch(*args)
+        assert res.returncode == 2 and needle in res.stderr, (args, res.stderr)
+    res = _launch("--help")
+    assert res.returncode == 0 and res.stdout.startswith("usage: scripts/launch_multihost.sh")
+
+
+def test_launch_multihost_dry_run_gives_every_process_its_id():
+    res = _launch("--hosts", "gpu0,gpu1,gpu2", "--port", "1234", "--workdir", "/srv/r", "--export", "XLA_FLAGS=-a b",
+                  "--dry-run", "--", "python", "-m", "reclm_jax.sft", "--config", "c.yaml", "output_dir=/s/run")
+    assert res.returncode == 0, res.stderr
+    lines = res.stdout.strip().splitlines()
+    assert len(lines) == 3
+    for i, line in enumerate(lines):
+        assert line.startswith(f"[gpu{i} process {i}] ssh gpu{i} 'cd /srv/r && env ")
+        for var in ("RECLM_JAX_COORDINATOR=gpu0:1234", "RECLM_JAX_NUM_PROCESSES=3", f"RECLM_JAX_PROCESS_ID={i} ",
+                    r"XLA_FLAGS=-a\ b", "python -m reclm_jax.sft --config c.yaml output_dir=/s/run'"):
+            assert var in line, (var, line)
+        assert "RECLM_JAX_LOCAL_DEVICE_IDS" not in line  # one process per host sees all its GPUs
+    # one process per GPU, and only this host's processes (no ssh) with --host-index
+    res = _launch("--hosts", "n0,n1", "--gpus-per-host", "4", "--process-per-gpu", "--host-index", "1", "--dry-run",
+                  "--", "python", "-m", "reclm_jax.rl")
+    lines = res.stdout.strip().splitlines()
+    assert [line.split("]")[0] for line in lines] == [f"[n1 process {k}" for k in (4, 5, 6, 7)]
+    for j, line in enumerate(lines):
+        assert "ssh" not in line and f"RECLM_JAX_LOCAL_DEVICE_IDS={j} " in line
+        assert "RECLM_JAX_NUM_PROCESSES=8" in line and "RECLM_JAX_COORDINATOR=n0:29500" in line
+
+
+def test_launch_multihost_runs_local_processes_and_returns_the_first_failure():
+    res = _launch("--hosts", "127.0.0.1,localhost", "--", "bash", "-c",
+                  'echo "$RECLM_JAX_PROCESS_ID/$RECLM_JAX_NUM_PROCESSES"; exit $((RECLM_JAX_PROCESS_ID * 3))')
+    assert res.returncode == 3
+    assert sorted(res.stdout.split()) == ["0/2", "1/2"]
