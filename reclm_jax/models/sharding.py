@@ -31,21 +31,47 @@ BATCH = ("data", "fsdp")  # the batch dimension of activations is split over bot
 
 @dataclasses.dataclass(frozen=True)
 class MeshConfig:
-    """Sizes of the mesh axes; exactly one may be -1 (= all remaining devices)."""
+    """Sizes of the mesh axes; exactly one may be -1 (= all remaining devices).
+
+    A stage config's ``mesh`` section; ``mesh=configs/mesh/NAME.yaml`` loads a preset file into it (see
+    ``configs/mesh/`` and docs/scale.md). ``devices``: the device count the mesh is meant for (0: any), checked
+    when the mesh is built, so a preset run on the wrong machine stops with a clear message. ``xla_flags``:
+    ``--name=value`` flags the stage's entry point adds to ``XLA_FLAGS`` before JAX starts its backend
+    (``reclm_jax.xla_flags``); the mesh itself does not read them.
+    """
 
     data: int = -1
     fsdp: int = 1
     tp: int = 1
+    devices: int = 0
+    xla_flags: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        sizes = {"mesh.data": self.data, "mesh.fsdp": self.fsdp, "mesh.tp": self.tp}
+        bad = [k for k, v in sizes.items() if v == 0 or v < -1]
+        if bad:
+            raise UserError(f"{bad[0]} must be a positive size or -1 (all remaining devices), got {sizes[bad[0]]}")
+        if sum(v == -1 for v in sizes.values()) > 1:
+            raise UserError(f"at most one of mesh.data/fsdp/tp may be -1, got {sizes}")
+        if self.devices < 0:
+            raise UserError(f"mesh.devices must be >= 0 (0: any device count), got {self.devices}")
+        known = math.prod(v for v in sizes.values() if v != -1)
+        if self.devices and (self.devices % known if -1 in sizes.values() else self.devices != known):
+            raise UserError(f"mesh.devices={self.devices} does not fit data x fsdp x tp = "
+                            f"{self.data} x {self.fsdp} x {self.tp}")
+        for i, flag in enumerate(self.xla_flags):
+            if not re.fullmatch(r"--[a-z0-9_]+=\S+", flag):
+                raise UserError(f"mesh.xla_flags[{i}] must look like --xla_name=value, got {flag!r}")
 
 
 def make_mesh(cfg: MeshConfig = MeshConfig(), devices=None) -> Mesh:
-    """A ``Mesh`` over ``devices`` (default: all) with axes ``("data", "fsdp", "tp")``."""
+    """A ``Mesh`` over ``devices`` (default: all) with axes ``("data", "fsdp", "tp")``; the axis sizes themselves
+    were checked when ``cfg`` was made."""
     devices = list(jax.devices() if devices is None else devices)
     sizes = [cfg.data, cfg.fsdp, cfg.tp]
-    if sum(s == -1 for s in sizes) > 1:
-        raise UserError(f"mesh: at most one of data/fsdp/tp may be -1, got {dict(zip(AXES, sizes))}")
-    if any(s == 0 or s < -1 for s in sizes):
-        raise UserError(f"mesh: axis sizes must be positive or -1, got {dict(zip(AXES, sizes))}")
+    if cfg.devices and cfg.devices != len(devices):
+        raise UserError(f"mesh: this mesh is for {cfg.devices} devices (mesh.devices), found {len(devices)}; "
+                        f"choose the preset in configs/mesh/ for this machine, or set mesh.devices=0")
     known = math.prod(s for s in sizes if s != -1)
     if -1 in sizes:
         if len(devices) % known:
