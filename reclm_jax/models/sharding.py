@@ -31,7 +31,7 @@ BATCH = ("data", "fsdp")  # the batch dimension of activations is split over bot
 
 @dataclasses.dataclass(frozen=True)
 class MeshConfig:
-    """Sizes of the mesh axes; exactly one may be -1 (= all remaining devices).
+    """Sizes of the mesh axes; at most one may be -1 (= all remaining devices).
 
     A stage config's ``mesh`` section; ``mesh=configs/mesh/NAME.yaml`` loads a preset file into it (see
     ``configs/mesh/`` and docs/scale.md). ``devices``: the device count the mesh is meant for (0: any), checked
