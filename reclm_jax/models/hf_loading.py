@@ -149,7 +149,7 @@ def load_llama(model_dir: str | Path, *, mesh: Mesh | None = None, param_dtype: 
             raise UserError(f"{ref.file}: tensor {key} has shape {list(ref.shape)}, the config implies "
                             f"{list(want[::-1] if transpose else want)}")
         loaded.append((path, var.replace(load_tensor(ref, transpose, var.get_value().dtype,
-                                                     param_sharding(path_name(path), want, mesh)))))
+                                                     param_sharding(path_name(path), want, mesh, cfg)))))
     return nnx.merge(graphdef, nnx.from_flat_state(loaded))
 
 
