@@ -159,7 +159,7 @@ def shard_state(state, mesh: Mesh, cfg: "LlamaConfig"):
     out = []
     for path, var in flat:
         value = var.get_value()
-        placed = jax.device_put(value, param_sharding(path_name(path), value.shape, mesh))
+        placed = jax.device_put(value, param_sharding(path_name(path), value.shape, mesh, cfg))
         out.append((path, var.replace(placed)))
     return nnx.from_flat_state(out)
 
