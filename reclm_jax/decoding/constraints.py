@@ -4,7 +4,7 @@
 - every task: distinct catalogue items, none of the history ``sub_sequential`` (InHistoryRate), exactly
   ``item_count`` of them (CorrectCount) when the sample has one;
 - ranking tasks (``candidate_items``): only candidates (NotInCandidateRate);
-- ``+PersonalControlRec`` / ``-PersonalControlRec`` (SFT test and RL): only / no items of ``target_category``
+- ``SFT+TestPersonalControlRec`` / ``RL-PersonalControlRec`` and the like (SFT test and RL): only / no items of ``target_category``
   (TargetCategoryRate);
 - CategoryRate tasks (``data.task_names.rate_variant``: LP, MP, EP; LP1 and LC as LP, MC as MP), with
   c = ``category_count``: LP at most c items of the category, MP at least c, EP between c - 1 and c + 1
@@ -16,10 +16,13 @@ SFT training tasks whose sign or variant is not in their name (``SFTPersonalCont
 
 from __future__ import annotations
 
+import re
 from typing import Any, Mapping
 
 from reclm_jax.decoding.catalogue import ListConstraint
 from reclm_jax.data.task_names import rate_variant
+
+_CONTROL = re.compile(r"([+-])(?:Test)?PersonalControlRec")
 
 
 def constraint_for_sample(task: str, input_field_data: Mapping[str, Any]) -> ListConstraint:
@@ -32,10 +35,9 @@ def constraint_for_sample(task: str, input_field_data: Mapping[str, Any]) -> Lis
     candidates = tuple(str(i) for i in candidates) if candidates is not None else None
     category = f.get("target_category")
     mode, c_min, c_max = "none", 0, None
-    if category is not None and "+PersonalControlRec" in task:
-        mode = "only"
-    elif category is not None and "-PersonalControlRec" in task:
-        mode = "exclude"
+    sign = _CONTROL.search(task)
+    if category is not None and sign:
+        mode = "only" if sign.group(1) == "+" else "exclude"
     variant = rate_variant(task)
     if variant and category is not None and f.get("category_count") is not None:
         c = int(f["category_count"])
