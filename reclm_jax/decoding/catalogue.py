@@ -68,12 +68,10 @@ class ConstrainedCatalogue:
         self.format = ListFormat(tokenizer, end_text, [titles[i] for i in keep[:200]])
         pieces = self.format.pieces()
         kept_titles = [titles[i] for i in keep]
-        bar = tqdm(total=2, desc="catalogue trie: tokenize", disable=not progress, leave=False)
-        cont = pieces.items(kept_titles, CONT)
-        bar.update(1)
-        same = not self.format.rule.newline_space_in_item
-        end = cont if same else pieces.items(kept_titles, END)
+        bar = tqdm(total=1, desc="catalogue trie: tokenize", disable=not progress, leave=False)
+        cont, end = pieces.item_paths(kept_titles)
         bar.close()
+        same = not self.format.rule.newline_space_in_item
         paths, owners, kinds = [], [], []
         for j, (c, e) in enumerate(zip(cont, end)):
             if c is None or e is None:

@@ -111,6 +111,30 @@ class _Pieces:
         ctx = "1." if self.rule.space_in_item else "1. "
         return cut_out(self.tokenizer, ctx, [self.rule.item_text(t, kind) for t in titles])
 
+    def item_paths(self, titles: Sequence[str]) -> tuple[list[list[int] | None], list[list[int] | None]]:
+        """(CONT pieces, END pieces) of every title, tokenizing each title once where possible: when the END
+        piece ends in the newline's own token(s), the CONT piece is it with those swapped for the continued line
+        end's (the newline starts a new pre-token, so the title's tokens cannot change); the others are
+        tokenized again in full."""
+        end = self.items(titles, END)
+        if not self.rule.newline_space_in_item:
+            return end, end
+        probe_c, probe_e = self.items(["A"], CONT)[0], self.items(["A"], END)[0]
+        if probe_c is None or probe_e is None:
+            return self.items(titles, CONT), end
+        shared = next((i for i, (a, b) in enumerate(zip(probe_c, probe_e)) if a != b), min(len(probe_c), len(probe_e)))
+        tail_c, tail_e = probe_c[shared:], probe_e[shared:]
+        cont: list[list[int] | None] = [None] * len(titles)
+        again = []
+        for j, e in enumerate(end):
+            if e is not None and tail_e and e[-len(tail_e):] == tail_e and len(e) > len(tail_e):
+                cont[j] = e[:-len(tail_e)] + tail_c
+            else:
+                again.append(j)
+        for j, c in zip(again, self.items([titles[j] for j in again], CONT)):
+            cont[j] = c
+        return cont, end
+
     def numbers(self, count: int, strict: bool = True) -> list[list[int] | None]:
         """NUM[j] for j < count: NUM[0] at the start of the output, the others after a continued line.
         A number that cannot be cut out cleanly raises a ``UserError`` (``strict``) or is None."""
