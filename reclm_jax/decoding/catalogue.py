@@ -181,8 +181,9 @@ class ConstrainedCatalogue:
             if c.category is not None and k < 0 and c.category_mode == "only":
                 raise UserError(f"constraint: unknown category {c.category!r}; known: {self.categories[:10]} ...")
             n_in, n_out = self._available(ex[i], cand[i], c.candidates is not None, k, mode)
-            k_max = min(big if c.k_max is None else c.k_max, n_in + n_out, big)
-            c_max = k_max if c.c_max is None else c.c_max
+            c_max = big if c.c_max is None else c.c_max
+            k_max = min(big if c.k_max is None else c.k_max, min(n_in, c_max) + n_out, big)
+            c_max = min(c_max, k_max)
             c_min = min(c.c_min, n_in, c_max)
             k_min = min(c.k_min, k_max)
             rows["k_min"][i], rows["k_max"][i], rows["c_min"][i], rows["c_max"][i] = k_min, k_max, c_min, c_max

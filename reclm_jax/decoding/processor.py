@@ -160,7 +160,7 @@ class CatalogueProcessor(LogitsProcessor):
         nxt = data["num_tokens"][jnp.minimum(state["count"] + 1, max_items - 1), 0]
         num = data["num_tokens"][jnp.minimum(state["count"], max_items - 1), state["pos"]]
         extra_tok = jnp.stack([jnp.where(in_item & cont, nxt, vocab), jnp.where(in_item & end, self.end_id, vocab),
-                               jnp.where(phase == NUM, num, vocab), jnp.where(phase == DONE, self.end_id, vocab)], 1)
+                               jnp.where((phase == NUM) & (rows["k_max"] > 0), num, vocab), jnp.where(phase == DONE, self.end_id, vocab)], 1)
         mask = in_item[:, None] & mask
         mask = mask.at[jnp.arange(b)[:, None], extra_tok].set(True, mode="drop")
         # A dead end (no item can be written any more, e.g. every candidate used) ends the list.

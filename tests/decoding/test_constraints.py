@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from reclm_jax.decoding import ConstrainedCatalogue, constraint_for_sample, constraints_for_samples
+from reclm_jax.decoding import ConstrainedCatalogue, ListConstraint, constraint_for_sample, constraints_for_samples
 
 FIELDS = {"item_count": 10, "sub_sequential": ["1", "2"], "target_category": "Drama", "category_count": 3}
 
@@ -71,3 +71,17 @@ def test_test_tasks_score_their_constraints(tiny_dataset_dir, tiny_llama_dir, lo
                  "SFTTestPersonalCategoryRateMP_30"):
         assert res[task]["CategoryRateCorrect"] == 1, task
     assert res["SFTTestSeqRanking"]["NotInCandidateRate"] == 0
+
+
+def test_counts_the_catalogue_cannot_meet_are_lowered(make_catalogue):
+    cat, items, titles, i2c, cats = make_catalogue("bpe", n=60, seed=0)
+    members = [it for it in cat.items if "Drama" in i2c[it]]
+    outside = [it for it in cat.items if "Drama" not in i2c[it]]
+    cons = [ListConstraint(k_min=10, k_max=10, candidates=tuple(items[:6]), exclude=tuple(items[:2])),
+            ListConstraint(k_min=50, k_max=50, category="Drama", category_mode="only", exclude=tuple(members[:3])),
+            ListConstraint(k_min=10, k_max=10, category="Drama", c_max=1, exclude=tuple(outside[3:])),
+            ListConstraint(k_min=3, k_max=3, candidates=("not-an-item",))]
+    rows = cat.row_data(cons)["rows"]
+    assert rows["k_max"].tolist() == [4, min(len(members) - 3, 16), 4, 0]
+    assert rows["k_min"].tolist() == rows["k_max"].tolist()
+    assert rows["c_max"][2] == 1
