@@ -300,3 +300,24 @@ def test_resume_after_sigkill_asks_only_the_missing_samples(tmp_path, tiny_eval_
     got = json.loads((tmp_path / "s.json").read_text())
     assert got == json.loads(json.dumps(ref))
     assert rd.load_run(out).complete
+
+
+def test_constrained_requests_carry_each_samples_constraint(tmp_path, tiny_eval_ctx, fake_openai):
+    from reclm_jax.decoding import constraint_for_sample
+
+    ctx = tiny_eval_ctx
+    table = user_table(ctx, 3)
+    server = fake_openai(correct_server(ctx, table))
+    tasks = ["SFTTestSeqRec", "SFT-TestPersonalControlRec", "SFTTestPersonalCategoryRateMP_30"]
+    s = settings(tmp_path, tasks, n=3, constrained=True)
+    run(ctx, server, s)
+    sent = [p["reclm_constraint"] for p in server.payloads]
+    assert len(sent) == 9 and [c["task"] for c in sent] == [t for t in tasks for _ in range(3)]
+    for c in sent:  # the sample's fields as JSON: they give the rule the metrics score
+        rule = constraint_for_sample(c["task"], c["input_field_data"])
+        assert (rule.k_min, rule.k_max) == (10, 10) and rule.exclude == tuple(c["input_field_data"]["sub_sequential"])
+        assert rule.category_mode == ("exclude" if c["task"].startswith("SFT-") else "none")
+        assert rule.c_min == (c["input_field_data"]["category_count"] if "MP" in c["task"] else 0)
+    assert rd.load_run(s.run_dir).info["constrained"] is True
+    with pytest.raises(UserError, match="constrained"):  # the cached answers were made under constraints
+        run(ctx, server, settings(tmp_path, tasks, n=3))
