@@ -78,7 +78,8 @@ def random_llama(cfg: LlamaConfig, mesh=None, seed: int = 0) -> LlamaForCausalLM
         name = path_name(path)
         value = var.get_value()
         shape = tuple(value.shape)
-        make = generator(shape, value.dtype, param_sharding(name, shape, mesh), ones=name.endswith("norm.weight"))
+        sharding = param_sharding(name, shape, mesh, cfg)
+        make = generator(shape, value.dtype, sharding, ones=name.endswith("norm.weight"))
         placed.append((path, var.replace(make(jax.random.fold_in(root, i)))))
     return nnx.merge(graphdef, nnx.from_flat_state(placed))
 

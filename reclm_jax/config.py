@@ -6,6 +6,12 @@ every unknown key and every wrong type is reported with its full dotted name and
 
     cfg = load_config(SFTConfig, "configs/sft.yaml", ["train.lr=1e-4", "output_dir=runs/a"])
     save_config(cfg, cfg.output_dir)   # writes <output_dir>/config.yaml
+
+A section may be given as the path of a YAML file holding that section's keys (a preset), on the command line
+(``mesh=configs/mesh/gpu8_fsdp.yaml``) or in a config file (``mesh: configs/mesh/gpu8_fsdp.yaml``). The preset
+replaces the whole section where it appears (keys it lacks take their defaults, not the earlier file's), later
+overrides still apply on top (``mesh=configs/mesh/gpu8_fsdp.yaml mesh.tp=2``), and mistakes inside it are
+reported with the preset's own file name.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ T = TypeVar("T")
 
 CONFIG_FILENAME = "config.yaml"
 MISSING_MARK = "???"  # OmegaConf's "must be given" value
+SECTION_FILE_SUFFIXES = (".yaml", ".yml")  # a string with one of these, given for a section, names a preset file
 
 
 def load_config(cls: type[T], path: str | Path | None = None, overrides: typing.Sequence[str] = ()) -> T:
@@ -48,7 +55,7 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: typing.
             raise UserError(f"{p}: not valid YAML: {_one_line(e)}") from None
         if not isinstance(loaded, DictConfig):
             raise UserError(f"{p}: the top level must be a mapping of keys to values")
-        layers.append(loaded)
+        layers.append(_expand_section_files(cls, loaded, str(p)))
     for item in overrides:
         if "=" not in item or item.startswith("="):
             raise UserError(f"bad override {item!r}: expected key=value, e.g. train.lr=1e-4")
@@ -57,11 +64,12 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: typing.
             value = yaml.safe_load(raw) if raw != "" else ""
         except yaml.YAMLError:
             value = raw
-        layers.append(OmegaConf.from_dotlist([]))
+        layer = OmegaConf.from_dotlist([])
         try:
-            OmegaConf.update(layers[-1], key.strip(), value, force_add=True)
+            OmegaConf.update(layer, key.strip(), value, force_add=True)
         except OmegaConfBaseException as e:
             raise UserError(f"bad override {item!r}: {_one_line(e)}") from None
+        layers.append(_expand_section_files(cls, layer, f"override {item!r}"))
     try:
         merged = OmegaConf.merge(*layers) if layers else OmegaConf.create({})
         data = OmegaConf.to_container(merged, resolve=True)
@@ -95,6 +103,52 @@ def save_config(cfg: Any, out_dir: str | Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     path = out / CONFIG_FILENAME
     return write_text_atomic(path, yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+
+
+def _expand_section_files(cls: type, layer: DictConfig, where: str) -> DictConfig:
+    """``layer`` with every section given as a YAML file path replaced by that file's section, in full."""
+    data = OmegaConf.to_container(layer, resolve=False)
+    expanded = _expand_mapping(cls, data, "", where, None)
+    return layer if expanded is data else OmegaConf.create(expanded)
+
+
+def _expand_mapping(cls: type, data: Any, prefix: str, where: str, base: Any) -> Any:
+    """``data`` (a plain mapping for ``cls``) with preset paths expanded; the same object when none is found."""
+    if not isinstance(data, dict) or not dataclasses.is_dataclass(cls):
+        return data
+    hints = get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    out = data
+    for name, value in data.items():
+        f = fields.get(name)
+        if f is None or not dataclasses.is_dataclass(hints[name]):
+            continue  # unknown keys are reported by _build, with the list of valid ones
+        default = _field_default(f, base)
+        default = default if dataclasses.is_dataclass(default) else None
+        if isinstance(value, str) and value.endswith(SECTION_FILE_SUFFIXES):
+            new = config_to_dict(_load_section_file(hints[name], value, prefix + name, where, default))
+        else:
+            new = _expand_mapping(hints[name], value, prefix + name + ".", where, default)
+        if new is not value:
+            out = dict(out) if out is data else out
+            out[name] = new
+    return out
+
+
+def _load_section_file(cls: type[T], path: str, key: str, where: str, base: Any) -> T:
+    """Section ``key`` (of type ``cls``) built from the preset file at ``path`` that ``where`` names."""
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"{where}: '{key}' names the preset file {p}, which does not exist")
+    try:
+        loaded = OmegaConf.load(p)
+        data = OmegaConf.to_container(loaded, resolve=True)
+    except (yaml.YAMLError, OmegaConfBaseException) as e:
+        raise UserError(f"{p}: not valid YAML: {_one_line(e)}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{p}: a preset for '{key}' must be a mapping of its keys ({_type_name(cls)} of "
+                        f"{', '.join(f.name for f in dataclasses.fields(cls))})")
+    return _build(cls, data, prefix=key + ".", source=f"{p} (preset for '{key}')", base=base)
 
 
 def _one_line(e: BaseException) -> str:
@@ -140,7 +194,8 @@ def _build(cls: type, data: Any, prefix: str, source: str, base: Any = None) -> 
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise UserError(f"{source}: '{where}' must be a mapping, got {data!r}")
+        raise UserError(f"{source}: '{where}' must be a mapping or the path of a YAML file holding one, "
+                        f"got {data!r}")
     hints = get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = [k for k in data if k not in fields]
@@ -165,7 +220,10 @@ def _build(cls: type, data: Any, prefix: str, source: str, base: Any = None) -> 
             kwargs[name] = getattr(base, name)
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             raise UserError(f"{source}: missing required key '{key}' ({_type_name(hints[name])})")
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except UserError as e:  # a config's own check (__post_init__): say which file or overrides set it
+        raise UserError(f"{source}: {e}") from None
 
 
 def _coerce(tp: Any, value: Any, key: str, source: str) -> Any:

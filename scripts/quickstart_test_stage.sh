@@ -24,32 +24,11 @@ EVAL_MAX_TOKENS="${EVAL_MAX_TOKENS:-256}"
 EVAL_PORT="${EVAL_PORT:-13579}"
 export JAX_PLATFORMS="${JAX_PLATFORMS:-cpu}" HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 mkdir -p "$EVAL_DIR"
-server=""
-trap '[ -n "$server" ] && kill "$server" 2>/dev/null || true' EXIT
-
-# Serves $2 as model name $1, evaluates it (extra client flags after), stops the server.
+source scripts/serve_eval.sh
+server_command() { SERVER=(python -m reclm_jax.serve --model "$2" --port "$EVAL_PORT" --served-model-name "$1" --max-batch 32); }
+# Serves $2 as model name $1 and evaluates it on the first EVAL_USERS users (extra client flags after).
 evaluate() {
-  local name=$1 dir=$2
-  shift 2
-  echo "-- $name: serving $dir on port $EVAL_PORT"
-  python -m reclm_jax.serve --model "$dir" --port "$EVAL_PORT" --served-model-name "$name" --max-batch 32 \
-    >"$EVAL_DIR/$name.serve.log" 2>&1 &
-  server=$!
-  for _ in $(seq 1 600); do
-    curl -sf "http://127.0.0.1:$EVAL_PORT/health" >/dev/null 2>&1 && break
-    if ! kill -0 "$server" 2>/dev/null; then
-      echo "error: the server for $name stopped; the end of $EVAL_DIR/$name.serve.log:" >&2
-      tail -20 "$EVAL_DIR/$name.serve.log" >&2
-      exit 1
-    fi
-    sleep 1
-  done
-  python -m reclm_jax.eval --base-url "http://127.0.0.1:$EVAL_PORT/v1" --model-name "$name" --data_path "$DATA_DIR" \
-    --item_index title64_t --tokenizer "$dir" --output_dir "$EVAL_DIR/$name" --max_users "$EVAL_USERS" \
-    --max_tokens "$EVAL_MAX_TOKENS" --concurrency 32 "$@"
-  kill "$server" 2>/dev/null || true
-  wait "$server" 2>/dev/null || true
-  server=""
+  serve_and_eval "$@" --item_index title64_t --max_users "$EVAL_USERS" --max_tokens "$EVAL_MAX_TOKENS" --concurrency 32
 }
 
 runs=()

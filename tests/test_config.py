@@ -70,7 +70,7 @@ def test_yaml_1_1_float_strings_and_int_to_float(tmp_path):
     (["use_lora=maybe"], "key 'use_lora' expects bool, got 'maybe'"),
     (["train.schedule=cosine"], "key 'train.schedule' expects one of 'linear', 'poly', got 'cosine'"),
     (["train.tasks=SFTSeqRec"], "key 'train.tasks' expects list of str, got 'SFTSeqRec'"),
-    (["train=5"], "'train' must be a mapping, got 5"),
+    (["train=5"], "'train' must be a mapping or the path of a YAML file holding one, got 5"),
     (["seed"], "bad override 'seed': expected key=value"),
 ])
 def test_bad_values_name_the_key(tmp_path, overrides, expected):
@@ -78,6 +78,60 @@ def test_bad_values_name_the_key(tmp_path, overrides, expected):
     with pytest.raises(UserError) as e:
         load_config(Stage, p, overrides)
     assert expected in str(e.value)
+
+
+def test_a_section_given_as_a_preset_file(tmp_path, monkeypatch):
+    """``train=FILE.yaml`` (or ``train: FILE.yaml`` in the config) loads the section from FILE: it replaces the
+    whole section (keys FILE lacks take their defaults, not the config's), later overrides still apply."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "presets").mkdir()
+    (tmp_path / "presets" / "fast.yaml").write_text("lr: 0.5\nschedule: linear\n")
+    p = write(tmp_path, "data_path: d\ntrain: {epochs: 9, lr: 2e-4}\n")
+    cfg = load_config(Stage, p, ["train=presets/fast.yaml"])
+    assert (cfg.train.lr, cfg.train.schedule, cfg.train.epochs) == (0.5, "linear", Train().epochs)
+    assert load_config(Stage, p, ["train=presets/fast.yaml", "train.epochs=4"]).train.epochs == 4
+    assert load_config(Stage, p, ["train.epochs=4", "train=presets/fast.yaml"]).train.epochs == Train().epochs
+    in_file = write(tmp_path, "data_path: d\ntrain: presets/fast.yml\n")
+    (tmp_path / "presets" / "fast.yml").write_text("lr: 0.25\n")
+    assert load_config(Stage, in_file).train.lr == 0.25
+
+
+def test_a_bad_preset_file_is_named(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    p = write(tmp_path, "data_path: d\n")
+    with pytest.raises(UserError, match=r"override 'train=nope.yaml': 'train' names the preset file nope.yaml, "
+                                        r"which does not exist"):
+        load_config(Stage, p, ["train=nope.yaml"])
+    (tmp_path / "bad.yaml").write_text("lr: 1\nlrr: 2\n")
+    with pytest.raises(UserError, match=r"bad.yaml \(preset for 'train'\): unknown key 'train.lrr'"):
+        load_config(Stage, p, ["train=bad.yaml"])
+    (tmp_path / "list.yaml").write_text("- 1\n")
+    with pytest.raises(UserError, match=r"list.yaml: a preset for 'train' must be a mapping"):
+        load_config(Stage, p, ["train=list.yaml"])
+    (tmp_path / "worse.yaml").write_text("schedule: cosine\n")
+    in_file = write(tmp_path, "data_path: d\ntrain: worse.yaml\n")
+    with pytest.raises(UserError, match=r"worse.yaml \(preset for 'train'\): key 'train.schedule' expects one of"):
+        load_config(Stage, in_file)
+
+
+@dataclasses.dataclass(frozen=True)
+class Checked:
+    n: int = 1
+
+    def __post_init__(self):
+        if self.n < 1:
+            raise UserError(f"checked.n must be >= 1, got {self.n}")
+
+
+@dataclasses.dataclass(frozen=True)
+class WithChecked:
+    checked: Checked = Checked()
+
+
+def test_a_config_s_own_check_names_its_source(tmp_path):
+    p = write(tmp_path, "checked: {n: 0}\n")
+    with pytest.raises(UserError, match=r"c.yaml: checked.n must be >= 1, got 0"):
+        load_config(WithChecked, p)
 
 
 def test_missing_required_and_missing_file(tmp_path):

@@ -7,9 +7,10 @@ from pathlib import Path
 
 PKG = Path(__file__).parents[1] / "reclm_jax"
 # Bottom to top; a package may import its own layer and those listed before it.
-ORDER = ["foundation", "datasets", "models", "train", "teacher", "data", "eval", "stages"]
+# ``testing`` (fixtures and servers for the tests) sits on top: it may start any stage.
+ORDER = ["foundation", "datasets", "models", "train", "teacher", "data", "decoding", "eval", "stages", "testing"]
 LAYER = {"datasets": "datasets", "models": "models", "train": "train", "teacher": "teacher", "data": "data",
-         "eval": "eval", "testing": "stages", "sft": "stages", "rl": "stages", "generate": "stages",
+         "decoding": "decoding", "eval": "eval", "testing": "testing", "sft": "stages", "rl": "stages", "generate": "stages",
          "export": "stages", "serve": "stages", "service": "foundation"}
 STAGES = {"sft", "rl", "generate", "export", "serve"}
 # Documented exception: a Sampler given weights on a mesh without a Runtime builds one (lazily, in a function).

@@ -172,3 +172,155 @@ def test_serve_vllm_cpu_command_has_the_cpu_settings(tiny_llama_dir, tmp_path):
     assert cmd.startswith(f"{py} -m vllm.entrypoints.openai.api_server --model {tiny_llama_dir} ")
     for flag in ("--port 8123", "--served-model-name m", "--no-enable-prefix-caching", "--seed 3"):
         assert flag in cmd
+
+
+# -- launch_multihost.sh: argument handling and the per-process commands (--dry-run), one real local launch -------
+def _launch(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", str(REPO / "scripts" / "launch_multihost.sh"), *map(str, args)],
+                          capture_output=True, text=True, timeout=60, env={"PATH": "/usr/bin:/bin", "HOME": "/tmp"})
+
+
+def test_launch_multihost_rejects_bad_arguments():
+    for args, needle in [((), "no command given"), (("--hosts", "a"), "no command given"),
+                         (("--", "true"), "--hosts is required"), (("--hosts", "a,,b", "--", "x"), "empty entry"),
+                         (("--hosts", "a", "--port", "8x", "--", "x"), "--port must be"),
+                         (("--hosts", "a", "--gpus-per-host", "0", "--", "x"), "--gpus-per-host must be"),
+                         (("--hosts", "a,b", "--host-index", "2", "--", "x"), "--host-index must be in 0..1"),
+                         (("--hosts", "a", "--export", "1X=2", "--", "x"), "--export wants NAME=VALUE"),
+                         (("--hosts", "a", "--bogus", "--", "x"), "unknown argument --bogus")]:
+        res = _launch(*args)
+        assert res.returncode == 2 and needle in res.stderr, (args, res.stderr)
+    res = _launch("--help")
+    assert res.returncode == 0 and res.stdout.startswith("usage: scripts/launch_multihost.sh")
+
+
+def test_launch_multihost_dry_run_gives_every_process_its_id():
+    res = _launch("--hosts", "gpu0,gpu1,gpu2", "--port", "1234", "--workdir", "/srv/r", "--export", "XLA_FLAGS=-a b",
+                  "--dry-run", "--", "python", "-m", "reclm_jax.sft", "--config", "c.yaml", "output_dir=/s/run")
+    assert res.returncode == 0, res.stderr
+    lines = res.stdout.strip().splitlines()
+    assert len(lines) == 3
+    for i, line in enumerate(lines):
+        assert line.startswith(f"[gpu{i} process {i}] ssh gpu{i} 'cd /srv/r && env ")
+        for var in ("RECLM_JAX_COORDINATOR=gpu0:1234", "RECLM_JAX_NUM_PROCESSES=3", f"RECLM_JAX_PROCESS_ID={i} ",
+                    r"XLA_FLAGS=-a\ b", "python -m reclm_jax.sft --config c.yaml output_dir=/s/run'"):
+            assert var in line, (var, line)
+        assert "RECLM_JAX_LOCAL_DEVICE_IDS" not in line  # one process per host sees all its GPUs
+    # one process per GPU, and only this host's processes (no ssh) with --host-index
+    res = _launch("--hosts", "n0,n1", "--gpus-per-host", "4", "--process-per-gpu", "--host-index", "1", "--dry-run",
+                  "--", "python", "-m", "reclm_jax.rl")
+    lines = res.stdout.strip().splitlines()
+    assert [line.split("]")[0] for line in lines] == [f"[n1 process {k}" for k in (4, 5, 6, 7)]
+    for j, line in enumerate(lines):
+        assert "ssh" not in line and f"RECLM_JAX_LOCAL_DEVICE_IDS={j} " in line
+        assert "RECLM_JAX_NUM_PROCESSES=8" in line and "RECLM_JAX_COORDINATOR=n0:29500" in line
+
+
+def test_launch_multihost_runs_local_processes_and_returns_the_first_failure():
+    res = _launch("--hosts", "127.0.0.1,localhost", "--", "bash", "-c",
+                  'echo "$RECLM_JAX_PROCESS_ID/$RECLM_JAX_NUM_PROCESSES"; exit $((RECLM_JAX_PROCESS_ID * 3))')
+    assert res.returncode == 3
+    assert sorted(res.stdout.split()) == ["0/2", "1/2"]
+
+
+# -- reproduce.sh: the paper's pipeline, checked on its --dry-run commands ----------------------------------------
+REPRODUCE = REPO / "scripts" / "reproduce.sh"
+
+
+def _reproduce(*args, tmp_path) -> subprocess.CompletedProcess:
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "RECLM_JAX_RUNS": str(tmp_path / "runs")}
+    return subprocess.run(["bash", str(REPRODUCE), *map(str, args)], capture_output=True, text=True, timeout=60,
+                          env=env, cwd=tmp_path)
+
+
+def _dry_commands(out: str) -> dict[str, list[list[str]]]:
+    """The printed commands by what they run (``reclm_jax.sft``, ``scripts/serve_vllm.sh``, ...), as words."""
+    import shlex
+
+    found: dict[str, list[list[str]]] = {}
+    for line in out.splitlines():
+        if line.startswith("["):  # a stage's heading, "[12s] == [3/8] ..."
+            continue
+        words = shlex.split(line.removesuffix("&"))
+        if words[:2] == ["python", "-m"]:
+            found.setdefault(words[2], []).append(words[3:])
+        elif words[:1] == ["bash"]:
+            found.setdefault(words[1], []).append(words[2:])
+    return found
+
+
+def _flag(words: list[str], name: str) -> str:
+    return words[words.index(name) + 1]
+
+
+@pytest.mark.parametrize("gpus,fsdp", [(1, 1), (4, 4), (8, 8)])
+def test_reproduce_dry_run_runs_the_paper_s_stages(tiny_llama_dir, tmp_path, monkeypatch, gpus, fsdp):
+    from reclm_jax.config import load_config
+    from reclm_jax.rl.config import RLConfig
+    from reclm_jax.sft.config import SFTConfig
+
+    res = _reproduce(tiny_llama_dir, "--gpus", gpus, "--dry-run", tmp_path=tmp_path)
+    assert res.returncode == 0, res.stderr
+    cmds = _dry_commands(res.stdout)
+    runs = tmp_path / "runs" / "paper"
+    monkeypatch.chdir(REPO)  # the script runs its stages from the repository root (the preset paths)
+    ((sft_words,), (rl_words,)) = cmds["reclm_jax.sft"], cmds["reclm_jax.rl"]
+    sft = load_config(SFTConfig, REPO / sft_words[1], sft_words[2:])
+    rl = load_config(RLConfig, REPO / rl_words[1], rl_words[2:])
+    for cfg in (sft, rl):
+        assert (cfg.mesh.fsdp, cfg.mesh.devices, cfg.mesh.data, cfg.mesh.tp) == (fsdp, gpus, 1, 1)
+        assert bool(cfg.mesh.xla_flags) == (gpus > 1) and cfg.resume
+        assert cfg.teacher.checkpoint == str(runs / "teacher_ml1m")
+    # the paper's SFT: 40 epochs of 64 sequences per update at lr 1e-3, Llama-2 chat format; no ShareGPT given
+    assert sft.model.path == str(tiny_llama_dir) and sft.train.epochs == 40 and sft.optim.lr == 1e-3
+    assert sft.train.batch_size * sft.train.grad_accum == 64 and sft.train.batch_size % fsdp == 0
+    assert sft.data.chat_template == "llama-2" and "ShareChatGPT" not in sft.data.train_tasks
+    assert rl.model.path == str(runs / "sft" / "merged") and rl.train.episodes == 2 and rl.optim.lr == 5e-6
+    assert cmds["reclm_jax.sft.merge"] == [["--run", str(runs / "sft")]]
+    assert cmds["reclm_jax.rl.merge"] == [["--run", str(runs / "rl")]]
+    (teacher,) = cmds["reclm_jax.teacher.train"]
+    assert teacher[:2] == ["--config", "configs/teacher_ml1m.yaml"] and not any("max_minutes" in w for w in teacher)
+    # the test stage: every user (no --max_users) of each served model, each with its own tokenizer
+    served = {_flag(w, "--name"): w[-2] for w in cmds["scripts/serve_vllm.sh"]}
+    assert served == {"base": str(tiny_llama_dir), "sft": str(runs / "sft" / "merged"),
+                      "rl": str(runs / "rl" / "merged")}
+    from reclm_jax.eval.__main__ import build_parser
+
+    outputs = []
+    for words in cmds["reclm_jax.eval"]:
+        a = build_parser().parse_args(words)
+        assert a.max_users is None and a.tokenizer == served[a.model_name] and a.max_tokens == 512
+        assert a.general_llm == (a.model_name == "base")
+        outputs.append(a.output_dir)
+    outputs += [_flag(w, "--output_dir") for w in cmds["reclm_jax.eval.baselines"]]
+    (report,) = cmds["reclm_jax.eval.report"]
+    assert report[:report.index("--out")] == outputs and len(outputs) == 5
+
+
+def test_reproduce_help_and_argument_errors(tiny_llama_dir, tmp_path):
+    res = _reproduce("--help", tmp_path=tmp_path)
+    assert res.returncode == 0 and "--gpus N" in res.stdout and "--dry-run" in res.stdout
+    listed = [int(n) for n in re.findall(r"^#\s+(\d+)\. ", res.stdout, re.M)]
+    stamps = re.findall(r'stamp "== \[(\d+)/(\d+)\]', REPRODUCE.read_text())
+    assert listed == [int(i) for i, _ in stamps] == list(range(1, 9)) and {int(n) for _, n in stamps} == {8}
+    for args, needle in [((), "MODEL_DIR is required"), ((tmp_path,), "no config.json"),
+                         ((tiny_llama_dir, "--gpus", 3), "--gpus must be 1, 2, 4 or 8"),
+                         ((tiny_llama_dir, "--sharegpt", tmp_path / "none.json"), "no such file"),
+                         ((tiny_llama_dir, "--bogus"), "--bogus")]:
+        res = _reproduce(*args, "--dry-run", tmp_path=tmp_path)
+        assert res.returncode == 2 and needle in res.stderr, (args, res.stderr)
+
+
+def test_reproduce_with_sharegpt_keeps_the_paper_s_tasks(tiny_llama_dir, tmp_path, monkeypatch):
+    from reclm_jax.config import load_config
+    from reclm_jax.sft.config import SFTConfig
+
+    share = tmp_path / "sharegpt.json"
+    share.write_text("[]")
+    res = _reproduce(tiny_llama_dir, "--sharegpt", "sharegpt.json", "--dry-run", tmp_path=tmp_path)
+    assert res.returncode == 0, res.stderr
+    (words,) = _dry_commands(res.stdout)["reclm_jax.sft"]
+    monkeypatch.chdir(REPO)
+    sft = load_config(SFTConfig, REPO / words[1], words[2:])
+    assert sft.data.share_chat_gpt_path == str(share) and sft.data.share_chat_gpt_ratio == 0.5
+    assert "ShareChatGPT" in sft.data.train_tasks

@@ -56,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max_consecutive_failures", type=int, default=32,
                    help="stop (answers kept) after this many failed requests in a row; 0: never")
     p.add_argument("--max_tokens", "--gen_max_length", dest="max_tokens", type=int, default=1024)
+    p.add_argument("--constrained", action="store_true",
+                   help="send each sample's constraint (reclm_constraint: its task and fields) to a reclm_jax.serve "
+                        "started with --constrain-data on the same dataset and --item_index")
     p.add_argument("--overwrite", action="store_true", help="discard the answers cached in --output_dir")
     p.add_argument("--json", default=None, help="also write the scores here ({reclm, original, counts})")
     p.add_argument("--dump_samples", default=None, help="write the test samples to this JSONL file and exit")
@@ -103,13 +106,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise UserError("give --model-name (the served model's name), or --dump_samples FILE")
     if a.seqrec_outputs:
         raise UserError("--seqrec_outputs goes with --dump_samples; the client reads its own SeqRec answers")
+    if a.constrained and (a.general_llm or a.no_idx):
+        raise UserError("--constrained decodes the numbered list of fine-tuned models: not with --general_llm or "
+                        "--no_idx")
     base_url = a.base_url or (f"http://127.0.0.1:{a.vllm_port}/v1" if a.vllm_port else DEFAULT_BASE_URL)
     name = a.name or a.model_name
     runs = Path(os.environ.get("RECLM_JAX_RUNS", "runs"))
     run_dir = Path(a.output_dir) if a.output_dir else runs / "eval" / _safe(name)
     settings = EvalSettings(run_dir=run_dir, name=name, tasks=tuple(tasks), data_path=a.data_path,
                             item_index=a.item_index, kind="general_llm" if a.general_llm else "model",
-                            max_users=a.max_users, idx=not a.no_idx, overwrite=a.overwrite)
+                            max_users=a.max_users, idx=not a.no_idx, overwrite=a.overwrite,
+                            constrained=a.constrained)
     teacher = make_teacher(a, ctx) if (a.teacher_checkpoint or a.teacher_port) else None
     client = CompletionsClient(CompletionsConfig(base_url, a.model_name, max_tokens=a.max_tokens, timeout=a.timeout,
                                                  retries=a.retries, concurrency=a.concurrency,

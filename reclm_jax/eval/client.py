@@ -17,6 +17,7 @@ fields; ``scores.json`` and ``run.json`` (``complete: true``) are written at the
 from __future__ import annotations
 
 import dataclasses
+import json
 import shutil
 import sys
 from pathlib import Path
@@ -46,6 +47,7 @@ class EvalSettings:
     idx: bool = True
     overwrite: bool = False
     progress: bool = True
+    constrained: bool = False  # each request carries its sample's reclm_constraint (reclm_jax.serve)
 
     @property
     def general_llm(self) -> bool:
@@ -63,15 +65,17 @@ def prepare_run_dir(s: EvalSettings, base_url: str | None, model_name: str | Non
     if info_file.exists() and not s.overwrite:
         old = rd.load_run(s.run_dir).info
         # max_users may change: the first N users' samples are the same for any N, so their answers stay valid.
-        for key, new in (("model_name", model_name), ("kind", s.kind), ("item_index", s.item_index)):
-            if old.get(key) != new:
+        for key, new in (("model_name", model_name), ("kind", s.kind), ("item_index", s.item_index),
+                         ("constrained", s.constrained)):
+            if old.get(key, False if key == "constrained" else None) != new:
                 raise UserError(f"{s.run_dir} holds an evaluation with {key} {old.get(key)!r}, not {new!r}: give "
                                 f"another --output_dir, or --overwrite to start it again")
     if s.overwrite:
         shutil.rmtree(s.run_dir / rd.OUTPUTS_DIR, ignore_errors=True)
         (s.run_dir / rd.SCORES_FILE).unlink(missing_ok=True)
     rd.write_info(s.run_dir, rd.make_info(s.name, s.kind, base_url, s.data_path, s.item_index, s.tasks,
-                                          s.max_users, complete=False, model_name=model_name))
+                                          s.max_users, complete=False, model_name=model_name,
+                                          constrained=s.constrained))
 
 
 def cached_answers(run_path: Path, task: str, samples: Sequence[dict]) -> dict[int, str]:
@@ -122,6 +126,13 @@ class HttpAnswerer:
                   f"the requests name {self.model_name!r}", file=sys.stderr)
         self._probed = True
 
+    def _extra(self, task: str, sample: dict) -> tuple:
+        """() or (the body keys of a constrained request: the sample's task and fields, as JSON values)."""
+        if not self.s.constrained:
+            return ()
+        fields = json.loads(json.dumps(sample["input_field_data"], default=str))
+        return ({"reclm_constraint": {"task": task, "input_field_data": fields}},)
+
     def __call__(self, task: str, samples: Sequence[dict], cached: dict) -> tuple[dict, dict]:
         texts = dict(cached)
         errors: dict[int, str] = {}
@@ -144,7 +155,7 @@ class HttpAnswerer:
 
         try:
             with rd.OutputAppender(self.s.run_dir, task) as appender:
-                self.client.map(((x["position"], x["input_text"]) for x in todo), on_done)
+                self.client.map(((x["position"], x["input_text"], *self._extra(task, x)) for x in todo), on_done)
         finally:
             progress.bar.close()
         msg = f"{task}: {len(samples)} samples, {len(samples) - len(todo)} cached, {len(todo)} asked, " \

@@ -91,10 +91,11 @@ class CompletionsClient:
         except (ValueError, KeyError, TypeError):
             return None
 
-    def complete(self, prompt: str) -> str:
-        """The greedy completion of ``prompt``; ``CompletionError`` once every attempt failed."""
+    def complete(self, prompt: str, extra: dict | None = None) -> str:
+        """The greedy completion of ``prompt``; ``CompletionError`` once every attempt failed. ``extra``: more
+        body keys (``reclm_constraint`` of a constrained evaluation)."""
         payload = {"model": self.cfg.model, "prompt": prompt, "n": 1, "temperature": 0.0,
-                   "max_tokens": self.cfg.max_tokens}
+                   "max_tokens": self.cfg.max_tokens, **(extra or {})}
         last = ""
         for attempt in range(self.cfg.retries + 1):
             if attempt:
@@ -123,9 +124,9 @@ class CompletionsClient:
             return text
         raise CompletionError(last)
 
-    def map(self, jobs: Iterable[tuple[Hashable, str]],
+    def map(self, jobs: Iterable[tuple],
             on_done: Callable[[Hashable, str | None, str | None], None]) -> None:
-        """Completes every ``(key, prompt)``; ``on_done(key, text, error)`` runs in the calling thread as each
+        """Completes every ``(key, prompt)`` or ``(key, prompt, extra body keys)``; ``on_done(key, text, error)`` runs in the calling thread as each
         finishes (text None and an error message on failure). Raises ``ServerDown`` after
         ``max_consecutive_failures`` failures in a row.
 
@@ -141,11 +142,11 @@ class CompletionsClient:
         def worker() -> None:
             while not stop.is_set():
                 try:
-                    key, prompt = todo.get_nowait()
+                    key, prompt, *extra = todo.get_nowait()
                 except queue.Empty:
                     return
                 try:
-                    text, error = self.complete(prompt), None
+                    text, error = self.complete(prompt, *extra), None
                 except CompletionError as e:
                     text, error = None, str(e) or "failed"
                 except Exception as e:  # a bug or a closed client: still one failed sample, never a hung run

@@ -21,11 +21,11 @@ test for NotInCandidate (default: exact membership among the candidate titles).
 from __future__ import annotations
 
 import math
-import re
 from typing import Any, Mapping, Sequence
 
 from reclm_jax.data.fuzzy import FuzzyMatcher
 from reclm_jax.data.item_index import ItemIndex
+from reclm_jax.data.task_names import rate_variant  # noqa: F401  (re-exported: report_metrics imports it here)
 
 COUNT_METRICS = ("NonExistRate", "RepeatRate", "InHistoryRate", "TargetCategoryRate", "SRTargetCategoryRate",
                  "NotInCandidateRate")
@@ -35,16 +35,6 @@ TABLE_ORDER = ("NonExistRate", "RepeatRate", "InHistoryRate", "CorrectCount", "C
 _CONTROL = ("SFT+TestPersonalControlRec", "SFT-TestPersonalControlRec", "RL+PersonalControlRec",
             "RL-PersonalControlRec")
 _RL = ("RLSeqRec", "RL+PersonalControlRec", "RL-PersonalControlRec", "RLSeqRanking", "RLItemCount", "RLTotal")
-_RATE_VARIANT = re.compile(r"(?:SFTTest|RL)PersonalCategoryRate(LP1|LP|MP|EP|LC|MC)?")
-
-
-def rate_variant(task: str) -> str | None:
-    """'MP' / 'EP' / 'LP' for a CategoryRate task (LP1 and LC count as LP, MC as MP; the generic RL task is LP)."""
-    m = _RATE_VARIANT.match(task)
-    if not m:
-        return None
-    v = m.group(1) or "LP"
-    return {"LP1": "LP", "LC": "LP", "MC": "MP"}.get(v, v)
 
 
 def task_metric_names(task: str) -> list[str]:

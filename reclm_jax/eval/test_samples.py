@@ -3,7 +3,10 @@
 ``scripts/tasks_test.sh`` of the original runs, in this order (audit B.4): SFTTestSeqRec, SFT+/-
 TestPersonalControlRec, SFTTestPersonalCategoryRate{LP1_20, EP_30, MP_30}, SFTTestItemCount. Tasks 2-6 read
 the *model's own* SeqRec answers: the I1-/LP target category and the SR baselines come from that list, and
-only users whose SeqRec request was answered get a sample. Samples are built by the task layer
+only users whose SeqRec request was answered get a sample. That is the original's rule: it asks tasks 2-6 only
+for users whose SeqRec sample has an ``output_title_list`` (``task_test.py:203-205``), which every answered sample
+has, an empty list included (a fine-tuned "" parses to ``['']``, a general LLM's "" to ``[]``); a failed request
+has none. Samples are built by the task layer
 (``data.tasks.test_tasks``); ``position`` is a sample's index within its task (the user's position in
 ``sequential.pickle``, the original's ``idx``: ItemCount's k = topk + 1 + position % 5).
 
@@ -102,7 +105,8 @@ def build_task_samples(ctx: TaskContext, task: str, *, max_users: int | None = N
 def seqrec_titles(samples: Sequence[dict], texts: Sequence[str | None], matcher: FuzzyMatcher,
                   general_llm: bool = False, idx: bool = True) -> dict[str, list[str]]:
     """user -> the model's SeqRec titles as the later tasks read them: parsed, fuzzily mapped, not cut to k
-    (the original's ``SFTTestSeqRec_output_title_list``); users whose request got no answer are left out."""
+    (the original's ``SFTTestSeqRec_output_title_list``); users whose request got no answer are left out, an
+    answer without titles gives the user an empty list (as the original)."""
     out = {}
     for s, text in zip(samples, texts):
         if text is None:

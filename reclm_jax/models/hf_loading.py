@@ -161,7 +161,7 @@ def load_llama(model_dir: str | Path, *, mesh: Mesh | None = None, param_dtype: 
                 raise UserError(f"{ref.file}: tensor {key} has shape {list(ref.shape)}, the config implies "
                                 f"{list(per_layer[::-1] if transpose else per_layer)}")
             layer_refs.append(ref)
-        sharding = param_sharding(path_name(path), want, mesh)
+        sharding = param_sharding(path_name(path), want, mesh, cfg)
         transpose = entries[0][1]
         value = (load_stacked(layer_refs, transpose, var.get_value().dtype, sharding) if stacked
                  else load_tensor(layer_refs[0], transpose, var.get_value().dtype, sharding))

@@ -169,7 +169,8 @@ def add_lora(model: nnx.Module, cfg: LoraConfig, name: str = "default", *, seed:
             for part in ("a", "b"):
                 var = lin.lora[name][part]
                 spec_name = f"{mod_name}.lora.{name}.{part}"
-                var.set_value(jax.device_put(var[...], param_sharding(spec_name, var[...].shape, mesh)))
+                sharding = param_sharding(spec_name, var[...].shape, mesh, model.config)
+                var.set_value(jax.device_put(var[...], sharding))
     if full_tune:
         own_full_copy(model, name, full_tune, param_dtype=cfg.param_dtype)
     return list(chosen)
@@ -204,7 +205,7 @@ def own_full_copy(model: nnx.Module, adapter: str, targets: tuple[str, ...],
         # A new buffer, never an alias of the frozen kernel: a train step donates the trainable state.
         copy = jnp.array(w, dtype=jnp.dtype(param_dtype) if param_dtype else w.dtype, copy=True)
         if mesh is not None:
-            copy = jax.device_put(copy, param_sharding(f"{mod_name}.full.{adapter}", copy.shape, mesh))
+            copy = jax.device_put(copy, param_sharding(f"{mod_name}.full.{adapter}", copy.shape, mesh, model.config))
         lin.add_full_copy(adapter, copy)
     return chosen
 
@@ -258,7 +259,7 @@ def untie_lm_head(model: nnx.Module) -> None:
     emb = model.model.embed_tokens.weight[...]
     kernel = emb.T
     if isinstance(getattr(emb, "sharding", None), NamedSharding):
-        kernel = jax.device_put(kernel, param_sharding("lm_head.kernel", kernel.shape, emb.sharding.mesh))
+        kernel = jax.device_put(kernel, param_sharding("lm_head.kernel", kernel.shape, emb.sharding.mesh, cfg))
     model.lm_head.kernel = nnx.Param(kernel)
     model.config = cfg.replace(tie_word_embeddings=False)
 

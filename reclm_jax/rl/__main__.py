@@ -10,16 +10,24 @@ from __future__ import annotations
 
 from reclm_jax.cli import run_main
 from reclm_jax.config import load_config, parse_stage_args
+from reclm_jax.train.distributed import initialize
 from reclm_jax.eval.compare import HEADLINE, before_after_table
 from reclm_jax.rl.config import RLConfig
+from reclm_jax.xla_flags import apply_xla_flags
 
 
 def main() -> int:
     path, overrides = parse_stage_args(prog="python -m reclm_jax.rl", description=__doc__.split("\n\n", 1)[1])
     cfg = load_config(RLConfig, path, overrides)
+    apply_xla_flags(cfg.mesh.xla_flags)  # the mesh preset's flags: before JAX starts its backend
+    initialize(cfg.distributed)  # before anything touches a device: the other hosts' devices join the mesh
+    import jax
+
     from reclm_jax.rl.trainer import RLTrainer  # imports jax: after the config is known to be valid
 
     summary = RLTrainer(cfg).run()
+    if jax.process_index():  # the primary process reports; the others have written nothing
+        return 0
     print(f"\n{cfg.algorithm.upper()} finished: {summary['iterations']} iterations, actor adapter in "
           f"{cfg.output_dir}/adapter")
     if "after" in summary:

@@ -13,6 +13,7 @@ from typing import Literal
 
 from reclm_jax.models.lora import ALL_LINEARS, LoraConfig
 from reclm_jax.models.sharding import MeshConfig
+from reclm_jax.train.distributed import DistributedConfig
 from reclm_jax.rl.advantages import AdvantageConfig, Whitening
 from reclm_jax.rl.grpo import GRPOConfig
 from reclm_jax.rl.kl_control import KLControlConfig
@@ -183,6 +184,7 @@ class RLConfig:
     teacher: TeacherSettings = TeacherSettings()
     train: TrainSettings = TrainSettings()
     mesh: MeshConfig = MeshConfig()
+    distributed: DistributedConfig = DistributedConfig()  # multi-host launch (train/distributed.py)
 
     @property
     def uses_critic(self) -> bool:

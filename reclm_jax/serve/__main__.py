@@ -2,12 +2,13 @@
 
     python -m reclm_jax.serve --model DIR [--adapter CKPT [--merge-adapter]] [--port 13579] [--host 127.0.0.1]
         [--served-model-name NAME] [--max-batch 16] [--max-wait-ms 5] [--max-queue 256] [--max-model-len N]
-        [--dtype auto|float32|bfloat16] [--kernels auto|xla|cpu]
+        [--dtype auto|float32|bfloat16] [--kernels auto|xla|cpu] [--constrain-data DIR [--item-index NAME]]
 
 Endpoints: ``GET /v1/models``, ``POST /v1/completions``, ``POST /v1/chat/completions`` (the model's chat
 template), ``GET /health``. Concurrent requests that can share a compiled program (same temperature, top_k,
 top_p, adapter) are decoded together, ``--max-batch`` rows per decode call, after waiting at most
-``--max-wait-ms`` for company; more than ``--max-queue`` waiting requests get 503.
+``--max-wait-ms`` for company; more than ``--max-queue`` waiting requests get 503. With ``--constrain-data``,
+a request's ``reclm_constraint`` key decodes it under a catalogue constraint (``reclm_jax.decoding``).
 """
 
 from __future__ import annotations
@@ -44,6 +45,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16"),
                    help="weights and compute (auto: the checkpoint's torch_dtype)")
     p.add_argument("--kernels", default="auto", choices=("auto", "xla", "cpu"), help="see docs/architecture.md")
+    p.add_argument("--constrain-data", "--constrain_data", dest="constrain_data", default=None,
+                   help="raw dataset folder: its catalogue serves requests with a 'reclm_constraint' key")
+    p.add_argument("--item-index", "--item_index", dest="item_index", default="title",
+                   help="the item index of --constrain-data (the one the prompts and the eval client use)")
     p.add_argument("--http", default="auto", choices=("auto", "h11", "httptools"), help="uvicorn's HTTP parser")
     return p.parse_args(argv)
 
@@ -55,6 +60,8 @@ def main(argv=None) -> int:
 
     if not Path(a.model).is_dir():
         raise UserError(f"--model {a.model}: no such folder")
+    if a.constrain_data is not None and not Path(a.constrain_data).is_dir():
+        raise UserError(f"--constrain-data {a.constrain_data}: no such folder")
     if a.merge_adapter and not a.adapter:
         raise UserError("--merge-adapter needs --adapter")
     cfg = ServeConfig(served_model_name=a.served_model_name or a.model, max_batch=a.max_batch,
@@ -66,7 +73,8 @@ def main(argv=None) -> int:
     from reclm_jax.serve.engine import load_engine
 
     engine = load_engine(a.model, adapter=a.adapter, merge_adapter=a.merge_adapter, dtype=a.dtype,
-                         kernels=a.kernels, max_batch=a.max_batch, max_model_len=a.max_model_len)
+                         kernels=a.kernels, max_batch=a.max_batch, max_model_len=a.max_model_len,
+                         constrain_data=a.constrain_data, item_index=a.item_index)
     gc.collect()
     gc.freeze()  # the model's long-lived objects out of the collector's walks (pauses under load)
     adapter = f", adapter {a.adapter}{' (merged)' if a.merge_adapter else ''}" if a.adapter else ""

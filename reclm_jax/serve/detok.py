@@ -14,24 +14,33 @@ from typing import Any, Sequence
 REPLACEMENT = "\ufffd"
 
 
-def token_pieces(tokenizer: Any, ids: Sequence[int], skip_special_tokens: bool = True) -> list[str]:
-    """One string per id (possibly empty: a special token, or a piece held for the next token) whose
-    concatenation is ``tokenizer.decode(ids, skip_special_tokens=...)``."""
+def incremental_pieces(tokenizer: Any, ids: Sequence[int], skip_special_tokens: bool = True) -> list[str]:
+    """vLLM's incremental pieces, one per id: a token's piece is empty while the text so far ends in an
+    incomplete character. Their concatenation is vLLM's text, which drops a tail still held back when the ids
+    end (``token_pieces`` puts it on the last token instead)."""
     ids = list(ids)
-
-    def decode(part):
-        return tokenizer.decode(part, skip_special_tokens=skip_special_tokens) if part else ""
-
     pieces, prefix, read = [], 0, 0
     for i in range(len(ids)):
-        before = decode(ids[prefix:read])
-        now = decode(ids[prefix:i + 1])
+        before = _decode(tokenizer, ids[prefix:read], skip_special_tokens)
+        now = _decode(tokenizer, ids[prefix:i + 1], skip_special_tokens)
         if len(now) > len(before) and not now.endswith(REPLACEMENT) and now.startswith(before):
             pieces.append(now[len(before):])
             prefix, read = read, i + 1
         else:
             pieces.append("")
-    full = decode(ids)
+    return pieces
+
+
+def _decode(tokenizer: Any, part: Sequence[int], skip_special_tokens: bool) -> str:
+    return tokenizer.decode(list(part), skip_special_tokens=skip_special_tokens) if part else ""
+
+
+def token_pieces(tokenizer: Any, ids: Sequence[int], skip_special_tokens: bool = True) -> list[str]:
+    """One string per id (possibly empty: a special token, or a piece held for the next token) whose
+    concatenation is ``tokenizer.decode(ids, skip_special_tokens=...)``."""
+    ids = list(ids)
+    pieces = incremental_pieces(tokenizer, ids, skip_special_tokens)
+    full = _decode(tokenizer, ids, skip_special_tokens)
     # Keep the pieces while they spell a prefix of the whole text; whatever remains goes on the last token.
     done, keep = 0, 0
     for p in pieces:

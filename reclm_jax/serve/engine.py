@@ -41,12 +41,13 @@ class Row:
 
 @dataclasses.dataclass
 class Job:
-    key: tuple  # (SamplingConfig, adapter, kept alternatives): what must compile together
+    key: tuple  # (SamplingConfig, adapter, kept alternatives, constrained): what must compile together
     prompts: list[list[int]]  # one per row
     limits: list[int]
     seeds: list[int]  # uint32 per row
     stop_ids: list[list[int]]
     finish: Callable[[list[Row]], Any]  # rows -> the response (runs on the worker thread)
+    constraints: list | None = None  # one decoding.ListConstraint per row (constrained jobs), else None
 
     @property
     def size(self) -> int:
@@ -64,13 +65,14 @@ class Engine:
     (None: the base weights or a merged adapter). ``max_model_len`` 0: the config's max_position_embeddings."""
 
     def __init__(self, model, tokenizer, model_dir: str | Path, *, adapter: str | None = None,
-                 max_batch: int = 16, max_model_len: int = 0):
+                 max_batch: int = 16, max_model_len: int = 0, catalogue=None):
         from reclm_jax.buckets import bucket
         from reclm_jax.models.sampler import Sampler
         from reclm_jax.models.special_tokens import resolve_stop_ids
         from reclm_jax.models.tokenizer import pad_token_id
 
         self.tokenizer, self.model_dir, self.adapter = tokenizer, Path(model_dir), adapter
+        self.catalogue = catalogue  # a decoding.ConstrainedCatalogue: requests may then ask for a constraint
         self.vocab_size = int(model.config.vocab_size)
         self.max_model_len = max_model_len or int(model.config.max_position_embeddings)
         self.stop_ids = resolve_stop_ids(tokenizer, model_dir)
@@ -143,23 +145,29 @@ class Engine:
                 limits.append(p.max_tokens[i])
                 r = i * p.n + j
                 seeds.append(row_seed(p.seed, r) if p.seed is not None else secrets.randbits(32))
-        return Job(key=(sampling, self.adapter, keep), prompts=prompts, limits=limits, seeds=seeds,
-                   stop_ids=[stops] * len(prompts), finish=finish)
+        constrained = req.constraint is not None
+        return Job(key=(sampling, self.adapter, keep, constrained), prompts=prompts, limits=limits, seeds=seeds,
+                   stop_ids=[stops] * len(prompts), finish=finish,
+                   constraints=[req.constraint] * len(prompts) if constrained else None)
 
     def run_batch(self, jobs: Sequence[Job]) -> list[Any]:
         """Decodes every row of ``jobs`` (one key), ``max_batch`` rows per Sampler call, then runs each job's
         ``finish``; returns one response or exception per job."""
-        sampling, adapter, keep = jobs[0].key
+        sampling, adapter, keep, constrained = jobs[0].key
         rows = [(j, r) for j, job in enumerate(jobs) for r in range(job.size)]
         out: list[list[Row]] = [[] for _ in jobs]
         for start in range(0, len(rows), self.max_batch):
             chunk = rows[start:start + self.max_batch]
+            extra = {}
+            if constrained:  # every job of a constrained key carries one constraint per row
+                extra = dict(logits_processor=self.catalogue.processor, processor_data=self.catalogue.processor_data(
+                    [jobs[j].constraints[r] for j, r in chunk]))
             with self._lock:
                 res = self.sampler([jobs[j].prompts[r] for j, r in chunk],
                                    max_new_tokens=[jobs[j].limits[r] for j, r in chunk],
                                    seeds=np.asarray([jobs[j].seeds[r] for j, r in chunk], np.int64),
                                    stop_ids=[jobs[j].stop_ids[r] for j, r in chunk], sampling=sampling,
-                                   adapter=adapter, top_logprobs=keep)
+                                   adapter=adapter, top_logprobs=keep, **extra)
                 self.decode_calls += 1
             for b, (j, _) in enumerate(chunk):
                 n = int(res.lengths[b])
@@ -184,13 +192,15 @@ def _checkpoint_dtype(model_dir: str) -> str:
 
 
 def load_engine(model_dir: str | Path, *, adapter: str | Path | None = None, merge_adapter: bool = False,
-                dtype: str = "auto", kernels: str = "auto", max_batch: int = 16, max_model_len: int = 0) -> Engine:
+                dtype: str = "auto", kernels: str = "auto", max_batch: int = 16, max_model_len: int = 0,
+                constrain_data: str | Path | None = None, item_index: str = "title") -> Engine:
     """Loads an HF Llama folder (``models.hf_loading.load_llama``) and its tokenizer, optionally with a LoRA
     adapter checkpoint (``models.adapter_io`` format: what SFT and RL write as ``adapter/``, ``best_adapter/``):
     applied on top of the frozen backbone (the default; the adapter is part of the decode program's key), or
     folded into the weights at load with ``merge_adapter`` (no LoRA products while decoding; rounded to the
     parameter dtype). ``dtype``: "auto" (the checkpoint's ``torch_dtype``, float32 unless it says bfloat16),
-    "float32" or "bfloat16", for both the weights and the computation."""
+    "float32" or "bfloat16", for both the weights and the computation. ``constrain_data``: a raw dataset folder
+    whose ``item_index`` strings become the catalogue of constrained requests (``reclm_constraint``)."""
     from reclm_jax.models.adapter_io import ADAPTER_JSON, load_adapter
     from reclm_jax.models.hf_loading import load_llama
     from reclm_jax.models.lora import merge_lora
@@ -214,4 +224,12 @@ def load_engine(model_dir: str | Path, *, adapter: str | Path | None = None, mer
         if merge_adapter:
             merge_lora(model, name)
             name = None
-    return Engine(model, tok, model_dir, adapter=name, max_batch=max_batch, max_model_len=max_model_len)
+    catalogue = None
+    if constrain_data is not None:
+        from reclm_jax.data.item_index import load_dataset
+        from reclm_jax.decoding import ConstrainedCatalogue
+
+        raw, index = load_dataset(constrain_data, item_index, tokenizer=tok)
+        catalogue = ConstrainedCatalogue.from_dataset(raw, index, tok, tok.eos_token, progress=True)
+    return Engine(model, tok, model_dir, adapter=name, max_batch=max_batch, max_model_len=max_model_len,
+                  catalogue=catalogue)

@@ -16,6 +16,7 @@ from typing import Any, Protocol, Sequence
 from reclm_jax.errors import UserError
 from reclm_jax.service.http import BadRequest, NotFound
 from reclm_jax.serve.config import MAX_TOP_LOGPROBS, ServeConfig
+from reclm_jax.serve.constraint import parse_constraint
 
 MAX_STOP_STRINGS = 16
 SAMPLING_EPS = 1e-5  # temperatures below this are greedy decoding (vLLM's rule)
@@ -27,6 +28,7 @@ class ModelInfo(Protocol):
 
     vocab_size: int
     max_model_len: int
+    catalogue: Any  # a decoding.ConstrainedCatalogue (``--constrain-data``) or None
 
     def encode(self, text: str, add_special_tokens: bool | None) -> list[int]: ...
 
@@ -65,6 +67,7 @@ class ParsedRequest:
     model: str
     prompts: tuple[tuple[int, ...], ...]
     params: Params
+    constraint: Any = None  # a decoding.ListConstraint for every row (the "reclm_constraint" key), or None
 
 
 # -- field readers --------------------------------------------------------------------------------------------
@@ -322,4 +325,5 @@ def parse_request(body: Any, kind: str, info: ModelInfo, cfg: ServeConfig) -> Pa
                     ignore_eos=ignore_eos, seed=seed, logprobs=logprobs,
                     skip_special_tokens=get_bool(body, "skip_special_tokens", True), stream=stream,
                     include_usage=include_usage, return_token_ids=get_bool(body, "return_token_ids", False))
-    return ParsedRequest(kind, model, tuple(tuple(p) for p in prompts), params)
+    constraint = parse_constraint(body, getattr(info, "catalogue", None))
+    return ParsedRequest(kind, model, tuple(tuple(p) for p in prompts), params, constraint)

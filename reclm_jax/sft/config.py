@@ -7,6 +7,7 @@ from typing import Literal
 
 from reclm_jax.models.lora import ALL_LINEARS, LoraConfig
 from reclm_jax.models.sharding import MeshConfig
+from reclm_jax.train.distributed import DistributedConfig
 from reclm_jax.train.backbone import ModelSettings
 from reclm_jax.train.optim import OptimConfig
 
@@ -81,3 +82,4 @@ class SFTConfig:
     teacher: TeacherSettings = TeacherSettings()
     train: TrainSettings = TrainSettings()
     mesh: MeshConfig = MeshConfig()
+    distributed: DistributedConfig = DistributedConfig()  # multi-host launch (train/distributed.py)

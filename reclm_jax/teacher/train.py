@@ -29,6 +29,7 @@ from flax import nnx
 from tqdm.auto import tqdm
 
 from reclm_jax.config import load_config, parse_stage_args, save_config
+from reclm_jax.train.distributed import refuse_multi_process
 from reclm_jax.atomic import write_json_atomic
 from reclm_jax.cli import run_main
 from reclm_jax.datasets.raw import load_raw
@@ -267,6 +268,7 @@ def format_report(report: dict) -> str:
 def main() -> int:
     path, overrides = parse_stage_args(prog="python -m reclm_jax.teacher.train")
     cfg = load_config(TeacherConfig, path, overrides)
+    refuse_multi_process("python -m reclm_jax.teacher.train")  # N processes would write one run folder
     report = train(cfg)
     print(format_report(report))
     print(f"run folder: {cfg.output_dir}")

@@ -183,12 +183,13 @@ def tiny_llama_weights(cfg: dict, seed: int = 0) -> dict[str, np.ndarray]:
 
 def write_tiny_llama(out_dir: str | Path, variant: str = "smollm2", seed: int = 0, num_layers: int = 2,
                      shards: int = 1, tokenizer_dir: str | Path | None = None,
-                     tokenizer_style: str = "chatml") -> Path:
+                     tokenizer_style: str = "chatml", shape: dict | None = None) -> Path:
     """Writes a complete tiny HF Llama folder and returns its path.
 
     ``shards > 1`` splits the weights over several safetensors files with ``model.safetensors.index.json``.
     ``tokenizer_dir`` reuses an already built tokenizer folder (saves a second of training per model);
-    otherwise one of ``tokenizer_style`` is built.
+    otherwise one of ``tokenizer_style`` is built. ``shape``: ``config.json`` keys that replace the variant's
+    (e.g. ``{"num_attention_heads": 9, "num_key_value_heads": 3, "head_dim": 64}`` for SmolLM2's heads).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -203,6 +204,7 @@ def write_tiny_llama(out_dir: str | Path, variant: str = "smollm2", seed: int = 
     tok = load_tokenizer(out)
     cfg = tiny_llama_config(variant, vocab_size=len(tok), num_layers=num_layers)
     cfg.update(bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    cfg.update(shape or {})
     (out / "config.json").write_text(json.dumps(cfg, indent=2))
     (out / "generation_config.json").write_text(json.dumps(
         {"bos_token_id": tok.bos_token_id, "eos_token_id": tok.eos_token_id, "pad_token_id": tok.pad_token_id,

@@ -113,21 +113,43 @@ def test_seven_tasks_with_right_answers_score_perfectly_and_read_the_models_seqr
 
 
 def test_users_whose_seqrec_failed_get_no_control_samples(tmp_path, tiny_eval_ctx, fake_openai):
+    """The original asks tasks 2-6 only for users whose SeqRec sample has an ``output_title_list``
+    (``task_test.py:203-205``). It sets that key for every answered sample, also when the list is empty (a
+    fine-tuned "" parses to [''], a general LLM's "" to []), and never for a failed request: a failed SeqRec
+    gives no control sample, an answer without titles gives one whose SeqRec_Result is empty."""
     ctx = tiny_eval_ctx
     table = user_table(ctx, 6)
-    failing = set(ctx.users[:6:2])  # u1, u3, u5
+    users = ctx.users[:6]
+    failing = {users[0], users[2]}
+    no_titles = {users[1]: "", users[3]: "\n1. \n  \n"}  # answered, but the parsed list is empty
 
     def override(prompt, user, attempt):
         seqrec = "intention" not in prompt and "with 10 different" in prompt
-        return ("status", 500) if seqrec and user in failing else None
+        if seqrec and user in failing:
+            return ("status", 500)
+        if seqrec and user in no_titles:
+            return text(no_titles[user])
+        return None
 
     server = fake_openai(correct_server(ctx, table, override=override))
-    scores = run(ctx, server, settings(tmp_path, TEST_TASKS[:3], n=6), retries=1)
-    assert scores["counts"]["SFTTestSeqRec"] == {"samples": 6, "failed": 3, "empty": 0, "skipped_original": 3}
-    assert scores["counts"]["SFT+TestPersonalControlRec"]["samples"] == 3
-    assert scores["reclm"]["SFTTestSeqRec"]["Recall"] == 0.5 and scores["original"]["SFTTestSeqRec"]["Recall"] == 1
-    asked = {table[HIST.search(q).group(1)][0] for q in server.prompts if "intention" in q}
-    assert asked == set(ctx.users[:6]) - failing
+    s = settings(tmp_path, TEST_TASKS[:4], n=6)
+    scores = run(ctx, server, s, retries=1)
+    assert scores["counts"]["SFTTestSeqRec"] == {"samples": 6, "failed": 2, "empty": 2, "skipped_original": 2}
+    assert scores["reclm"]["SFTTestSeqRec"]["Recall"] == pytest.approx(2 / 6)
+    assert scores["original"]["SFTTestSeqRec"]["Recall"] == pytest.approx(2 / 4)  # the empty answers are scored
+    answered = [u for u in users if u not in failing]
+    for task in TEST_TASKS[1:4]:
+        assert scores["counts"][task] == {"samples": 4, "failed": 0, "empty": 0, "skipped_original": 0}
+        assert [r["user"] for r in rd.load_run(s.run_dir).outputs(task)] == answered
+    # The SR baseline reads each user's own SeqRec list: the right list for users 4 and 5, nothing for 1 and 3.
+    raw = ctx.raw
+    sr = 0
+    for user in users[4:]:
+        cat = raw.item2category[ctx.sequential[user][-1]][-1]
+        sr += sum(ctx.index.item_of(t) in set(raw.category2item[cat])
+                  for t in right_list(ctx, ctx.title(ctx.sequential[user][-1]), 10))
+    for counting in ("reclm", "original"):
+        assert scores[counting]["SFT+TestPersonalControlRec"]["SRTargetCategoryRate"] == pytest.approx(sr / 4)
 
 
 def test_garbage_errors_and_hangs_are_counted_failures(tmp_path, tiny_eval_ctx, fake_openai):
@@ -278,3 +300,24 @@ def test_resume_after_sigkill_asks_only_the_missing_samples(tmp_path, tiny_eval_
     got = json.loads((tmp_path / "s.json").read_text())
     assert got == json.loads(json.dumps(ref))
     assert rd.load_run(out).complete
+
+
+def test_constrained_requests_carry_each_samples_constraint(tmp_path, tiny_eval_ctx, fake_openai):
+    from reclm_jax.decoding import constraint_for_sample
+
+    ctx = tiny_eval_ctx
+    table = user_table(ctx, 3)
+    server = fake_openai(correct_server(ctx, table))
+    tasks = ["SFTTestSeqRec", "SFT-TestPersonalControlRec", "SFTTestPersonalCategoryRateMP_30"]
+    s = settings(tmp_path, tasks, n=3, constrained=True)
+    run(ctx, server, s)
+    sent = [p["reclm_constraint"] for p in server.payloads]
+    assert len(sent) == 9 and [c["task"] for c in sent] == [t for t in tasks for _ in range(3)]
+    for c in sent:  # the sample's fields as JSON: they give the rule the metrics score
+        rule = constraint_for_sample(c["task"], c["input_field_data"])
+        assert (rule.k_min, rule.k_max) == (10, 10) and rule.exclude == tuple(c["input_field_data"]["sub_sequential"])
+        assert rule.category_mode == ("exclude" if c["task"].startswith("SFT-") else "none")
+        assert rule.c_min == (c["input_field_data"]["category_count"] if "MP" in c["task"] else 0)
+    assert rd.load_run(s.run_dir).info["constrained"] is True
+    with pytest.raises(UserError, match="constrained"):  # the cached answers were made under constraints
+        run(ctx, server, settings(tmp_path, tasks, n=3))

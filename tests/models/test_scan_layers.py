@@ -14,6 +14,7 @@ from reclm_jax.models.adapter_io import load_adapter, save_adapter
 from reclm_jax.models.hf_export import export_merged
 from reclm_jax.models.hf_loading import load_llama
 from reclm_jax.models.kv_cache import init_cache
+from reclm_jax.models.llama_config import from_hf_config
 from reclm_jax.models.lora import LoraConfig, add_lora, layer_linears, select_targets, split_trainable
 from reclm_jax.models.sampler import Sampler
 from reclm_jax.models.sharding import make_mesh, partition_spec
@@ -143,13 +144,14 @@ def test_lora_targets_are_per_layer_names_and_partial_stacks_are_refused(model_d
     add_lora(unrolled, LoraConfig(targets=(r"model\.layers\.[01]\.self_attn\.q_proj",)), "part")  # fine unrolled
 
 
-def test_stacked_parameters_shard_as_one_layer_with_the_layer_dim_whole():
-    mesh = make_mesh()
-    one = partition_spec("model.layers.0.self_attn.q_proj.kernel", (128, 128), mesh)
-    stacked = partition_spec("model.layers.self_attn.q_proj.kernel", (LAYERS, 128, 128), mesh)
+def test_stacked_parameters_shard_as_one_layer_with_the_layer_dim_whole(model_dir):
+    mesh, cfg = make_mesh(), from_hf_config(model_dir, scan_layers=True)
+    one = partition_spec("model.layers.0.self_attn.q_proj.kernel", (128, 128), mesh, cfg)
+    stacked = partition_spec("model.layers.self_attn.q_proj.kernel", (LAYERS, 128, 128), mesh, cfg)
     assert tuple(stacked) == (None, *one) and one[0] == "fsdp"
-    assert tuple(partition_spec("model.layers.mlp.down_proj.lora.default.a", (LAYERS, 256, 4), mesh)) == \
-        (None, "tp", None)
+    lora_a = partition_spec("model.layers.mlp.down_proj.lora.default.a", (LAYERS, 256, 4), mesh, cfg)
+    assert tuple(lora_a) == (None, *partition_spec("model.layers.1.mlp.down_proj.lora.default.a", (256, 4), mesh,
+                                                    cfg)) == (None, "tp", None)
 
 
 def test_the_key_is_read_from_yaml_overrides():

@@ -10,16 +10,25 @@ import jax
 import pytest
 
 from reclm_jax.errors import UserError
+from reclm_jax.models.llama_config import from_hf_config
 from reclm_jax.models.sharding import MeshConfig, make_mesh, partition_spec
+from reclm_jax.testing.tiny_model import tiny_llama_config, write_tiny_llama
+
+# SmolLM2-135M's attention (9 query heads, 3 KV heads, head_dim 64) around small other widths
+SMOLLM2_HEADS = {"num_attention_heads": 9, "num_key_value_heads": 3, "head_dim": 64, "hidden_size": 192,
+                 "intermediate_size": 384}
+
+
+def run_check(script: str, model_dir) -> dict:
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    proc = subprocess.run([sys.executable, str(Path(__file__).with_name(script)), str(model_dir)],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def test_mesh_2x2x2_shards_parameters_and_matches_single_device(tiny_llama_factory):
-    d = tiny_llama_factory("llama3")
-    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    proc = subprocess.run([sys.executable, str(Path(__file__).with_name("mesh_check.py")), str(d)],
-                          capture_output=True, text=True, env=env, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    res = json.loads(proc.stdout.strip().splitlines()[-1])
+    res = run_check("mesh_check.py", tiny_llama_factory("llama3"))
     assert res["devices"] == 8 and res["device_count_of_kernel"] == 8
     s = res["specs"]
     assert s["model.embed_tokens.weight"] == ["tp", "fsdp"]
@@ -52,7 +61,37 @@ def test_mesh_config_and_indivisible_dims():
     class FakeMesh:
         shape = {"data": 1, "fsdp": 2, "tp": 4}
 
-    # 3 KV heads x 64 = 192 columns divide by tp=4, a 9-wide dim does not and is replicated
-    assert tuple(partition_spec("model.layers.0.self_attn.k_proj.kernel", (576, 192), FakeMesh())) == ("fsdp", "tp")
-    assert tuple(partition_spec("model.layers.0.self_attn.k_proj.kernel", (576, 9), FakeMesh())) == ("fsdp", None)
-    assert tuple(partition_spec("model.layers.0.mlp.down_proj.full.actor", (1536, 576), FakeMesh())) == ("tp", "fsdp")
+    cfg = from_hf_config({**tiny_llama_config("smollm2", 512), "num_attention_heads": 8, "num_key_value_heads": 4})
+    # 4 KV heads x 32 = 128 columns split into 4 whole heads; an MLP dim of 9 does not divide and is replicated
+    assert tuple(partition_spec("model.layers.0.self_attn.k_proj.kernel", (128, 128), FakeMesh(), cfg)) == ("fsdp", "tp")
+    assert tuple(partition_spec("model.layers.0.mlp.up_proj.kernel", (128, 9), FakeMesh(), cfg)) == ("fsdp", None)
+    assert tuple(partition_spec("model.layers.0.mlp.down_proj.full.actor", (1536, 576), FakeMesh(), cfg)) == ("tp", "fsdp")
+
+
+def test_tp_splits_attention_by_whole_heads_only(tmp_path, tiny_tokenizer_dir):
+    """SmolLM2's 9 heads x 64 = 576 columns divide by tp=2 but that split would cut head 4 in half: on tp=2 the
+    attention weights stay whole on tp (MLP still splits), on tp=3 each device holds 3 whole query heads and one
+    KV head; both forwards (with a LoRA adapter on q/k/v/o) equal the 1-device forward."""
+    d = write_tiny_llama(tmp_path / "heads", num_layers=1, tokenizer_dir=tiny_tokenizer_dir,
+                         shape=SMOLLM2_HEADS)
+    res = run_check("head_split_check.py", d)
+    assert res["devices"] == 6
+    hd = SMOLLM2_HEADS["head_dim"]
+    attn = "model.layers.0.self_attn."
+    tp3, tp2 = res["tp3"]["layout"], res["tp2"]["layout"]
+    for proj, heads in (("q_proj", 9), ("k_proj", 3), ("v_proj", 3)):
+        assert tp3[attn + proj + ".kernel"]["spec"] == ["fsdp", "tp"]
+        assert tp3[attn + proj + ".kernel"]["shard"][1] == heads // 3 * hd  # whole heads per device
+        assert tp3[attn + proj + ".lora.actor.b"]["spec"] == [None, "tp"]  # B's columns as the kernel's
+        assert tp2[attn + proj + ".kernel"]["spec"] == ["fsdp", None]
+        assert tp2[attn + proj + ".lora.actor.b"]["spec"] == [None, None]
+    assert tp3[attn + "o_proj.kernel"]["spec"] == ["tp", "fsdp"] and tp3[attn + "o_proj.kernel"]["shard"][0] == 3 * hd
+    assert tp3[attn + "o_proj.lora.actor.a"]["spec"] == ["tp", None]  # A's rows as o's rows
+    assert tp2[attn + "o_proj.kernel"]["spec"] == [None, "fsdp"]
+    assert tp2[attn + "o_proj.lora.actor.a"]["spec"] == [None, None]
+    # the MLP is not made of heads: its 384 columns split on either tp
+    assert tp2["model.layers.0.mlp.up_proj.kernel"]["spec"] == ["fsdp", "tp"]
+    assert tp2["model.layers.0.mlp.up_proj.lora.actor.b"]["spec"] == [None, "tp"]
+    assert tp3["model.layers.0.mlp.down_proj.kernel"]["spec"] == ["tp", "fsdp"]
+    assert res["adapter_effect"] > 1e-3  # the adapters move the logits, so a misplaced B would show
+    assert res["tp3"]["max_diff"] <= 1e-5 and res["tp2"]["max_diff"] <= 1e-5

@@ -9,32 +9,22 @@ from __future__ import annotations
 
 import json
 import os
-import socket
-import subprocess
-import time
 import urllib.request
 from pathlib import Path
 
-import jax
 import numpy as np
 import pytest
 
 from reclm_jax.models.generation import generate
-from reclm_jax.models.hf_export import export_merged
 from reclm_jax.models.hf_loading import load_llama
-from reclm_jax.models.lora import ALL_LINEARS, LoraConfig, adapter_modules, add_lora
+from reclm_jax.testing.eval_servers import vllm_server
+from reclm_jax.testing.tiny_export import write_merged_export
 
 pytestmark = pytest.mark.vllm
 
 PROMPTS = ["Recommend a movie like 'Toy Story (1995)'", "The quick brown fox", "1. Heat (1995)\n 2.",
            "You are an expert recommender engine."]
 NEW_TOKENS = 16
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _post(url: str, body: dict) -> dict:
@@ -45,15 +35,8 @@ def _post(url: str, body: dict) -> dict:
 
 @pytest.fixture(scope="module")
 def merged_model(tiny_llama_factory, tmp_path_factory):
-    base = tiny_llama_factory("llama3")  # GQA + llama3 rope scaling: the settings vLLM must read right
-    model = load_llama(base, progress=False)
-    add_lora(model, LoraConfig(rank=4, alpha=8, targets=ALL_LINEARS + ("lm_head",)), "default")
-    for i, lin in enumerate(adapter_modules(model, "default").values()):
-        b = lin.lora["default"]["b"]
-        b.set_value(jax.random.normal(jax.random.key(i), b[...].shape) * 0.05)
-    out = export_merged(model, base, tmp_path_factory.mktemp("vllm") / "merged", adapter="default",
-                        dtype="float32", progress=False)
-    return out
+    # GQA + llama3 rope scaling: the settings vLLM must read right
+    return write_merged_export(tiny_llama_factory("llama3"), tmp_path_factory.mktemp("vllm") / "merged")
 
 
 def test_vllm_greedy_matches_reclm_jax(merged_model, tmp_path):
@@ -69,37 +52,14 @@ def test_vllm_greedy_matches_reclm_jax(merged_model, tmp_path):
     # vLLM stops at EOS too; compare up to our stop, without the stop token itself.
     ours = [[t for t in row if t != tok.eos_token_id] for row in res.token_lists()]
 
-    port = _free_port()
-    env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE="1", HF_HUB_OFFLINE="1", VLLM_NO_USAGE_STATS="1",
-               VLLM_CPU_OMP_THREADS_BIND="0-1", VLLM_CPU_NUM_OF_RESERVED_CPU="0")
-    env.pop("JAX_PLATFORMS", None)
-    log = open(tmp_path / "vllm.log", "w")
-    server = subprocess.Popen([py, "-m", "vllm.entrypoints.openai.api_server", "--model", str(merged_model),
-                               "--host", "127.0.0.1", "--port", str(port), "--max-model-len", "512",
-                               "--dtype", "float32", "--served-model-name", "tiny", "--enforce-eager"],
-                              env=env, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.time() + 300
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=2)
-                break
-            except OSError:
-                if server.poll() is not None or time.time() > deadline:
-                    pytest.fail("vLLM did not start:\n" + (tmp_path / "vllm.log").read_text()[-3000:])
-                time.sleep(1)
-        theirs = []
+    theirs = []
+    with vllm_server(py, merged_model, tmp_path / "vllm.log", max_model_len=512) as url:
         for ids in prompt_ids:
-            out = _post(f"http://127.0.0.1:{port}/v1/completions",
-                        {"model": "tiny", "prompt": ids, "max_tokens": NEW_TOKENS, "temperature": 0.0,
-                         "return_token_ids": True})
+            out = _post(f"{url}/completions", {"model": "tiny", "prompt": ids, "max_tokens": NEW_TOKENS,
+                                               "temperature": 0.0, "return_token_ids": True})
             choice = out["choices"][0]
             got = choice.get("token_ids") or tok(choice["text"], add_special_tokens=False)["input_ids"]
             theirs.append([t for t in got if t != tok.eos_token_id])
-    finally:
-        server.terminate()
-        server.wait(timeout=60)
-        log.close()
     for p, a, b in zip(PROMPTS, ours, theirs):
         assert a == b, (p, a, b)
     assert np.mean([len(x) for x in ours]) > 4  # real continuations were compared

@@ -1,0 +1,223 @@
+"""``ConstrainedCatalogue``: the catalogue's trie, list format and category table, and each row's constraint
+as the arrays ``CatalogueProcessor`` reads.
+
+Shared data (``shared_data()``, device arrays, built once; N items in the trie, W = ceil(N / 32), M nodes,
+J = ``max_items``): the trie's ``child_start`` int32 [M + 1], ``token``, ``lo``, ``hi``, ``leaf_item`` int32 [M],
+``kinds``, ``leaf_kind`` int8 [M] (``trie.py``); ``num_tokens`` int32 [J, L] and ``num_len`` int32 [J] (the number
+pieces); ``valid_bits`` uint32 [W] (the ranks that are items); ``item_cats`` uint32 [32 W, ceil(C / 32)] (bit c of
+an item's row: it is in category c), shared by every row.
+
+Per-row data (``row_data(constraints)["rows"]``, numpy, n prompts): ``active`` bool [n]; ``k_min``, ``k_max``,
+``c_min``, ``c_max``, ``category`` (index, -1 none), ``cat_mode`` (0 none, 1 only C, 2 no C), ``n_candidates``
+int32 [n]; ``exclude`` and ``candidates`` int32 [n, L] item ranks, -1 padded, L a power of two >= 16 (so
+batches of other constraints reuse the compiled program).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from reclm_jax.buckets import bucket
+from reclm_jax.decoding.list_format import CONT, END, ListFormat, usable_title
+from reclm_jax.decoding.processor import CatalogueProcessor
+from reclm_jax.decoding.trie import TokenTrie, build_trie
+from reclm_jax.errors import UserError
+
+MODES = {"none": 0, "only": 1, "exclude": 2}
+
+
+@dataclasses.dataclass(frozen=True)
+class ListConstraint:
+    """One row's rule: between ``k_min`` and ``k_max`` distinct catalogue items (None: up to ``max_items``);
+    ``category`` with ``category_mode`` "only" / "exclude" / "none", and between ``c_min`` and ``c_max`` items of
+    it (None: no cap); never an item of ``exclude``; only items of ``candidates`` when given (item ids)."""
+
+    k_min: int = 1
+    k_max: int | None = None
+    category: str | None = None
+    category_mode: str = "none"
+    c_min: int = 0
+    c_max: int | None = None
+    exclude: tuple[str, ...] = ()
+    candidates: tuple[str, ...] | None = None
+
+    def __post_init__(self):
+        if self.category_mode not in MODES:
+            raise UserError(f"constraint: category_mode {self.category_mode!r} is not one of {tuple(MODES)}")
+
+
+class ConstrainedCatalogue:
+    """Builds everything from the catalogue: ``items`` (ids) with their index ``titles``, ``item2category``
+    (id -> category names), ``categories`` (all names), the model's ``tokenizer`` and ``end_text`` (the EOS
+    string the labels end with). Items whose title the parser could not read back (newlines, outer spaces) or
+    that repeat an earlier title are left out (``dropped``). ``max_items``: the longest list (J)."""
+
+    def __init__(self, items: Sequence[str], titles: Sequence[str], item2category: Mapping[str, Sequence[str]],
+                 categories: Sequence[str], tokenizer: Any, end_text: str, max_items: int = 64,
+                 progress: bool = False, narrow: int = 64):
+        seen: set[str] = set()
+        keep = []
+        for i, (item, title) in enumerate(zip(items, titles)):
+            if usable_title(title) and title not in seen:
+                seen.add(title)
+                keep.append(i)
+        self.format = ListFormat(tokenizer, end_text, [titles[i] for i in keep[:200]])
+        pieces = self.format.pieces()
+        kept_titles = [titles[i] for i in keep]
+        bar = tqdm(total=1, desc="catalogue trie: tokenize", disable=not progress, leave=False)
+        cont, end = pieces.item_paths(kept_titles)
+        bar.close()
+        same = not self.format.rule.newline_space_in_item
+        paths, owners, kinds = [], [], []
+        for j, (c, e) in enumerate(zip(cont, end)):
+            if c is None or e is None:
+                continue
+            if same:
+                paths.append(c), owners.append(j), kinds.append(CONT | END)
+            else:
+                paths += [c, e]
+                owners += [j, j]
+                kinds += [CONT, END]
+        if not paths:
+            raise UserError("constrained decoding: no catalogue title can be tokenized as a list item")
+        self.trie, order = build_trie(paths, np.asarray(owners), np.asarray(kinds))
+        self.items = [items[keep[j]] for j in order.tolist()]  # rank -> item id
+        self.titles = [titles[keep[j]] for j in order.tolist()]
+        self.rank = {it: r for r, it in enumerate(self.items)}
+        self.dropped = [it for it in items if it not in self.rank]
+        self.num_tokens = self._numbers(pieces, max_items)
+        self._check_exits()
+        self.categories = list(categories)
+        self.cat_index = {c: k for k, c in enumerate(self.categories)}
+        self.words = -(-len(self.items) // 32)
+        self.item_cats = np.zeros((32 * self.words, max(1, -(-len(self.categories) // 32))), np.uint32)
+        self.cat_counts = np.zeros(len(self.categories), np.int64)
+        for r, it in enumerate(self.items):
+            for k in {self.cat_index[c] for c in item2category.get(it) or () if c in self.cat_index}:
+                self.item_cats[r, k // 32] |= np.uint32(1 << (k % 32))
+                self.cat_counts[k] += 1
+        self.processor = CatalogueProcessor(words=self.words, max_children=self.trie.max_children,
+                                            end_id=self.format.end_id, narrow=narrow)
+        self._shared = None
+
+    @classmethod
+    def from_dataset(cls, raw, index, tokenizer: Any, end_text: str, **kwargs) -> "ConstrainedCatalogue":
+        """From a ``RawDataset`` and its ``ItemIndex`` (``data/item_index.py``)."""
+        return cls(index.items, [index.text[i] for i in index.items], raw.item2category, raw.categories,
+                   tokenizer, end_text, **kwargs)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def _numbers(self, pieces, max_items: int) -> np.ndarray:
+        nums = pieces.numbers(max_items)
+        width = max(len(p) for p in nums)
+        table = np.full((max_items, width), self.format.end_id, np.int32)
+        for j, p in enumerate(nums):
+            table[j, :len(p)] = p
+        self.num_len = np.array([len(p) for p in nums], np.int32)
+        return table
+
+    def _check_exits(self) -> None:
+        """A leaf's children must not start with an exit token, or leaving the trie would be ambiguous."""
+        t = self.trie
+        exits = set(self.num_tokens[1:, 0].tolist()) | {self.format.end_id}
+        leaves = np.flatnonzero((t.leaf_item >= 0) & (np.diff(t.child_start) > 0))
+        for n in leaves.tolist():
+            kids = t.token[t.child_start[n]:t.child_start[n + 1]]
+            if exits & set(kids.tolist()):
+                raise UserError(f"constrained decoding: a title continues with a list-number token after its line "
+                                f"end (near item {self.titles[t.leaf_item[n]]!r}); this tokenizer's list format "
+                                f"cannot be followed by a trie")
+
+    # -- data ---------------------------------------------------------------------------------------------
+    def shared_arrays(self) -> dict[str, np.ndarray]:
+        bits = np.zeros(self.words, np.uint32)
+        full, rest = divmod(len(self.items), 32)
+        bits[:full] = 0xFFFFFFFF
+        if rest:
+            bits[full] = (1 << rest) - 1
+        return {**self.trie.arrays(), "num_tokens": self.num_tokens, "num_len": self.num_len, "valid_bits": bits,
+                "item_cats": self.item_cats}
+
+    def shared_data(self) -> dict:
+        """The shared arrays on the default device (cached)."""
+        if self._shared is None:
+            import jax.numpy as jnp
+
+            self._shared = {k: jnp.asarray(v) for k, v in self.shared_arrays().items()}
+        return self._shared
+
+    def device_bytes(self) -> int:
+        return sum(int(v.nbytes) for v in self.shared_arrays().values())
+
+    def processor_data(self, constraints: Sequence[ListConstraint | None]) -> dict:
+        """``processor_data`` for the Sampler: the shared device arrays plus this batch's ``rows``."""
+        return {**self.shared_data(), **self.row_data(constraints)}
+
+    def _ranks(self, ids: Sequence[str]) -> list[int]:
+        return sorted({self.rank[i] for i in ids if i in self.rank})
+
+    def _in_category(self, ranks: Sequence[int], k: int) -> np.ndarray:
+        r = np.asarray(ranks, np.int64)
+        return ((self.item_cats[r, k // 32] >> np.uint32(k % 32)) & 1).astype(bool) if len(r) else np.zeros(0, bool)
+
+    def row_data(self, constraints: Sequence[ListConstraint | None]) -> dict:
+        n, big = len(constraints), len(self.num_tokens)
+        ex = [self._ranks(c.exclude) if c else [] for c in constraints]
+        cand = [self._ranks(c.candidates) if c and c.candidates is not None else [] for c in constraints]
+        rows = {k: np.zeros(n, np.int32) for k in ("k_min", "k_max", "c_min", "c_max", "cat_mode", "n_candidates")}
+        rows["active"] = np.array([c is not None for c in constraints])
+        rows["category"] = np.full(n, -1, np.int32)
+        for i, c in enumerate(constraints):
+            if c is None:
+                continue
+            k = self.cat_index.get(c.category, -1) if c.category is not None else -1
+            mode = MODES[c.category_mode] if k >= 0 else 0
+            if c.category is not None and k < 0 and c.category_mode == "only":
+                raise UserError(f"constraint: unknown category {c.category!r}; known: {self.categories[:10]} ...")
+            n_in, n_out = self._available(ex[i], cand[i], c.candidates is not None, k, mode)
+            c_max = big if c.c_max is None else c.c_max
+            k_max = min(big if c.k_max is None else c.k_max, min(n_in, c_max) + n_out, big)
+            c_max = min(c_max, k_max)
+            c_min = min(c.c_min, n_in, c_max)
+            k_min = min(c.k_min, k_max)
+            rows["k_min"][i], rows["k_max"][i], rows["c_min"][i], rows["c_max"][i] = k_min, k_max, c_min, c_max
+            rows["category"][i], rows["cat_mode"][i] = k, mode
+            rows["n_candidates"][i] = len(cand[i]) if c.candidates is not None else 0
+            if c.candidates is not None and not cand[i]:
+                rows["n_candidates"][i], rows["k_max"][i] = 1, 0  # no candidate is in the catalogue
+        rows["exclude"] = _pad_lists(ex)
+        rows["candidates"] = _pad_lists(cand)
+        return {"rows": rows}
+
+    def _available(self, ex: list[int], cand: list[int], restricted: bool, k: int, mode: int) -> tuple[int, int]:
+        """(items in the row's category, items outside it) the row may write, counted on the host."""
+        if restricted:
+            pool = np.setdiff1d(np.asarray(cand, np.int64), np.asarray(ex, np.int64))
+            inn = self._in_category(pool, k) if k >= 0 else np.zeros(len(pool), bool)
+            n_in, n_out = int(inn.sum()), int((~inn).sum())
+        else:
+            total = len(self.items) - len(ex)
+            if k >= 0:
+                n_in = int(self.cat_counts[k]) - int(self._in_category(ex, k).sum())
+            else:
+                n_in = 0
+            n_out = total - n_in
+        if mode == 1:
+            n_out = 0
+        elif mode == 2:
+            n_in = 0
+        return n_in, n_out
+
+
+def _pad_lists(lists: Sequence[Sequence[int]]) -> np.ndarray:
+    width = bucket(max((len(x) for x in lists), default=1), minimum=16)
+    out = np.full((len(lists), width), -1, np.int32)
+    for i, x in enumerate(lists):
+        out[i, :len(x)] = x
+    return out
