@@ -34,6 +34,7 @@ from flax import nnx
 
 from reclm_jax.atomic import write_json_atomic
 from reclm_jax.errors import UserError
+from reclm_jax.eval.generation_eval import validation_catalogue
 from reclm_jax.models.adapter_io import save_adapter
 from reclm_jax.models.tokenizer import load_tokenizer
 from reclm_jax.rl.actor_critic import ACTOR, CRITIC, Roles, new_value_head
@@ -117,8 +118,10 @@ class RLTrainer:
         self.tx = adamw_direction(cfg.optim)
         self.trainable, self.opt_state, shardings = place_state(trainable, self.tx.init(trainable), self.runtime)
         self.schedule = lr_schedule(cfg.optim, self.total)
+        self.catalogue = self._catalogue()
         self.rollout = Rollout(self.roles, self.trainable, self.frozen, self.tokenizer, r, self.runtime,
-                               critic=cfg.uses_critic, chunk=p.logprob_chunk, seed=t.seed, idx=cfg.data.idx)
+                               critic=cfg.uses_critic, chunk=p.logprob_chunk, seed=t.seed, idx=cfg.data.idx,
+                               catalogue=self.catalogue if r.constrained else None)
         self.prepare_traces, self.update_traces = Counter(), Counter()
         self.prepare = make_prepare(cfg, self.prepare_traces)
         self.update = make_update_step(self.roles, self.tx, cfg, state_shardings=shardings,
@@ -133,6 +136,21 @@ class RLTrainer:
         self.history: dict[str, Any] = {}
         self.last_val_step = -1
         self.last_metrics: dict[str, float] = {}
+
+    def _catalogue(self):
+        """The catalogue constrained rollouts and validation decode over (``rollout.constrained``,
+        ``train.val_constrained``), built once per run from the task data; None when neither asks for it."""
+        r, t = self.cfg.rollout, self.cfg.train
+        if not (r.constrained or t.val_constrained):
+            return None
+        keys = " and ".join(k for k, on in (("rollout.constrained", r.constrained),
+                                            ("train.val_constrained", t.val_constrained)) if on)
+        if self.data is None or self.data.ctx is None:
+            raise UserError(f"{keys} decode lists over a dataset's catalogue: they need data.source=tasks and "
+                            f"the configured data (not the toy problem or a given prompt source)")
+        if not self.cfg.data.idx:
+            raise UserError(f"{keys} decode the numbered lists of data.idx=true")
+        return validation_catalogue(self.data.ctx, self.tokenizer, progress=self.progress)
 
     @staticmethod
     def _check(cfg: RLConfig) -> None:
@@ -289,7 +307,8 @@ class RLTrainer:
         original's RewardSum); see ``validation.validate_policy``."""
         self.rollout.sampler.update_params(self.trainable["lora"])
         res = validate_policy(self.rollout, self.tokenizer, self.cfg, self.scorer, samples, adapter,
-                              self._metrics_source(), progress=self.progress, desc=f"validate ({label})")
+                              self._metrics_source(), progress=self.progress, desc=f"validate ({label})",
+                              catalogue=self.catalogue if self.cfg.train.val_constrained else None)
         if log is not None:
             log.write("val", self.iteration, log_record(res))
         return res
