@@ -140,16 +140,11 @@ class RLTrainer:
     def _catalogue(self):
         """The catalogue constrained rollouts and validation decode over (``rollout.constrained``,
         ``train.val_constrained``), built once per run from the task data; None when neither asks for it."""
-        r, t = self.cfg.rollout, self.cfg.train
-        if not (r.constrained or t.val_constrained):
+        keys = _constrained_keys(self.cfg)
+        if not keys:
             return None
-        keys = " and ".join(k for k, on in (("rollout.constrained", r.constrained),
-                                            ("train.val_constrained", t.val_constrained)) if on)
         if self.data is None or self.data.ctx is None:
-            raise UserError(f"{keys} decode lists over a dataset's catalogue: they need data.source=tasks and "
-                            f"the configured data (not the toy problem or a given prompt source)")
-        if not self.cfg.data.idx:
-            raise UserError(f"{keys} decode the numbered lists of data.idx=true")
+            raise UserError(f"{keys}: constrained decoding needs the run's task data (not a given prompt source)")
         return validation_catalogue(self.data.ctx, self.tokenizer, progress=self.progress)
 
     @staticmethod
@@ -167,6 +162,11 @@ class RLTrainer:
         if p.micro_batch_size and p.mini_batch_size % p.micro_batch_size:
             raise UserError(f"ppo.micro_batch_size {p.micro_batch_size} must divide ppo.mini_batch_size "
                             f"{p.mini_batch_size}")
+        keys = _constrained_keys(cfg)
+        if keys and cfg.data.source != "tasks":
+            raise UserError(f"{keys} decode lists over a dataset's catalogue: they need data.source=tasks")
+        if keys and not cfg.data.idx:
+            raise UserError(f"{keys} decode numbered lists: they need data.idx=true")
         if p.reward_whitening == "rows" or p.advantage_whitening == "rows":
             if (r.prompts * r.sample_num) % p.whitening_rows:
                 raise UserError(f"the rows whitening scope needs rollout.prompts x rollout.sample_num "
@@ -376,6 +376,12 @@ class RLTrainer:
         self.save_adapters("adapter")
         self.store.close()
         return {"iterations": self.iteration, "best_mean_reward": self.best, **self.history}
+
+
+def _constrained_keys(cfg: RLConfig) -> str:
+    """The settings that ask for constrained decoding, for messages ("" when none does)."""
+    return " and ".join(k for k, on in (("rollout.constrained", cfg.rollout.constrained),
+                                        ("train.val_constrained", cfg.train.val_constrained)) if on)
 
 
 def mini_batch_rows(rows: int, mini_batch: int, micro_batch: int, seed: int, iteration: int,
