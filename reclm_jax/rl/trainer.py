@@ -164,9 +164,9 @@ class RLTrainer:
                             f"{p.mini_batch_size}")
         keys = _constrained_keys(cfg)
         if keys and cfg.data.source != "tasks":
-            raise UserError(f"{keys} decode lists over a dataset's catalogue: they need data.source=tasks")
+            raise UserError(f"{keys}: constrained decoding needs a dataset's catalogue, data.source=tasks")
         if keys and not cfg.data.idx:
-            raise UserError(f"{keys} decode numbered lists: they need data.idx=true")
+            raise UserError(f"{keys}: constrained decoding writes numbered lists, data.idx=true")
         if p.reward_whitening == "rows" or p.advantage_whitening == "rows":
             if (r.prompts * r.sample_num) % p.whitening_rows:
                 raise UserError(f"the rows whitening scope needs rollout.prompts x rollout.sample_num "
