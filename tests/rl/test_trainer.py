@@ -182,3 +182,8 @@ def test_user_errors_before_loading(tmp_path):
         RLTrainer(tiny_config("/nonexistent", tmp_path, "algorithm=grpo", "rollout.sample_num=1"))
     with pytest.raises(UserError, match="must divide"):
         RLTrainer(tiny_config("/nonexistent", tmp_path, "ppo.mini_batch_size=8", "ppo.micro_batch_size=3"))
+    with pytest.raises(UserError, match="rollout.constrained: constrained decoding needs a dataset's catalogue"):
+        RLTrainer(tiny_config("/nonexistent", tmp_path, "rollout.constrained=true"))  # the toy problem has none
+    with pytest.raises(UserError, match="train.val_constrained: constrained decoding writes numbered lists"):
+        RLTrainer(tiny_config("/nonexistent", tmp_path, "train.val_constrained=true", "data.source=tasks",
+                              "data.idx=false"))

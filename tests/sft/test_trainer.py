@@ -148,3 +148,21 @@ def test_checkpoints_carry_the_validation_of_their_step(tmp_path, tiny_overrides
     assert "label_tokens_per_s" not in train[0]  # step 1's window holds the compile
     assert all(row["label_tokens_per_s"] > 0 for row in train[1:] if "label_tokens_per_s" in row)
     assert any("label_tokens_per_s" in row for row in train[1:])
+
+
+@pytest.mark.slow
+def test_constrained_validation_reports_lists_that_obey_their_samples(tmp_path, tiny_overrides):
+    """``train.val_constrained``: the base-model and final validations decode under each sample's catalogue
+    constraint, so even the random model's lists are real, distinct, of the asked length and category."""
+    args = tiny_overrides(tmp_path, "train.max_steps=1", "train.val_constrained=true", "train.val_before=true",
+                          "train.val_max_new_tokens=0", "data.topk=3", "data.val_num_per_task=4",
+                          "data.val_tasks=[SFTTestSeqRec,SFT+TestPersonalControlRec]")
+    r = _sft(args, _env())
+    assert r.returncode == 0, r.stderr[-3000:]
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    for when in ("before", "after"):
+        res, ratios = metrics[when]["results"], metrics[when]["ratios"]
+        for task in ("SFTTestSeqRec", "SFT+TestPersonalControlRec"):
+            assert res[task]["Count"] == 4 and res[task]["CorrectCount"] == 1.0, (when, task)
+            assert res[task]["NonExistRate"] == res[task]["RepeatRate"] == res[task]["InHistoryRate"] == 0.0
+        assert ratios["SFT+TestPersonalControlRec"]["TargetCategoryRatio"] == 1.0
