@@ -45,15 +45,15 @@ def summarise(iterations: list[dict]) -> dict:
     iteration (sum of the phases), rollout tokens/s and updates; compile seconds per phase; recompilations."""
     timed = iterations[1:]
 
-    def med(xs):
-        return None if not xs else statistics.median(xs)
+    def med(xs, digits=4):
+        return None if not xs else round(statistics.median(xs), digits)
 
     rates = [it["tokens"] / it["rollout"] for it in timed if it.get("tokens") is not None and it["rollout"] > 0]
     return {
         "phases_s": {p: med([it[p] for it in timed]) for p in PHASES},
         "iteration_s": med([sum(it[p] for p in PHASES) for it in timed]),
         "rollout_tokens": med([it["tokens"] for it in timed if it.get("tokens") is not None]),
-        "rollout_tok_s": med(rates),
+        "rollout_tok_s": med(rates, 1),
         "updates": med([it["updates"] for it in timed]),
         "epochs": med([it["epochs"] for it in timed]),
         "warmup_s": round(iterations[0]["wall"], 2),
@@ -113,7 +113,7 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="reclm_jax_gpu_ppo_"))
     label, hf = shape_hf(args.model, args.smoke)
-    args.model_label, args.model = label, str(build_tokenizer(work / "model"))  # the folder: tokenizer + config
+    args.model = str(build_tokenizer(work / "model"))  # the model folder rl_overrides names: tokenizer + config
     (work / "model" / "config.json").write_text(json.dumps(hf))
     cfg = load_config(RLConfig, CONFIG, rl_overrides(args, work))
     runtime = Runtime.create(cfg.mesh)

@@ -34,7 +34,7 @@ def test_summary_takes_medians_of_the_timed_iterations():
     assert s["phases_s"] == pytest.approx({"rollout": 3.0, "reward": 0.01, "logprobs": 0.6, "update": 5.0})
     assert s["iteration_s"] == pytest.approx(3.0 + 0.01 + 0.6 + 5.0)
     # Each timed iteration's own rate (2048 / 2, 1024 / 4, 2048 / 3), then the median: not tokens over time.
-    assert s["rollout_tok_s"] == pytest.approx(2048 / 3) and s["rollout_tokens"] == 2048
+    assert s["rollout_tok_s"] == pytest.approx(2048 / 3, abs=0.05) and s["rollout_tokens"] == 2048
     assert s["updates"] == 16 and s["epochs"] == 4
     # Compile = the warm-up minus the timed median, per phase; programs counted in the warm-up only.
     assert s["compile_s"] == pytest.approx({"rollout": 27.0, "reward": 0.0, "logprobs": 9.4, "update": 55.0})
