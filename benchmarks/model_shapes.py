@@ -3,7 +3,7 @@
 ``SHAPES`` maps a benchmark's ``--model`` name to (label, HF ``config.json`` dict); ``shape_config`` turns one into
 a ``LlamaConfig``, optionally shrunk to 2 tiny layers for a CPU smoke run. Throughput does not depend on weight
 values, so a random model times the same as the pretrained one. Used by ``gpu_sft.py`` (LoRA step),
-``gpu_decode.py`` (decoding) and, through ``lora_step.py``, the CPU SFT benchmark.
+``gpu_decode.py`` (decoding), ``gpu_ppo.py`` (a PPO iteration) and, through ``lora_step.py``, the CPU SFT benchmark.
 """
 
 from __future__ import annotations
@@ -34,17 +34,22 @@ LLAMA2_7B = {
 SHAPES = {"smollm2": ("SmolLM2-135M", SMOLLM2_135M), "llama2-7b": ("Llama-2-7B", LLAMA2_7B)}
 
 
-def shape_config(name: str, smoke: bool = False, **kwargs) -> tuple[str, LlamaConfig]:
-    """(label, ``LlamaConfig``) of ``SHAPES[name]``; ``kwargs`` go to ``from_hf_config`` (dtypes, remat, kernels).
-
-    ``smoke``: 2 layers of hidden 64, vocab 512, 4 heads of 16 (GQA kept for SmolLM2), so the whole path runs on
-    a CPU in seconds."""
+def shape_hf(name: str, smoke: bool = False) -> tuple[str, dict]:
+    """(label, HF ``config.json`` dict) of ``SHAPES[name]``; ``smoke``: 2 layers of hidden 64, vocab 512, 4 heads
+    of 16 (GQA kept for SmolLM2), so the whole path runs on a CPU in seconds."""
     label, hf = SHAPES[name]
     hf = dict(hf)
     if smoke:
         hf.update(num_hidden_layers=2, hidden_size=64, intermediate_size=128, vocab_size=512,
                   num_attention_heads=4, num_key_value_heads=2 if name == "smollm2" else 4, head_dim=16)
         label += " (smoke: 2 tiny layers)"
+    return label, hf
+
+
+def shape_config(name: str, smoke: bool = False, **kwargs) -> tuple[str, LlamaConfig]:
+    """(label, ``LlamaConfig``) of ``shape_hf(name, smoke)``; ``kwargs`` go to ``from_hf_config`` (dtypes, remat,
+    kernels)."""
+    label, hf = shape_hf(name, smoke)
     return label, from_hf_config(hf, source=label, **kwargs)
 
 

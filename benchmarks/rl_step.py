@@ -52,13 +52,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from generate import median_or_none, resolve_model, run_one  # noqa: E402  (numpy and the stdlib only)
+from rl_phases import (CONFIG, PHASES, REPO, compile_split, rl_overrides, run_iterations,  # noqa: E402
+                       synthetic_samples)
 
-REPO = Path(__file__).resolve().parents[1]
-CONFIG = REPO / "configs" / "rl_smollm2_ml1m.yaml"
-PHASES = ("rollout", "reward", "logprobs", "update")
 ENGINES = ("reclm-jax", "transformers")
-_WORDS = ("Silent", "River", "Night", "Crimson", "Garden", "Iron", "Summer", "Empire", "Lost", "City", "Star",
-          "Heart", "Shadow", "Winter", "Golden", "Road", "Storm", "Island", "Secret", "Dream", "Fire", "Ocean")
 
 
 def peak_rss_gib() -> float:
@@ -66,42 +63,6 @@ def peak_rss_gib() -> float:
 
 
 # -- workers ------------------------------------------------------------------------------------------------
-def rl_overrides(args, work: Path) -> list[str]:
-    """The JAX side's config: configs/rl_smollm2_ml1m.yaml with the benchmark's sizes and data."""
-    o = [f"model.path={args.model}", f"output_dir={work / 'rl_run'}", f"rollout.prompts={args.prompts}",
-         f"rollout.sample_num={args.samples}", f"rollout.max_new_tokens={args.new_tokens}",
-         f"rollout.response_buckets=[{args.new_tokens},{2 * args.new_tokens}]", "optim.warmup_steps=0",
-         "train.val_before=false"]
-    if args.data_path:  # the config's prompt lengths (left-truncated to 512)
-        return o + [f"data_path={args.data_path}", f"teacher.checkpoint={args.teacher_checkpoint}"]
-    cap = max(args.prompt_len, 64)
-    return o + [f"rollout.max_prompt_length={cap}", f"rollout.prompt_buckets=[{cap}]", "data.source=toy",
-                "reward.kind=toy_tokens", "rollout.trajectory=sampled", "data.val_tasks=[]"]
-
-
-def synthetic_samples(tokenizer, n: int, prompt_len: int, seed: int = 0) -> list[dict]:
-    """``n`` recommendation prompts of made-up titles, each grown to about ``prompt_len`` tokens (chat template)."""
-    import numpy as np
-
-    from reclm_jax.rl.toy import TOY_TASK
-
-    rng = np.random.default_rng(seed)
-    out = []
-    for i in range(n):
-        titles: list[str] = []
-        while True:
-            text = ("Here is the watching history of a user: " + ", ".join(titles) + ". Please recommend 10 movies "
-                    "the user will watch next, one title per line, numbered.")
-            prompt = tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
-                                                   add_generation_prompt=True) if tokenizer.chat_template else text
-            if len(tokenizer(prompt)["input_ids"]) >= prompt_len - 12 or len(titles) > 200:
-                break
-            words = rng.choice(len(_WORDS), size=int(rng.integers(1, 4)), replace=False)
-            titles.append(f"The {' '.join(_WORDS[w] for w in words)} ({int(rng.integers(1930, 2020))})")
-        out.append({"task": TOY_TASK, "input_text": prompt, "output_text": "", "input_field_data": {"index": i}})
-    return out
-
-
 def prompts_worker(args) -> dict:
     """Writes ``<work>/prompts.json``: the samples and their prompt token ids (as the policy sees them)."""
     from reclm_jax.config import load_config
@@ -140,15 +101,7 @@ def jax_worker(args) -> dict:
     out: dict = {"engine": "reclm-jax", "round": args.round, "version": f"jax {jax.__version__}",
                  "load_s": round(time.perf_counter() - t, 2), "iterations": []}
     with trainer.runtime.activate():
-        for _ in range(1 + args.iterations):  # the first compiles
-            traces = sum(trainer.traces().values())
-            rec = trainer.train_iteration(data["samples"])
-            trainer.iteration += 1
-            out["iterations"].append({
-                "rollout": rec["time_rollout"], "reward": rec["time_reward"],
-                "logprobs": rec["time_logprobs"] + rec["time_stats"], "update": rec["time_update"],
-                "updates": rec["updates"], "compiled": sum(trainer.traces().values()) - traces,
-                "reward_mean": rec["reward"]})
+        out["iterations"] = run_iterations(trainer, data["samples"], 1 + args.iterations)  # the first compiles
         trainer.rollout.sampler.update_params(trainer.trainable["lora"])  # the last update donated the old ones
         out["generate"] = timed_generation(lambda: trainer.rollout.responses(data["ids"], trainer.iteration + 1)[0],
                                            args.repeats)
@@ -249,11 +202,8 @@ def summarise(outputs: list[dict]) -> dict:
     s["recompiled_in_timed_iterations"] = sum(it["compiled"] for it in timed)
     s["compile_s"] = []
     for o in jax_runs:
-        first = o["iterations"][0]
-        steady = [it for it in o["iterations"][1:]]
-        s["compile_s"].append({"round": o["round"], "programs": first["compiled"], **{
-            p: None if not steady else round(first[p] - statistics.median(it[p] for it in steady), 2)
-            for p in PHASES}})
+        s["compile_s"].append({"round": o["round"], "programs": o["iterations"][0]["compiled"],
+                               **compile_split(o["iterations"])})
     s["rollout_tok_s"], s["mean_response_tokens"], s["max_rss_gib"], s["load_s"] = {}, {}, {}, {}
     for e in ENGINES:
         runs = [o for o in outputs if o["engine"] == e]

@@ -68,12 +68,14 @@ class RLTrainer:
     ``runtime`` / ``hooks`` as SFT's trainer (``hooks.after_step(iteration)`` runs after each iteration's
     checkpoint). ``sync_timing``: wait for the old / reference log-probs before the reward is computed, so the
     iteration's times split cleanly (``time_logprobs`` apart; benchmarks); by default that pass runs while the
-    host scores the responses.
+    host scores the responses. ``model``: a built model replacing ``model.path``'s weights (the folder still gives
+    the tokenizer; ``load_backbone``), for benchmarks of shapes no local folder holds.
     """
 
     def __init__(self, cfg: RLConfig, progress: bool = True, runtime: Runtime | None = None,
                  hooks: Hooks | None = None, scorer: Scorer | None = None, source: Any = None,
-                 val_samples: Sequence[dict] | None = None, sync_timing: bool = False):
+                 val_samples: Sequence[dict] | None = None, sync_timing: bool = False,
+                 model: nnx.Module | None = None):
         self.cfg = cfg
         self.sync_timing = sync_timing
         r, p, t = cfg.rollout, cfg.ppo, cfg.train
@@ -106,7 +108,7 @@ class RLTrainer:
             adapters[CRITIC] = cfg.adapters.critic
         full = {ACTOR: ("lm_head",)} if cfg.adapters.lm_head_full_tune else None
         self.backbone = load_backbone(cfg.model, adapters, self.runtime, seed=t.seed, full_tune=full,
-                                      progress=self.progress)
+                                      progress=self.progress, model=model)
         trainable: dict[str, Any] = {"lora": self.backbone.trainable}
         head_graphdef = None
         if cfg.uses_critic:

@@ -61,8 +61,12 @@ class Backbone:
 
 def load_backbone(settings: ModelSettings, adapters: dict[str, LoraConfig], runtime: Runtime, *, seed: int = 0,
                   train: tuple[str, ...] | None = None, full_tune: dict[str, tuple[str, ...]] | None = None,
-                  progress: bool = True) -> Backbone:
+                  progress: bool = True, model: nnx.Module | None = None) -> Backbone:
     """Loads ``settings.path`` onto ``runtime.mesh`` and attaches ``adapters`` (name -> config).
+
+    ``model``: an already built ``LlamaForCausalLM`` on ``runtime.mesh`` used instead of the folder's weights
+    (benchmarks: a random model of a shape no folder holds, made on the device; ``settings``' dtypes and kernels
+    are then the model's own). The folder still has to exist: it gives the tokenizer and the exports' base.
 
     ``train``: the adapters whose parameters are trainable (default: all of them). ``full_tune``: adapter
     name -> modules (e.g. ``{"actor": ("lm_head",)}``) of which that adapter owns a fully trained copy; the
@@ -73,9 +77,10 @@ def load_backbone(settings: ModelSettings, adapters: dict[str, LoraConfig], runt
     from reclm_jax.models.hf_loading import load_llama
 
     path = resolve_model_path(settings.path)
-    model = load_llama(path, mesh=runtime.mesh, param_dtype=settings.param_dtype, dtype=settings.dtype,
-                       remat=settings.remat, kernels=settings.kernels, scan_layers=settings.scan_layers,
-                       progress=progress and runtime.is_primary)
+    if model is None:
+        model = load_llama(path, mesh=runtime.mesh, param_dtype=settings.param_dtype, dtype=settings.dtype,
+                           remat=settings.remat, kernels=settings.kernels, scan_layers=settings.scan_layers,
+                           progress=progress and runtime.is_primary)
     full_tune = full_tune or {}
     for i, (name, cfg) in enumerate(adapters.items()):
         add_lora(model, cfg, name, seed=seed + i, full_tune=tuple(full_tune.get(name, ())))

@@ -187,3 +187,23 @@ def test_user_errors_before_loading(tmp_path):
     with pytest.raises(UserError, match="train.val_constrained: constrained decoding writes numbered lists"):
         RLTrainer(tiny_config("/nonexistent", tmp_path, "train.val_constrained=true", "data.source=tasks",
                               "data.idx=false"))
+
+
+def test_a_given_model_replaces_the_folders_weights(tiny_llama_dir, tmp_path):
+    """``model=`` (benchmarks: a random model of a shape no folder holds) is trained instead of ``model.path``'s
+    weights; the folder still gives the tokenizer."""
+    from reclm_jax.models.hf_loading import load_llama
+    from reclm_jax.train.runtime import Runtime
+
+    cfg = tiny_config(tiny_llama_dir, tmp_path)
+    runtime = Runtime.create(cfg.mesh)
+    model = load_llama(tiny_llama_dir, mesh=runtime.mesh, param_dtype="float32", dtype="float32", progress=False)
+    given = {k: 3.0 * v for k, v in _named(nnx.state(model)).items()}
+    nnx.update(model, jax.tree.map(lambda x: 3.0 * x, nnx.state(model)))
+    trainer = RLTrainer(cfg, progress=False, runtime=runtime, model=model)
+    frozen = _named(jax.device_get(trainer.frozen))
+    shared = [k for k in given if k in frozen]
+    assert len(shared) >= len(given) - 1  # every base weight (the lm_head may move to the actor's trained copy)
+    for k in shared:
+        np.testing.assert_array_equal(frozen[k], given[k], err_msg=k)
+    assert trainer.tokenizer is not None and trainer.backbone.path == Path(tiny_llama_dir)
