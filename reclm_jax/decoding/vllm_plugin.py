@@ -1,0 +1,95 @@
+"""reclm-jax's list constraint as a vLLM V1 logits processor (the batch-level interface of
+``vllm.v1.sample.logits_processor``): requests whose ``SamplingParams.extra_args`` hold ``reclm_constraint``
+(in the OpenAI server: ``"vllm_xargs": {"reclm_constraint": "<JSON>"}``) decode under the same rule, token by
+token, as ``reclm_jax.serve``'s ``reclm_constraint`` key; other requests are untouched. docs/serving.md has the
+commands.
+
+    RECLM_JAX_CONSTRAIN_DATA=DIR [RECLM_JAX_ITEM_INDEX=title] [RECLM_JAX_MAX_ITEMS=64] \\
+      python -m vllm.entrypoints.openai.api_server --model MODEL \\
+        --logits-processors reclm_jax.decoding.vllm_plugin:CatalogueLogitsProcessor
+
+The catalogue (``ConstrainedCatalogue`` of the raw dataset folder's item index, tokenized by the served model's
+tokenizer, ending lists with its EOS) is built once per worker when the processor is created, as
+``reclm_jax.serve --constrain-data DIR --item-index NAME`` builds it. Without ``RECLM_JAX_CONSTRAIN_DATA`` the
+processor does nothing and refuses constrained requests. The V1 model runner only: on a GPU with Triton, vLLM
+0.32 picks its V2 runner unless ``VLLM_USE_V2_MODEL_RUNNER=0`` (``scripts/serve_vllm.sh`` sets it).
+
+Imports vLLM, torch and the host-side decoding modules; never JAX.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+
+import torch
+from vllm import SamplingParams
+from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor
+
+from reclm_jax.decoding.spec import KEY
+from reclm_jax.decoding.vllm_batch import RequestRows, request_constraint, request_spec
+from reclm_jax.errors import UserError
+
+DATA_ENV, INDEX_ENV, MAX_ITEMS_ENV = "RECLM_JAX_CONSTRAIN_DATA", "RECLM_JAX_ITEM_INDEX", "RECLM_JAX_MAX_ITEMS"
+
+
+def _settings() -> tuple[str | None, str, int]:
+    return os.environ.get(DATA_ENV) or None, os.environ.get(INDEX_ENV) or "title", int(
+        os.environ.get(MAX_ITEMS_ENV) or 64)
+
+
+def load_catalogue(tokenizer_path: str, data: str, item_index: str, max_items: int):
+    """The ``ConstrainedCatalogue`` that ``reclm_jax.serve`` builds for ``--constrain-data data --item-index ...``."""
+    from reclm_jax.data.item_index import load_dataset
+    from reclm_jax.decoding.catalogue import ConstrainedCatalogue
+    from reclm_jax.models.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(tokenizer_path, key="the served model")
+    raw, index = load_dataset(data, item_index, tokenizer=tok)
+    return ConstrainedCatalogue.from_dataset(raw, index, tok, tok.eos_token, max_items=max_items)
+
+
+@lru_cache(maxsize=4)
+def _categories(data: str) -> frozenset[str]:
+    """The dataset's category names (read once per process), for checking requests in vLLM's frontend."""
+    from reclm_jax.datasets.raw import load_raw
+
+    return frozenset(load_raw(data, item_index="title").categories)
+
+
+class CatalogueLogitsProcessor(LogitsProcessor):
+    """Masks, per constrained request, every token that would leave a list of distinct catalogue items obeying
+    its constraint (``host_state.HostRow``, the rules of ``CatalogueProcessor``)."""
+
+    @classmethod
+    def validate_params(cls, sampling_params: SamplingParams):
+        """Refuses (ValueError: a 400 in the OpenAI server) a malformed ``reclm_constraint``, one sent to a server
+        without ``RECLM_JAX_CONSTRAIN_DATA``, and an "only" rule on a category the dataset does not have."""
+        try:
+            if request_spec(sampling_params.extra_args) in (None, False):
+                return
+            c = request_constraint(sampling_params.extra_args)
+        except UserError as e:
+            raise ValueError(str(e)) from None
+        data = _settings()[0]
+        if data is None:
+            raise ValueError(f"'{KEY}' needs vLLM started with {DATA_ENV}=DIR (a raw dataset folder) and this "
+                             f"logits processor")
+        if c.category is not None and c.category_mode == "only" and c.category not in _categories(data):
+            raise ValueError(f"'{KEY}': unknown category {c.category!r}")
+
+    def __init__(self, vllm_config, device: torch.device, is_pin_memory: bool):
+        data, item_index, max_items = _settings()
+        self.rows = None
+        if data is not None:
+            self.rows = RequestRows(load_catalogue(vllm_config.model_config.tokenizer, data, item_index, max_items))
+
+    def is_argmax_invariant(self) -> bool:
+        return False  # it changes which token is the most likely
+
+    def update_state(self, batch_update: BatchUpdate | None) -> None:
+        if self.rows is not None:
+            self.rows.update(batch_update)
+
+    def apply(self, logits: torch.Tensor) -> torch.Tensor:
+        return logits if self.rows is None else self.rows.apply(logits)
