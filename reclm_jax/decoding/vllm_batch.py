@@ -1,4 +1,5 @@
-"""The vLLM plugin's batch bookkeeping, without vLLM: which persistent-batch slot holds which constrained
+"""The vLLM plugin's host side, without vLLM: its catalogue from the environment (``settings``,
+``load_catalogue``) and its batch bookkeeping: which persistent-batch slot holds which constrained
 request (``update``, from vLLM V1's ``BatchUpdate``: removed, then added, then moved), and the mask of every
 constrained slot (``apply``), each from its own ``host_state.HostRow``.
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from typing import Any, Mapping
 
 import numpy as np
@@ -26,6 +28,25 @@ from reclm_jax.decoding.spec import KEY, SpecError, constraint_from_spec
 from reclm_jax.errors import UserError
 
 log = logging.getLogger(__name__)
+DATA_ENV, INDEX_ENV, MAX_ITEMS_ENV = "RECLM_JAX_CONSTRAIN_DATA", "RECLM_JAX_ITEM_INDEX", "RECLM_JAX_MAX_ITEMS"
+
+
+def settings() -> tuple[str | None, str, int]:
+    """(dataset folder or None, item index, longest list) from the plugin's environment variables."""
+    return os.environ.get(DATA_ENV) or None, os.environ.get(INDEX_ENV) or "title", int(
+        os.environ.get(MAX_ITEMS_ENV) or 64)
+
+
+def load_catalogue(tokenizer_path: str, data: str, item_index: str = "title", max_items: int = 64):
+    """The ``ConstrainedCatalogue`` that ``reclm_jax.serve --constrain-data data --item-index item_index`` builds
+    for the model whose tokenizer is at ``tokenizer_path``."""
+    from reclm_jax.data.item_index import load_dataset
+    from reclm_jax.decoding.catalogue import ConstrainedCatalogue
+    from reclm_jax.models.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(tokenizer_path, key="the served model")
+    raw, index = load_dataset(data, item_index, tokenizer=tok)
+    return ConstrainedCatalogue.from_dataset(raw, index, tok, tok.eos_token, max_items=max_items)
 
 
 def request_spec(extra_args: Mapping[str, Any] | None) -> Any:

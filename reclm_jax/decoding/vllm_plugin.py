@@ -19,7 +19,6 @@ Imports vLLM, torch and the host-side decoding modules; never JAX.
 
 from __future__ import annotations
 
-import os
 from functools import lru_cache
 
 import torch
@@ -27,26 +26,9 @@ from vllm import SamplingParams
 from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor
 
 from reclm_jax.decoding.spec import KEY
-from reclm_jax.decoding.vllm_batch import RequestRows, request_constraint, request_spec
+from reclm_jax.decoding.vllm_batch import (DATA_ENV, RequestRows, load_catalogue, request_constraint, request_spec,
+                                           settings)
 from reclm_jax.errors import UserError
-
-DATA_ENV, INDEX_ENV, MAX_ITEMS_ENV = "RECLM_JAX_CONSTRAIN_DATA", "RECLM_JAX_ITEM_INDEX", "RECLM_JAX_MAX_ITEMS"
-
-
-def _settings() -> tuple[str | None, str, int]:
-    return os.environ.get(DATA_ENV) or None, os.environ.get(INDEX_ENV) or "title", int(
-        os.environ.get(MAX_ITEMS_ENV) or 64)
-
-
-def load_catalogue(tokenizer_path: str, data: str, item_index: str, max_items: int):
-    """The ``ConstrainedCatalogue`` that ``reclm_jax.serve`` builds for ``--constrain-data data --item-index ...``."""
-    from reclm_jax.data.item_index import load_dataset
-    from reclm_jax.decoding.catalogue import ConstrainedCatalogue
-    from reclm_jax.models.tokenizer import load_tokenizer
-
-    tok = load_tokenizer(tokenizer_path, key="the served model")
-    raw, index = load_dataset(data, item_index, tokenizer=tok)
-    return ConstrainedCatalogue.from_dataset(raw, index, tok, tok.eos_token, max_items=max_items)
 
 
 @lru_cache(maxsize=4)
@@ -71,7 +53,7 @@ class CatalogueLogitsProcessor(LogitsProcessor):
             c = request_constraint(sampling_params.extra_args)
         except UserError as e:
             raise ValueError(str(e)) from None
-        data = _settings()[0]
+        data = settings()[0]
         if data is None:
             raise ValueError(f"'{KEY}' needs vLLM started with {DATA_ENV}=DIR (a raw dataset folder) and this "
                              f"logits processor")
@@ -79,7 +61,7 @@ class CatalogueLogitsProcessor(LogitsProcessor):
             raise ValueError(f"'{KEY}': unknown category {c.category!r}")
 
     def __init__(self, vllm_config, device: torch.device, is_pin_memory: bool):
-        data, item_index, max_items = _settings()
+        data, item_index, max_items = settings()
         self.rows = None
         if data is not None:
             self.rows = RequestRows(load_catalogue(vllm_config.model_config.tokenizer, data, item_index, max_items))
