@@ -9,6 +9,10 @@ from __future__ import annotations
 import dataclasses
 import enum
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -128,3 +132,26 @@ def test_extra_arg_forms(make_catalogue):
                        ("[1]", "true, an object")):
         with pytest.raises(SpecError, match=words):
             request_constraint({"reclm_constraint": bad})
+
+
+def test_the_plugins_host_side_needs_no_jax(tiny_tokenizer_dir, tiny_dataset_dir):
+    """vLLM's venv has no JAX: everything the plugin imports besides vLLM loads and builds the catalogue with
+    ``import jax`` and ``import flax`` failing."""
+    code = f"""
+import ast, pathlib, sys
+sys.modules["jax"] = sys.modules["flax"] = None  # any import of them now raises ImportError
+from reclm_jax.decoding import vllm_batch
+cat = vllm_batch.load_catalogue({str(tiny_tokenizer_dir)!r}, {str(tiny_dataset_dir)!r})
+rows = vllm_batch.RequestRows(cat)
+assert len(cat) > 0 and rows.new_row(vllm_batch.request_constraint({{"reclm_constraint": True}})).allowed().size == 1
+tree = ast.parse(pathlib.Path(vllm_batch.__file__).with_name("vllm_plugin.py").read_text())
+mods = {{n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}}
+mods |= {{a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}}
+for m in mods:
+    if m.startswith("reclm_jax"):
+        __import__(m)
+print("ok", sorted(mods))
+"""
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).parents[2]))
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    assert res.returncode == 0 and res.stdout.startswith("ok"), res.stderr[-3000:]
