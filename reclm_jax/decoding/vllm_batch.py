@@ -27,7 +27,7 @@ from reclm_jax.decoding.host_state import HostRow, HostTables
 from reclm_jax.decoding.spec import KEY, SpecError, constraint_from_spec
 from reclm_jax.errors import UserError
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("vllm.reclm_jax")  # under vLLM's logger, whose handler prints to its log
 DATA_ENV, INDEX_ENV, MAX_ITEMS_ENV = "RECLM_JAX_CONSTRAIN_DATA", "RECLM_JAX_ITEM_INDEX", "RECLM_JAX_MAX_ITEMS"
 
 

@@ -23,6 +23,7 @@ from functools import lru_cache
 
 import torch
 from vllm import SamplingParams
+from vllm.logger import init_logger
 from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor
 
 from reclm_jax.decoding.spec import KEY
@@ -30,6 +31,7 @@ from reclm_jax.decoding.vllm_batch import (DATA_ENV, RequestRows, load_catalogue
                                            settings)
 from reclm_jax.errors import UserError
 
+log = init_logger("vllm.reclm_jax")  # under vLLM's logger, whose handler prints to its log
 
 @lru_cache(maxsize=4)
 def _categories(data: str) -> frozenset[str]:
@@ -64,7 +66,10 @@ class CatalogueLogitsProcessor(LogitsProcessor):
         data, item_index, max_items = settings()
         self.rows = None
         if data is not None:
-            self.rows = RequestRows(load_catalogue(vllm_config.model_config.tokenizer, data, item_index, max_items))
+            cat = load_catalogue(vllm_config.model_config.tokenizer, data, item_index, max_items)
+            self.rows = RequestRows(cat)
+            log.info("reclm-jax constrained decoding: %d items of %s (%s index, %d left out), lists of up to %d",
+                     len(cat), data, item_index, len(cat.dropped), max_items)
 
     def is_argmax_invariant(self) -> bool:
         return False  # it changes which token is the most likely

@@ -81,8 +81,10 @@ def test_vllm_plugin_matches_reclm_serve(tiny_llama_factory, tiny_dataset_dir, t
                for j in range(len(specs))]
     base = {"model": "tiny", "max_tokens": MAX_TOKENS, "temperature": 0.0, "return_token_ids": True}
     ours_bodies = [dict(base, prompt=p, reclm_constraint=s) for p, s in zip(prompts, specs)]
-    theirs_bodies = [dict(base, prompt=p, **({} if s is None else {"vllm_xargs": {"reclm_constraint": json.dumps(s)}}))
-                     for p, s in zip(prompts, specs)]
+    # vLLM reads the spec from vllm_xargs (a JSON string); half the requests also carry reclm_jax.serve's key, as
+    # the evaluation client's --constrained sends them (vLLM ignores it)
+    theirs_bodies = [dict(base, prompt=p, **({} if s is None else {"vllm_xargs": {"reclm_constraint": json.dumps(s)}}),
+                          **({"reclm_constraint": s} if j % 2 else {})) for j, (p, s) in enumerate(zip(prompts, specs))]
     with reclm_server(merged, dtype="float32", constrain_data=tiny_dataset_dir, max_batch=8, max_wait_ms=200) as url:
         ours = _ask_all(url, ours_bodies)
     with vllm_server(py, merged, tmp_path / "vllm.log", dtype="float32", max_model_len=1024,
@@ -90,6 +92,8 @@ def test_vllm_plugin_matches_reclm_serve(tiny_llama_factory, tiny_dataset_dir, t
         theirs = _ask_all(url, theirs_bodies)
         bad = [_post(url, dict(base, prompt="x", vllm_xargs={"reclm_constraint": s}))
                for s in ('{"colour": 1}', "{", json.dumps({"category": "Nope", "category_mode": "only"}))]
+    loaded = [ln for ln in (tmp_path / "vllm.log").read_text().splitlines() if "reclm-jax constrained decoding" in ln]
+    print("vLLM log:", loaded)
     problems = []
     for j, (spec, (sa, a), (sb, b)) in enumerate(zip(specs, ours, theirs)):
         assert sa == 200 and sb == 200, (spec, a, b)
