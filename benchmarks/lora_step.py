@@ -18,7 +18,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from reclm_jax.models.llama import LlamaForCausalLM
 from reclm_jax.models.llama_config import LlamaConfig
-from reclm_jax.models.lora import ALL_LINEARS, LoraConfig, add_lora, linear_modules, split_trainable
+from reclm_jax.models.lora import ALL_LINEARS, LoraConfig, add_lora, layer_linears, split_trainable
 from reclm_jax.models.sharding import make_mesh
 from model_shapes import matmul_params
 from reclm_jax.train.optim import OptimConfig, make_optimizer
@@ -133,4 +133,4 @@ def lora_step_flops(cfg: LlamaConfig, rows: int, seq: int, rank: int = LORA.rank
 
 def count_check(model: LlamaForCausalLM) -> int:
     """``matmul_params`` counted from the live model (a guard that the formula matches the modules)."""
-    return sum(lin.in_features * lin.out_features for lin in linear_modules(model).values())
+    return sum(lin.in_features * lin.out_features for lin, _ in layer_linears(model).values())  # per layer

@@ -2,7 +2,9 @@
 # The quickstart's test stage (scripts/quickstart.sh runs it last; it also runs on its own after a quickstart):
 #   1. each model the quickstart made is served by `python -m reclm_jax.serve` (one at a time) and evaluated
 #      with the original's test client on the first EVAL_USERS test users: the base model as a general LLM
-#      (the original's flattened prompt and parser), the SFT and the RL models as fine-tuned ones
+#      (the original's flattened prompt and parser), the SFT and the RL models as fine-tuned ones, and the SFT
+#      model once more with constrained decoding (`--constrain-data`: every list of real, distinct catalogue
+#      items that obey the task's instruction; reclm_jax/decoding)
 #   2. the teacher's and popularity's own lists, scored the same way
 #   3. one report comparing them: $RUNS/report_<dataset>/index.html (+ $RUNS/report_<dataset>.png with chromium)
 # Usage: scripts/quickstart_test_stage.sh [--small]   (--small: MovieLens-100K, as the quickstart's flag)
@@ -10,7 +12,7 @@
 # answer), EVAL_PORT (default 13579). Answers are cached per model and task: a second run re-asks nothing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-usage() { sed -n '2,11p' "$0"; }
+usage() { sed -n '2,12p' "$0"; }
 source scripts/quickstart_layout.sh
 for need in "$DATA_DIR" "$MODEL_DIR" "$TEACHER_RUN" "$SFT_RUN/merged"; do
   [ -e "$need" ] || { echo "error: $need not found: run scripts/quickstart.sh first" >&2; exit 2; }
@@ -25,7 +27,11 @@ EVAL_PORT="${EVAL_PORT:-13579}"
 export JAX_PLATFORMS="${JAX_PLATFORMS:-cpu}" HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 mkdir -p "$EVAL_DIR"
 source scripts/serve_eval.sh
-server_command() { SERVER=(python -m reclm_jax.serve --model "$2" --port "$EVAL_PORT" --served-model-name "$1" --max-batch 32); }
+SERVER_EXTRA=()  # more server flags for the next model (the constrained run's catalogue)
+server_command() {
+  SERVER=(python -m reclm_jax.serve --model "$2" --port "$EVAL_PORT" --served-model-name "$1" --max-batch 32
+          ${SERVER_EXTRA[@]+"${SERVER_EXTRA[@]}"})
+}
 # Serves $2 as model name $1 and evaluates it on the first EVAL_USERS users (extra client flags after).
 evaluate() {
   serve_and_eval "$@" --item_index title64_t --max_users "$EVAL_USERS" --max_tokens "$EVAL_MAX_TOKENS" --concurrency 32
@@ -36,6 +42,10 @@ evaluate base "$MODEL_DIR" --general_llm
 runs+=("$EVAL_DIR/base")
 evaluate sft "$SFT_RUN/merged"
 runs+=("$EVAL_DIR/sft")
+SERVER_EXTRA=(--constrain-data "$DATA_DIR" --item-index title64_t)
+evaluate sft_constrained "$SFT_RUN/merged" --constrained
+SERVER_EXTRA=()
+runs+=("$EVAL_DIR/sft_constrained")
 if [ -d "$RL_RUN/merged" ]; then
   evaluate rl "$RL_RUN/merged"
   runs+=("$EVAL_DIR/rl")

@@ -172,6 +172,11 @@ class ConstrainedCatalogue:
         """``processor_data`` for the Sampler: the shared device arrays plus this batch's ``rows``."""
         return {**self.shared_data(), **self.row_data(constraints)}
 
+    def sampler_kwargs(self, constraints: Sequence[ListConstraint | None]) -> dict:
+        """The Sampler's keyword arguments that decode one batch under ``constraints`` (one per prompt, None =
+        unconstrained row): ``logits_processor`` (the one, hashed, ``processor``) and ``processor_data``."""
+        return {"logits_processor": self.processor, "processor_data": self.processor_data(constraints)}
+
     def _ranks(self, ids: Sequence[str]) -> list[int]:
         return sorted({self.rank[i] for i in ids if i in self.rank})
 

@@ -5,6 +5,11 @@
 bucket, shared by every batch and, when the caller keeps the Sampler, by every validation), then detokenized with
 ``skip_special_tokens``. RL's validation decodes with its own Sampler through the same ``greedy_decode`` and scores
 with the same ``generation_metrics`` (plus its rewards), so both stages report the same task metrics.
+
+Constrained validation (``train.val_constrained`` of SFT and RL): given a ``decoding.ConstrainedCatalogue``
+(``validation_catalogue``, built once per run), each sample decodes under ``constraint_for_sample(task,
+input_field_data)``, the rules its metrics check, so NonExist and Repeat are 0, CorrectCount 1, and so on; what
+is left to measure is which items the model picks (NDCG, Recall).
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from tqdm.auto import tqdm
 
 from reclm_jax.data.item_index import ItemIndex, longest_list_tokens
 from reclm_jax.data.pipeline import PipelineConfig, tokenize_sample
+from reclm_jax.decoding import ConstrainedCatalogue, constraints_for_samples
 from reclm_jax.eval.metrics import Metrics
 from reclm_jax.eval.parsing import parse_list
 from reclm_jax.models.generation import SamplingConfig
@@ -47,19 +53,32 @@ def validation_length(samples: Sequence[dict], index: ItemIndex, tokenizer: Any,
     return longest_list_tokens(index, tokenizer, k, idx)
 
 
+def validation_catalogue(ctx: Any, tokenizer: Any, *, progress: bool = False) -> ConstrainedCatalogue:
+    """The ``decoding.ConstrainedCatalogue`` of a run's task context (``data.tasks.context.TaskContext``): its
+    dataset's items under the run's item index, lists ending with the EOS string the labels end with. Building
+    it tokenizes the catalogue once; its device arrays and compiled programs then serve every validation."""
+    return ConstrainedCatalogue.from_dataset(ctx.raw, ctx.index, tokenizer, ctx.eos, progress=progress)
+
+
 def greedy_decode(sampler: Sampler, prompts: Sequence[Sequence[int]], *, adapter: str | None, max_new_tokens: int,
-                  batch_size: int = 16, progress: bool = True, desc: str = "validate") -> list[list[int]]:
+                  batch_size: int = 16, progress: bool = True, desc: str = "validate", catalogue: Any = None,
+                  constraints: Sequence[Any] | None = None) -> list[list[int]]:
     """Greedy continuations of ``prompts`` (token-id lists) -> token lists (the stop token included), in prompt
     order. Batches hold prompts of similar lengths (a batch is padded to its longest prompt's bucket, so batching
     in sample order, tasks interleaved and prompts of 100 to 500 tokens, prefilled mostly padding) and are padded
-    to ``batch_size`` rows, so the last, shorter batch compiles nothing. ``adapter`` None = base weights."""
+    to ``batch_size`` rows, so the last, shorter batch compiles nothing. ``adapter`` None = base weights.
+    ``catalogue`` (a ``decoding.ConstrainedCatalogue``): prompt i decodes under ``constraints[i]`` (a
+    ``ListConstraint``, or None for an unconstrained row)."""
+    if catalogue is not None and (constraints is None or len(constraints) != len(prompts)):
+        raise ValueError("greedy_decode: a catalogue needs one constraint per prompt")
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     out: list[list[int]] = [[] for _ in prompts]
     bar = tqdm(total=len(prompts), desc=desc, unit="sample", disable=not progress, leave=False)
     for start in range(0, len(prompts), batch_size):
         rows = order[start:start + batch_size]
+        extra = catalogue.sampler_kwargs([constraints[i] for i in rows]) if catalogue is not None else {}
         res = sampler([prompts[i] for i in rows], max_new_tokens=max_new_tokens, sampling=SamplingConfig(),
-                      adapter=adapter, rows=batch_size)
+                      adapter=adapter, rows=batch_size, **extra)
         for i, toks in zip(rows, res.token_lists()):
             out[i] = toks
         bar.update(len(rows))
@@ -83,14 +102,16 @@ def generation_metrics(samples: Sequence[dict], texts: Sequence[str], index: Ite
 def evaluate_generation(sampler_or_model, tokenizer: Any, samples: Sequence[dict], index: ItemIndex,
                         category2item: dict, *, adapter: str | None, batch_size: int = 16,
                         max_new_tokens: int = 0, max_prompt_length: int = 512, idx: bool = True,
-                        progress: bool = True, desc: str = "validate") -> tuple[Metrics, list[str]]:
+                        progress: bool = True, desc: str = "validate",
+                        catalogue: Any = None) -> tuple[Metrics, list[str]]:
     """Greedy-generates for every sample and returns (metrics, generated texts in sample order).
 
     ``sampler_or_model``: a ``Sampler`` (e.g. ``validation_sampler``'s, kept across validations) or a
     ``LlamaForCausalLM`` / its split, for which one Sampler is built for this validation. ``adapter`` None =
     base weights. Every batch is padded to ``batch_size`` rows (``greedy_decode``).
     ``max_new_tokens`` <= 0: the tokens of the longest list the index allows for the samples' largest
-    ``item_count`` (``longest_list_tokens``), so no correct list is cut.
+    ``item_count`` (``longest_list_tokens``), so no correct list is cut. ``catalogue``: decode each sample
+    under its ``constraint_for_sample`` (``validation_catalogue``; numbered lists only, ``idx`` True).
     """
     sampler = sampler_or_model if isinstance(sampler_or_model, Sampler) else \
         validation_sampler(sampler_or_model, tokenizer, batch_size=batch_size)
@@ -100,7 +121,8 @@ def evaluate_generation(sampler_or_model, tokenizer: Any, samples: Sequence[dict
                          prompt_buckets=PROMPT_BUCKETS)
     prompts = [tokenize_sample(s, tokenizer, cfg).prompt for s in samples]
     tokens = greedy_decode(sampler, prompts, adapter=adapter, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                           progress=progress, desc=desc)
+                           progress=progress, desc=desc, catalogue=catalogue,
+                           constraints=constraints_for_samples(samples) if catalogue is not None else None)
     texts = list(tokenizer.batch_decode(tokens, skip_special_tokens=True))
     return generation_metrics(samples, texts, index, category2item, idx=idx), texts
 

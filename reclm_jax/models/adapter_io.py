@@ -30,8 +30,8 @@ from jax.sharding import NamedSharding
 from reclm_jax.atomic import replace_dir, temp_dir
 from reclm_jax.errors import UserError
 from reclm_jax.models.hf_loading import read_safetensors_header
-from reclm_jax.models.lora import (LoraConfig, add_lora, adapter_modules, full_copy_modules, linear_modules,
-                                   own_full_copy)
+from reclm_jax.models.layer_stack import take_layer
+from reclm_jax.models.lora import LoraConfig, add_lora, adapter_layers, full_copy_layers, layer_linears, own_full_copy
 from reclm_jax.models.safetensors_writer import TensorSpec, write_safetensors
 
 ADAPTER_JSON = "lora_adapter.json"
@@ -51,31 +51,34 @@ def host_array(x) -> np.ndarray:
 
 def save_adapter(path: str | Path, model: nnx.Module, name: str = "default", *, config: LoraConfig | None = None,
                  base_model: str | None = None) -> Path:
-    """Writes adapter ``name`` of ``model`` (LoRA factors and owned full kernel copies) to ``path``."""
+    """Writes adapter ``name`` of ``model`` (LoRA factors and owned full kernel copies) to ``path``.
+
+    Tensors are named and ordered by the unrolled model's modules, so a layer stack (``scan_layers``) writes the
+    same files."""
     path = Path(path)
-    mods = adapter_modules(model, name)
-    owned = full_copy_modules(model, name)
+    mods = adapter_layers(model, name)
+    owned = full_copy_layers(model, name)
     if config is not None:
         cfg = config
     elif mods:
-        first = next(iter(mods.values()))
+        first = next(iter(mods.values()))[0]
         a = first.lora[name]["a"][...]
         scale, dropout = first.adapters[name]
-        cfg = LoraConfig(rank=a.shape[1], alpha=scale * a.shape[1], dropout=dropout, targets=tuple(mods),
+        cfg = LoraConfig(rank=a.shape[-1], alpha=scale * a.shape[-1], dropout=dropout, targets=tuple(mods),
                          param_dtype=str(a.dtype))
     else:  # full copies only: the LoRA fields are placeholders; param_dtype is the copies' (loading uses it)
-        cfg = LoraConfig(targets=(), param_dtype=str(next(iter(owned.values())).full[name][...].dtype))
+        cfg = LoraConfig(targets=(), param_dtype=str(next(iter(owned.values()))[0].full[name][...].dtype))
+
+    def spec(key, var, layer):
+        return TensorSpec(key, var[...].shape[-2:][::-1], np.dtype(np.float32),
+                          lambda: host_array(take_layer(var[...], layer)).T.astype(np.float32))
+
     specs = []
-    for mod, lin in mods.items():
-        a, b = lin.lora[name]["a"], lin.lora[name]["b"]
-        specs.append(TensorSpec(f"{mod}.lora_A.weight", a[...].shape[::-1], np.dtype(np.float32),
-                                lambda a=a: host_array(a[...]).T.astype(np.float32)))
-        specs.append(TensorSpec(f"{mod}.lora_B.weight", b[...].shape[::-1], np.dtype(np.float32),
-                                lambda b=b: host_array(b[...]).T.astype(np.float32)))
-    for mod, lin in owned.items():
-        var = lin.full[name]
-        specs.append(TensorSpec(f"{mod}.weight", var[...].shape[::-1], np.dtype(np.float32),
-                                lambda v=var: host_array(v[...]).T.astype(np.float32)))
+    for mod, (lin, layer) in mods.items():
+        specs.append(spec(f"{mod}.lora_A.weight", lin.lora[name]["a"], layer))
+        specs.append(spec(f"{mod}.lora_B.weight", lin.lora[name]["b"], layer))
+    for mod, (lin, layer) in owned.items():
+        specs.append(spec(f"{mod}.weight", lin.full[name], layer))
     meta = {"format": FORMAT, "version": 1, "name": name, **dataclasses.asdict(cfg), "modules": list(mods),
             "full_tune": sorted(f"{mod}.weight" for mod in owned), "base_model": base_model}
     meta["targets"] = list(cfg.targets)
@@ -118,34 +121,44 @@ def load_adapter(path: str | Path, model: nnx.Module, name: str | None = None) -
         raise UserError(f"{path}: missing {ADAPTER_WEIGHTS}")
     refs = read_safetensors_header(weights_file)
     cfg = adapter_config(meta)
-    mods = {}
+    # Values per variable (a layer stack's variable gets one per layer, in layer order), assigned at the end.
+    values: dict[int, tuple[nnx.Variable, list]] = {}
+
+    def read(var, layer, key, what="tensor"):
+        if key not in refs:
+            raise UserError(f"{weights_file}: missing {what} {key}")
+        values.setdefault(id(var), (var, []))[1].append((layer, key, refs[key].memmap().T))
+
     if meta["modules"]:  # an adapter may own only full copies: then there is no LoRA factor to attach
         add_lora(model, cfg, name, modules=list(meta["modules"]))
-        mods = adapter_modules(model, name)
-    for mod, lin in mods.items():
-        for part, suffix in (("a", "lora_A"), ("b", "lora_B")):
-            key = f"{mod}.{suffix}.weight"
-            if key not in refs:
-                raise UserError(f"{weights_file}: missing tensor {key}")
-            var = lin.lora[name][part]
-            _assign(var, refs[key].memmap().T, weights_file, key)
-    linears = linear_modules(model)
-    for key in meta.get("full_tune") or ():
-        mod = key[: -len(".weight")] if key.endswith(".weight") else None
+        for mod, (lin, layer) in adapter_layers(model, name).items():
+            for part, suffix in (("a", "lora_A"), ("b", "lora_B")):
+                read(lin.lora[name][part], layer, f"{mod}.{suffix}.weight")
+    linears = layer_linears(model)
+    full = [key[: -len(".weight")] if key.endswith(".weight") else None for key in meta.get("full_tune") or ()]
+    for key, mod in zip(meta.get("full_tune") or (), full):
         if mod not in linears:
             raise UserError(f"{path / ADAPTER_JSON}: full_tune entry {key!r} is not the weight of a linear module "
                             f"of this model (only linear kernels can be fully tuned per adapter)")
-        if key not in refs:
-            raise UserError(f"{weights_file}: missing full-tuned tensor {key}")
-        own_full_copy(model, name, (mod,), param_dtype=cfg.param_dtype)
-        _assign(linears[mod].full[name], refs[key].memmap().T, weights_file, key)
+    if full:
+        own_full_copy(model, name, tuple(full), param_dtype=cfg.param_dtype)
+    for key, mod in zip(meta.get("full_tune") or (), full):
+        lin, layer = linears[mod]
+        read(lin.full[name], layer, key, "full-tuned tensor")
+    for var, parts in values.values():
+        _assign(var, parts, weights_file)
     return name
 
 
-def _assign(var: nnx.Variable, value: np.ndarray, file: Path, key: str) -> None:
+def _assign(var: nnx.Variable, parts: list, file: Path) -> None:
+    """Sets ``var`` from ``parts`` [(layer, key, value)]: one value (layer None), or one per layer of a stack."""
     old = var[...]
-    if tuple(value.shape) != tuple(old.shape):
-        raise UserError(f"{file}: tensor {key} has shape {list(value.shape)}, the model needs {list(old.shape)}")
+    want = tuple(old.shape) if parts[0][0] is None else tuple(old.shape[1:])
+    for _, key, value in parts:
+        if tuple(value.shape) != want:
+            raise UserError(f"{file}: tensor {key} has shape {list(value.shape)}, the model needs {list(want)}")
+    parts = sorted(parts, key=lambda p: p[0] or 0)
+    value = parts[0][2] if parts[0][0] is None else np.stack([p[2] for p in parts])
     new = np.asarray(value, dtype=old.dtype)
     sharding = getattr(old, "sharding", None)
     var.set_value(jax.device_put(new, sharding) if isinstance(sharding, NamedSharding) else jax.numpy.asarray(new))

@@ -25,7 +25,8 @@ from reclm_jax.models.adapter_io import ADAPTER_WEIGHTS, host_array, load_adapte
 from reclm_jax.models.hf_loading import hf_key, load_llama, read_safetensors_header
 from reclm_jax.models.linear import LoRAParam
 from reclm_jax.models.llama_config import read_hf_config
-from reclm_jax.models.lora import adapter_modules, full_copy_modules, linear_modules
+from reclm_jax.models.layer_stack import take_layer, unrolled_items
+from reclm_jax.models.lora import adapter_layers, full_copy_layers, layer_linears
 from reclm_jax.models.safetensors_writer import TensorSpec, write_safetensors
 from reclm_jax.models.sharding import path_name
 
@@ -56,30 +57,35 @@ def merged_tensors(model: nnx.Module, adapter: str | None, dtype: np.dtype) -> t
     """Specs of every HF tensor of the model with ``adapter`` folded in, and whether embeddings stay tied.
 
     A kernel the adapter owns a full copy of is written from that copy (plus its LoRA delta, if any); a tied
-    ``lm_head`` the adapter changes is written as an untied ``lm_head.weight``.
+    ``lm_head`` the adapter changes is written as an untied ``lm_head.weight``. A layer stack (``scan_layers``)
+    gives the same tensors, names and order as the unrolled model, one layer at a time.
     """
-    mods = adapter_modules(model, adapter) if adapter else {}
-    owned = full_copy_modules(model, adapter) if adapter else {}
+    mods = adapter_layers(model, adapter) if adapter else {}
+    owned = full_copy_layers(model, adapter) if adapter else {}
     tied = model.config.tie_word_embeddings and "lm_head" not in mods and "lm_head" not in owned
-    linears = linear_modules(model)
+    linears = layer_linears(model)
 
     def effective(module: str, w: jax.Array) -> jax.Array:
         # w: the module's frozen [in, out] kernel -> what the adapter multiplies by, in w's dtype.
+        lin, layer = linears.get(module, (None, None))
         if module in owned:
-            w = linears[module].full[adapter][...].astype(w.dtype)
+            w = take_layer(lin.full[adapter][...], layer).astype(w.dtype)
         if module in mods:
-            w = (w.astype(jnp.float32) + linears[module].lora_delta(adapter)).astype(w.dtype)
+            w = (w.astype(jnp.float32) + lin.lora_delta(adapter, layer)).astype(w.dtype)
         return w
 
     specs = []
-    for path, var in nnx.to_flat_state(nnx.state(model, nnx.All(nnx.Param, nnx.Not(LoRAParam)))):
+    frozen = nnx.to_flat_state(nnx.state(model, nnx.All(nnx.Param, nnx.Not(LoRAParam))))
+    for path, var, layer in unrolled_items(frozen):
         key, transpose = hf_key(path)
         module = path_name(path).rsplit(".", 1)[0]
         is_kernel = path_name(path).endswith(".kernel")
-        shape = tuple(var[...].shape[::-1] if transpose else var[...].shape)
+        one = var[...].shape[1:] if layer is not None else var[...].shape
+        shape = tuple(one[::-1] if transpose else one)
 
-        def produce(var=var, module=module, transpose=transpose, is_kernel=is_kernel):
-            w = effective(module, var[...]) if is_kernel else var[...]
+        def produce(var=var, module=module, transpose=transpose, is_kernel=is_kernel, layer=layer):
+            w = take_layer(var[...], layer)
+            w = effective(module, w) if is_kernel else w
             arr = host_array(w)
             return (arr.T if transpose else arr).astype(dtype)
 

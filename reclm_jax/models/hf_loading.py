@@ -3,7 +3,8 @@
 The model is first built abstractly (``nnx.eval_shape``: shapes only, no memory). Every tensor is then
 memory-mapped from its safetensors file and handed to ``jax.make_array_from_callback``, which reads just
 the slice each device owns: host memory stays near one tensor, never the whole model, and on several hosts
-each process reads only its own shards.
+each process reads only its own shards. A layer stack (``scan_layers``) is filled from the per-layer tensors the
+same way: each device's slice of ``[L, ...]`` reads the layers it holds.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
 from reclm_jax.errors import UserError
+from reclm_jax.models.layer_stack import is_stacked_path, unrolled_items
 from reclm_jax.models.llama import LlamaForCausalLM
 from reclm_jax.models.llama_config import LlamaConfig, from_hf_config
 from reclm_jax.models.sharding import make_mesh, param_sharding, path_name
@@ -111,23 +113,29 @@ def abstract_model(cfg: LlamaConfig) -> LlamaForCausalLM:
 
 
 def load_llama(model_dir: str | Path, *, mesh: Mesh | None = None, param_dtype: str | None = None,
-               dtype: str = "float32", remat: bool = False, kernels: str = "auto",
+               dtype: str = "float32", remat: bool = False, kernels: str = "auto", scan_layers: bool = False,
                progress: bool = True) -> LlamaForCausalLM:
     """Builds the model of an HF Llama folder with every parameter on its ``NamedSharding`` of ``mesh``.
 
     ``mesh`` defaults to all devices on the data axis (parameters replicated). ``param_dtype`` defaults to
     the checkpoint's dtype; ``dtype`` is the compute dtype. ``kernels`` ("auto", "xla", "cpu"; see
-    ``kernels.py``) is resolved now and fixed in the model. Raises ``UserError`` for missing or unexpected
+    ``kernels.py``) is resolved now and fixed in the model. ``scan_layers`` builds the layers as one scanned
+    stack (``layer_stack.py``) from the same files. Raises ``UserError`` for missing or unexpected
     tensors, shape mismatches and unsupported configs, naming the file and tensor.
     """
     model_dir = Path(model_dir)
-    cfg = from_hf_config(model_dir, param_dtype=param_dtype, dtype=dtype, remat=remat, kernels=kernels)
+    cfg = from_hf_config(model_dir, param_dtype=param_dtype, dtype=dtype, remat=remat, kernels=kernels,
+                         scan_layers=scan_layers)
     mesh = mesh if mesh is not None else make_mesh()
     refs = checkpoint_tensors(model_dir)
     graphdef, state = nnx.split(abstract_model(cfg))
     flat = list(nnx.to_flat_state(state))
+    # HF tensor names per state entry: one, or a stack's one per layer (in layer order).
+    keys: dict[tuple, list] = {}
+    for unrolled, var, _ in unrolled_items(flat):
+        keys.setdefault(id(var), []).append(hf_key(unrolled))
 
-    wanted = {hf_key(path)[0] for path, _ in flat}
+    wanted = {key for entry in keys.values() for key, _ in entry}
     missing = sorted(k for k in wanted if k not in refs)
     if missing:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
@@ -141,15 +149,23 @@ def load_llama(model_dir: str | Path, *, mesh: Mesh | None = None, param_dtype: 
 
     loaded = []
     for path, var in tqdm(flat, desc=f"loading {model_dir.name}", leave=False, disable=not progress):
-        key, transpose = hf_key(path)
-        ref = refs[key]
+        entries = keys[id(var)]
+        stacked = is_stacked_path(tuple(path))
         want = tuple(var.get_value().shape)
-        have = ref.shape[::-1] if transpose else ref.shape
-        if have != want:
-            raise UserError(f"{ref.file}: tensor {key} has shape {list(ref.shape)}, the config implies "
-                            f"{list(want[::-1] if transpose else want)}")
-        loaded.append((path, var.replace(load_tensor(ref, transpose, var.get_value().dtype,
-                                                     param_sharding(path_name(path), want, mesh, cfg)))))
+        per_layer = want[1:] if stacked else want
+        layer_refs = []
+        for key, transpose in entries:
+            ref = refs[key]
+            have = ref.shape[::-1] if transpose else ref.shape
+            if have != per_layer:
+                raise UserError(f"{ref.file}: tensor {key} has shape {list(ref.shape)}, the config implies "
+                                f"{list(per_layer[::-1] if transpose else per_layer)}")
+            layer_refs.append(ref)
+        sharding = param_sharding(path_name(path), want, mesh, cfg)
+        transpose = entries[0][1]
+        value = (load_stacked(layer_refs, transpose, var.get_value().dtype, sharding) if stacked
+                 else load_tensor(layer_refs[0], transpose, var.get_value().dtype, sharding))
+        loaded.append((path, var.replace(value)))
     return nnx.merge(graphdef, nnx.from_flat_state(loaded))
 
 
@@ -161,5 +177,19 @@ def load_tensor(ref: TensorRef, transpose: bool, dtype, sharding) -> jax.Array:
 
     def read(index):
         return np.ascontiguousarray(view[index]).astype(dtype, copy=False)
+
+    return jax.make_array_from_callback(shape, sharding, read)
+
+
+def load_stacked(refs: list[TensorRef], transpose: bool, dtype, sharding) -> jax.Array:
+    """Tensors of one shape (a parameter of each layer, in layer order) as one global [L, ...] array on
+    ``sharding``; each device reads only its slice of the layers it holds."""
+    views = [r.memmap().T if transpose else r.memmap() for r in refs]
+    shape = (len(views), *views[0].shape)
+
+    def read(index):
+        layers, rest = index[0], index[1:]
+        return np.stack([np.ascontiguousarray(views[i][rest]).astype(dtype, copy=False)
+                         for i in range(*layers.indices(len(views)))])
 
     return jax.make_array_from_callback(shape, sharding, read)

@@ -11,14 +11,17 @@ from typing import TYPE_CHECKING, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from reclm_jax.models.sharding import constrain
+
 if TYPE_CHECKING:  # kernels.py imports this module, and llama_config imports kernels.py
     from reclm_jax.models.llama_config import LlamaConfig
 
 
 class KVCache(NamedTuple):
     # Heads before slots, so a decoding step's attention products read the cache without transposing it.
-    keys: tuple  # per layer: [B, num_kv_heads, S, head_dim] in the cache dtype
-    values: tuple  # per layer: [B, num_kv_heads, S, head_dim]
+    # Unrolled model: a tuple of per-layer arrays; scan_layers: one stacked [L, B, num_kv_heads, S, head_dim].
+    keys: tuple | jnp.ndarray  # per layer: [B, num_kv_heads, S, head_dim] in the cache dtype
+    values: tuple | jnp.ndarray  # per layer: [B, num_kv_heads, S, head_dim]
     valid: jnp.ndarray  # bool [B, S]: slot holds a real (non-padding) token
     end: jnp.ndarray  # int32 scalar: first unwritten slot
 
@@ -31,9 +34,23 @@ def init_cache(cfg: LlamaConfig, batch: int, size: int, dtype=None) -> KVCache:
     """An empty cache of ``size`` slots; ``dtype`` defaults to the compute dtype (bf16 halves its memory)."""
     dtype = dtype or cfg.jnp_dtype
     shape = (batch, cfg.num_kv_heads, size, cfg.head_dim)
+    valid, end = jnp.zeros((batch, size), bool), jnp.zeros((), jnp.int32)
+    if cfg.scan_layers:  # the layer stack carries one array through its scan (layer_stack.run_stack)
+        stacked = (cfg.num_layers, *shape)
+        return KVCache(jnp.zeros(stacked, dtype), jnp.zeros(stacked, dtype), valid, end)
     zeros = tuple(jnp.zeros(shape, dtype) for _ in range(cfg.num_layers))
     return KVCache(keys=zeros, values=tuple(jnp.zeros(shape, dtype) for _ in range(cfg.num_layers)),
-                   valid=jnp.zeros((batch, size), bool), end=jnp.zeros((), jnp.int32))
+                   valid=valid, end=end)
+
+
+def constrain_cache(cache: KVCache) -> KVCache:
+    """Batch over the data axes, KV heads over tp (the layout the projections produce); a stacked cache keeps
+    its layer dim unsharded."""
+    if isinstance(cache.keys, tuple):
+        return cache._replace(keys=tuple(constrain(k, "batch", "tp", None, None) for k in cache.keys),
+                              values=tuple(constrain(v, "batch", "tp", None, None) for v in cache.values))
+    return cache._replace(keys=constrain(cache.keys, None, "batch", "tp", None, None),
+                          values=constrain(cache.values, None, "batch", "tp", None, None))
 
 
 def write_slots(cache: jnp.ndarray, new: jnp.ndarray, end) -> jnp.ndarray:

@@ -85,12 +85,13 @@ class Linear(nnx.Module):
 
     def add_adapter(self, name: str, rank: int, scale: float, dropout: float, a_init: jnp.ndarray,
                     param_dtype=None) -> None:
-        """Attaches adapter ``name`` with A = ``a_init`` [in, r] and B = 0 [r, out]."""
-        if a_init.shape != (self.in_features, rank):
+        """Attaches adapter ``name`` with A = ``a_init`` [in, r] and B = 0 [r, out] (in a layer stack, A
+        [L, in, r] and B [L, r, out])."""
+        if a_init.shape[-2:] != (self.in_features, rank):
             raise ValueError(f"LoRA A must be {(self.in_features, rank)}, got {a_init.shape}")
         dt = param_dtype or a_init.dtype
         self.lora[name] = nnx.Dict(a=LoRAParam(a_init.astype(dt)),
-                                   b=LoRAParam(jnp.zeros((rank, self.out_features), dt)))
+                                   b=LoRAParam(jnp.zeros((*a_init.shape[:-2], rank, self.out_features), dt)))
         self.lora_meta = self.lora_meta + ((name, float(scale), float(dropout)),)
 
     def remove_adapter(self, name: str) -> None:
@@ -103,26 +104,32 @@ class Linear(nnx.Module):
         return tuple(self.full.keys())
 
     def add_full_copy(self, name: str, kernel: jnp.ndarray) -> None:
-        """Gives adapter ``name`` its own kernel, initialised to ``kernel`` [in, out] (its dtype kept)."""
-        if kernel.shape != (self.in_features, self.out_features):
+        """Gives adapter ``name`` its own kernel, initialised to ``kernel`` [in, out] (its dtype kept; [L, in, out]
+        in a layer stack)."""
+        if kernel.shape[-2:] != (self.in_features, self.out_features):
             raise ValueError(f"full kernel must be {(self.in_features, self.out_features)}, got {kernel.shape}")
         self.full[name] = FullKernel(kernel)
 
     def remove_full_copy(self, name: str) -> None:
         del self.full[name]
 
-    def lora_delta(self, name: str) -> jnp.ndarray:
-        """``scale * A @ B`` in float32 [in, out]: what merging adds to the kernel."""
+    def lora_delta(self, name: str, layer: int | None = None) -> jnp.ndarray:
+        """``scale * A @ B`` in float32 [in, out]: what merging adds to the kernel. In a layer stack: [L, in, out],
+        or layer ``layer``'s [in, out]."""
         scale, _ = self.adapters[name]
-        ad = self.lora[name]
-        return scale * (ad["a"][...].astype(jnp.float32) @ ad["b"][...].astype(jnp.float32))
+        a, b = self.lora[name]["a"][...], self.lora[name]["b"][...]
+        if layer is not None:
+            a, b = a[layer], b[layer]
+        return scale * (a.astype(jnp.float32) @ b.astype(jnp.float32))
 
     def __call__(self, x: jnp.ndarray, *, adapter: str | None = None, dropout_rng: jax.Array | None = None,
-                 kernel_t: jnp.ndarray | None = None) -> jnp.ndarray:
+                 kernel_t: jnp.ndarray | None = None, uid_offset=0) -> jnp.ndarray:
         """x [..., in] -> [..., out] in the compute dtype.
 
         ``kernel_t``: [out, in], used instead of ``kernel`` (the tied head's embedding). An ``adapter`` that owns
-        a full copy uses that copy instead of either.
+        a full copy uses that copy instead of either. ``uid_offset`` (an int, or a traced int32 scalar) is added to
+        ``uid`` for the dropout key: a layer stack's one ``Linear`` serves every layer (``layer_stack.py``) and
+        passes the layer's offset, so each layer draws the mask the unrolled model's layer draws.
         """
         lead = x.shape[:-1]
         # 2-D matmuls on both kernel paths: with a [B, T, in] input XLA:CPU transposes the [B*T, out] gradient
@@ -142,7 +149,7 @@ class Linear(nnx.Module):
             ad = self.lora[adapter]
             h = x
             if rate > 0.0 and dropout_rng is not None:
-                keep = dropout_keep(jax.random.fold_in(dropout_rng, self.uid), rate, x.shape)
+                keep = dropout_keep(jax.random.fold_in(dropout_rng, self.uid + uid_offset), rate, x.shape)
                 h = jnp.where(keep, x / (1.0 - rate), 0).astype(self.dtype)
             low = linear_dot(h, ad["a"][...].astype(self.dtype), self.kernels)
             y = y + linear_dot(low, ad["b"][...].astype(self.dtype), self.kernels) * jnp.asarray(scale, self.dtype)

@@ -18,10 +18,15 @@ from flax import nnx
 
 from reclm_jax.models.kernels import resolve_kernels, self_attention, step_attention
 from reclm_jax.models.kv_cache import KVCache, write_slots
+from reclm_jax.models.layer_stack import run_stack, stack_modules
 from reclm_jax.models.linear import Linear, normal_init
 from reclm_jax.models.llama_config import LlamaConfig
 from reclm_jax.models.rope import apply_rope, inverse_frequencies, rope_angles
 from reclm_jax.models.sharding import constrain
+
+
+# Dropout-key ids: layer i's linears are i * UIDS_PER_LAYER + slot (slots 0-6), so every layer draws its own masks.
+UIDS_PER_LAYER = 8
 
 
 class ModelOutput(NamedTuple):
@@ -58,7 +63,7 @@ class Attention(nnx.Module):
         d, h = cfg.hidden_size, cfg.head_dim
 
         def lin(i, o, slot):
-            return Linear(i, o, use_bias=cfg.attention_bias, param_dtype=pd, dtype=dt, uid=layer * 8 + slot,
+            return Linear(i, o, use_bias=cfg.attention_bias, param_dtype=pd, dtype=dt, uid=layer * UIDS_PER_LAYER + slot,
                           kernels=cfg.kernels, rngs=rngs)
 
         self.q_proj = lin(d, cfg.num_heads * h, 0)
@@ -68,14 +73,14 @@ class Attention(nnx.Module):
         self.num_heads, self.num_kv_heads, self.head_dim = cfg.num_heads, cfg.num_kv_heads, h
         self.kernels = resolve_kernels(cfg.kernels)
 
-    def __call__(self, x, cos, sin, mask, kv=None, end=None, adapter=None, rng=None, prefill=False):
-        """x [B, T, D]; kv = (keys, values) [B, K, S, H] (the cache layout) or None.
+    def __call__(self, x, cos, sin, mask, kv=None, end=None, adapter=None, rng=None, prefill=False, uid_offset=0):
+        """x [B, T, D]; kv = (keys, values) [B, K, S, H] (the cache layout) or None; uid_offset as ``Linear``'s.
 
         mask: bool [B, 1, T, S] over the cache slots, or [B, 1, T, T] over the new tokens when there is no cache
         or ``prefill`` (the cache is empty, so the new tokens attend only among themselves).
         Returns (out [B, T, D], new (keys, values) or None)."""
         b, t, _ = x.shape
-        kw = dict(adapter=adapter, dropout_rng=rng)
+        kw = dict(adapter=adapter, dropout_rng=rng, uid_offset=uid_offset)
         q = self.q_proj(x, **kw).reshape(b, t, self.num_heads, self.head_dim)
         k = self.k_proj(x, **kw).reshape(b, t, self.num_kv_heads, self.head_dim)
         v = self.v_proj(x, **kw).reshape(b, t, self.num_kv_heads, self.head_dim)
@@ -100,15 +105,15 @@ class MLP(nnx.Module):
         d, f = cfg.hidden_size, cfg.intermediate_size
 
         def lin(i, o, slot):
-            return Linear(i, o, use_bias=cfg.mlp_bias, param_dtype=pd, dtype=dt, uid=layer * 8 + slot,
+            return Linear(i, o, use_bias=cfg.mlp_bias, param_dtype=pd, dtype=dt, uid=layer * UIDS_PER_LAYER + slot,
                           kernels=cfg.kernels, rngs=rngs)
 
         self.gate_proj = lin(d, f, 4)
         self.up_proj = lin(d, f, 5)
         self.down_proj = lin(f, d, 6)
 
-    def __call__(self, x, adapter=None, rng=None):
-        kw = dict(adapter=adapter, dropout_rng=rng)
+    def __call__(self, x, adapter=None, rng=None, uid_offset=0):
+        kw = dict(adapter=adapter, dropout_rng=rng, uid_offset=uid_offset)
         h = jax.nn.silu(self.gate_proj(x, **kw)) * self.up_proj(x, **kw)
         h = constrain(h, "batch", None, "tp")
         return self.down_proj(h, **kw)
@@ -122,17 +127,22 @@ class DecoderLayer(nnx.Module):
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, pd, dt)
         self.mlp = MLP(cfg, layer, rngs)
 
-    def __call__(self, x, cos, sin, mask, kv=None, end=None, adapter=None, rng=None, prefill=False):
-        attn, new_kv = self.self_attn(self.input_layernorm(x), cos, sin, mask, kv, end, adapter, rng, prefill)
+    def __call__(self, x, cos, sin, mask, kv=None, end=None, adapter=None, rng=None, prefill=False, layer=0):
+        """``layer``: this layer's index (a traced int32 in a layer stack, whose static dropout ids are layer 0's;
+        0 in the unrolled model, whose ids already hold it)."""
+        off = layer * UIDS_PER_LAYER
+        attn, new_kv = self.self_attn(self.input_layernorm(x), cos, sin, mask, kv, end, adapter, rng, prefill, off)
         x = x + attn
-        x = x + self.mlp(self.post_attention_layernorm(x), adapter, rng)
+        x = x + self.mlp(self.post_attention_layernorm(x), adapter, rng, off)
         return constrain(x, "batch", None, None), new_kv
 
 
 class LlamaModel(nnx.Module):
     def __init__(self, cfg: LlamaConfig, rngs: nnx.Rngs):
         self.embed_tokens = Embedding(cfg.vocab_size, cfg.hidden_size, cfg.jnp_param_dtype, cfg.jnp_dtype, rngs)
-        self.layers = nnx.List([DecoderLayer(cfg, i, rngs) for i in range(cfg.num_layers)])
+        layers = [DecoderLayer(cfg, i, rngs) for i in range(cfg.num_layers)]
+        # scan_layers: one DecoderLayer with [L, ...] parameters (the same initial values), see layer_stack.py.
+        self.layers = stack_modules(layers) if cfg.scan_layers else nnx.List(layers)
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, cfg.jnp_param_dtype, cfg.jnp_dtype)
 
 
@@ -148,7 +158,7 @@ class LlamaForCausalLM(nnx.Module):
         self.model = LlamaModel(cfg, rngs)
         # Tied models keep an lm_head without a kernel: it reads the embedding but can own LoRA adapters.
         self.lm_head = Linear(cfg.hidden_size, cfg.vocab_size, param_dtype=cfg.jnp_param_dtype, dtype=cfg.jnp_dtype,
-                              with_kernel=not cfg.tie_word_embeddings, uid=(cfg.num_layers + 1) * 8,
+                              with_kernel=not cfg.tie_word_embeddings, uid=(cfg.num_layers + 1) * UIDS_PER_LAYER,
                               kernels=cfg.kernels, rngs=rngs)
 
     def __call__(self, tokens: jnp.ndarray, *, attention_mask: jnp.ndarray | None = None,
@@ -192,21 +202,28 @@ class LlamaForCausalLM(nnx.Module):
         cos, sin = rope_angles(positions, inverse_frequencies(cfg))  # constants, not parameters
 
         x = constrain(self.model.embed_tokens(tokens), "batch", None, None)
-        new_keys, new_values = [], []
-        for i, layer in enumerate(self.model.layers):
-            kv = None if cache is None else (cache.keys[i], cache.values[i])
-            if cfg.remat and cache is None:
-                x, _ = _remat_layer(layer, x, cos, sin, mask, adapter, dropout_rng)
-            else:
-                x, new_kv = layer(x, cos, sin, mask, kv, end, adapter, dropout_rng, prefill)
-                if new_kv is not None:
-                    new_keys.append(new_kv[0])
-                    new_values.append(new_kv[1])
+        if cfg.scan_layers:
+            kv = None if cache is None else (cache.keys, cache.values)
+            x, kv = run_stack(self.model.layers, x, cos, sin, mask, kv=kv, end=end, adapter=adapter,
+                              rng=dropout_rng, prefill=prefill, remat=cfg.remat)
+            new_keys, new_values = kv if kv is not None else ((), ())
+        else:
+            new_keys, new_values = [], []
+            for i, layer in enumerate(self.model.layers):
+                kv = None if cache is None else (cache.keys[i], cache.values[i])
+                if cfg.remat and cache is None:
+                    x, _ = _remat_layer(layer, x, cos, sin, mask, adapter, dropout_rng)
+                else:
+                    x, new_kv = layer(x, cos, sin, mask, kv, end, adapter, dropout_rng, prefill)
+                    if new_kv is not None:
+                        new_keys.append(new_kv[0])
+                        new_values.append(new_kv[1])
+            new_keys, new_values = tuple(new_keys), tuple(new_values)
         hidden = self.model.norm(x)
         logits = self.head(hidden, adapter=adapter, dropout_rng=dropout_rng) if compute_logits else None
         new_cache = None
         if cache is not None:
-            new_cache = KVCache(tuple(new_keys), tuple(new_values), valid, end + t)
+            new_cache = KVCache(new_keys, new_values, valid, end + t)
         return ModelOutput(logits, hidden, new_cache)
 
     def head(self, hidden: jnp.ndarray, *, adapter: str | None = None,

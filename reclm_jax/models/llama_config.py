@@ -44,7 +44,10 @@ class LlamaConfig:
     (norms and softmax always run in float32). ``remat`` recomputes each block's activations in the
     backward pass instead of keeping them. ``kernels`` picks the implementation of products and cache-free
     attention (``"xla"``, ``"cpu"``, or ``"auto"``, which ``from_hf_config`` and the model's constructor
-    resolve to one of the two when the model is built; see ``kernels.py``).
+    resolve to one of the two when the model is built; see ``kernels.py``). ``scan_layers`` stores the decoder
+    layers as one stack (every parameter with a leading layer dim) run by ``jax.lax.scan``, so XLA compiles
+    one layer instead of ``num_layers`` copies (see ``layer_stack.py``); names, files and results are those of
+    the unrolled model.
     """
 
     vocab_size: int
@@ -68,6 +71,7 @@ class LlamaConfig:
     dtype: str = "float32"
     remat: bool = False
     kernels: str = "auto"
+    scan_layers: bool = False
 
     def __post_init__(self):
         if self.num_heads % self.num_kv_heads:
@@ -127,7 +131,8 @@ def _rope_settings(hf: dict, source: str) -> tuple[float, RopeScaling | None]:
 
 
 def from_hf_config(hf: dict | str | Path, *, param_dtype: str | None = None, dtype: str = "float32",
-                   remat: bool = False, kernels: str = "auto", source: str | None = None) -> LlamaConfig:
+                   remat: bool = False, kernels: str = "auto", scan_layers: bool = False,
+                   source: str | None = None) -> LlamaConfig:
     """Builds a ``LlamaConfig`` from an HF config dict or a model folder.
 
     ``param_dtype`` defaults to the checkpoint's ``torch_dtype``/``dtype`` when it is one we support,
@@ -179,4 +184,5 @@ def from_hf_config(hf: dict | str | Path, *, param_dtype: str | None = None, dty
         dtype=dtype,
         remat=remat,
         kernels=kernels,
+        scan_layers=bool(scan_layers),
     )

@@ -8,6 +8,10 @@ Several adapters can sit on one frozen backbone (RL uses "actor" and "critic"); 
 A target pattern matches a module when it equals the module name, is a dotted suffix of it (PEFT's
 rule: ``q_proj`` matches every layer's q_proj), or is a regular expression that fully matches the name
 (``model\\.layers\\.[0-3]\\..*proj``).
+
+With ``scan_layers`` (``layer_stack.py``) the layers' linears are one stacked ``Linear`` each; patterns still
+match the per-layer names (``layer_linears``), and a pattern must then select a stacked linear in every layer
+or in none (``UserError`` otherwise): the stack runs one program for all layers.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from flax import nnx
 from jax.sharding import NamedSharding
 
 from reclm_jax.errors import UserError
+from reclm_jax.models.layer_stack import is_stacked_name, layer_name, name_order, stacked_name
 from reclm_jax.models.linear import Linear, LoRAParam
 from reclm_jax.models.sharding import param_sharding, path_name
 
@@ -51,6 +56,44 @@ def linear_modules(model: nnx.Module) -> dict[str, Linear]:
     return {path_name(path): m for path, m in nnx.iter_modules(model) if isinstance(m, Linear)}
 
 
+def layer_linears(model: nnx.Module) -> dict[str, tuple[Linear, int | None]]:
+    """Every linear by its unrolled name, in the unrolled model's order: (module, layer), where ``layer`` indexes
+    the leading dim of a stacked linear's parameters (``scan_layers``) and is None otherwise. For an unrolled
+    model this is ``linear_modules`` with None beside each module."""
+    views = {}
+    for name, lin in linear_modules(model).items():
+        if is_stacked_name(name):  # a layer stack: one entry per layer
+            views.update({layer_name(name, i): (lin, i) for i in range(lin.kernel[...].shape[0])})
+        else:
+            views[name] = (lin, None)
+    return dict(sorted(views.items(), key=lambda kv: name_order(kv[0])))
+
+
+def _stack_groups(model: nnx.Module, chosen: list[str], what: str) -> list[tuple[str, Linear, list[int]]]:
+    """``chosen`` (unrolled names) grouped by the module that holds them: (module name, module, positions in
+    ``chosen`` in layer order). A stacked linear must be chosen in every layer (``UserError`` otherwise)."""
+    views, real = layer_linears(model), linear_modules(model)
+    groups: dict[str, list[tuple[int, int]]] = {}
+    for k, name in enumerate(chosen):
+        if name not in views:
+            raise UserError(f"{what} module {name!r} does not exist in this model")
+        layer = views[name][1]
+        groups.setdefault(name if layer is None else stacked_name(name)[0], []).append((layer or 0, k))
+    out = []
+    for mod, members in groups.items():
+        lin = real[mod]
+        if is_stacked_name(mod):
+            n = lin.kernel[...].shape[0]
+            layers = sorted(layer for layer, _ in members)
+            if layers != list(range(n)):
+                raise UserError(f"{what} selects {mod.replace('model.layers.', 'model.layers.N.')} in layers "
+                                f"{layers} of {n}, but with model.scan_layers the layers are one stack: select it "
+                                f"in every layer or in none (e.g. target {mod.rsplit('.', 1)[-1]!r}), or set "
+                                f"model.scan_layers=false")
+        out.append((mod, lin, [k for _, k in sorted(members)]))
+    return out
+
+
 def matches(name: str, pattern: str) -> bool:
     if name == pattern or name.endswith("." + pattern):
         return True
@@ -62,7 +105,7 @@ def matches(name: str, pattern: str) -> bool:
 
 def select_targets(model: nnx.Module, targets: tuple[str, ...]) -> list[str]:
     """Names of the linears matched by any of ``targets`` (``UserError`` if a pattern matches none)."""
-    names = list(linear_modules(model))
+    names = list(layer_linears(model))
     chosen = []
     for pattern in targets:
         hit = [n for n in names if matches(n, pattern)]
@@ -111,18 +154,16 @@ def add_lora(model: nnx.Module, cfg: LoraConfig, name: str = "default", *, seed:
         raise UserError(f"LoRA rank must be positive, got {cfg.rank}")
     if not 0.0 <= cfg.dropout < 1.0:
         raise UserError(f"LoRA dropout must be in [0, 1), got {cfg.dropout}")
-    linears = linear_modules(model)
-    chosen = modules if modules is not None else select_targets(model, cfg.targets)
+    chosen = list(modules) if modules is not None else select_targets(model, cfg.targets)
     mesh = mesh_of(model.model.embed_tokens.weight[...])
     key = jax.random.key(seed)
     dtype = jnp.dtype(cfg.param_dtype)
-    for i, mod_name in enumerate(chosen):
-        if mod_name not in linears:
-            raise UserError(f"LoRA module {mod_name!r} does not exist in this model")
-        lin = linears[mod_name]
+    for mod_name, lin, positions in _stack_groups(model, chosen, "LoRA"):
         if name in lin.adapters:
             raise UserError(f"module {mod_name} already has an adapter named {name!r}")
-        a = _a_init(cfg, jax.random.fold_in(key, i), lin.in_features)
+        # Module i of ``chosen`` draws A from fold_in(key, i), stacked or not: the same start either way.
+        inits = [_a_init(cfg, jax.random.fold_in(key, i), lin.in_features) for i in positions]
+        a = jnp.stack(inits) if is_stacked_name(mod_name) else inits[0]
         lin.add_adapter(name, cfg.rank, cfg.scale, cfg.dropout, a, param_dtype=dtype)
         if mesh is not None:
             for part in ("a", "b"):
@@ -155,11 +196,9 @@ def own_full_copy(model: nnx.Module, adapter: str, targets: tuple[str, ...],
     module names.
     """
     _check_adapter_name(adapter)
-    linears = linear_modules(model)
     chosen = select_targets(model, tuple(targets))
     mesh = mesh_of(model.model.embed_tokens.weight[...])
-    for mod_name in chosen:
-        lin = linears[mod_name]
+    for mod_name, lin, _ in _stack_groups(model, chosen, "full_tune"):
         if adapter in lin.full_copies:
             raise UserError(f"module {mod_name} already has a full copy for adapter {adapter!r}")
         w = base_kernel(model, mod_name)
@@ -191,6 +230,17 @@ def adapter_modules(model: nnx.Module, name: str) -> dict[str, Linear]:
 def full_copy_modules(model: nnx.Module, name: str) -> dict[str, Linear]:
     """The linears in which adapter ``name`` owns a full kernel copy (possibly none)."""
     return {k: m for k, m in linear_modules(model).items() if name in m.full_copies}
+
+
+def adapter_layers(model: nnx.Module, name: str) -> dict[str, tuple[Linear, int | None]]:
+    """``adapter_modules`` by unrolled name, as ``layer_linears``: what adapter files and exports list."""
+    adapter_modules(model, name)  # the UserError for an unknown adapter
+    return {k: v for k, v in layer_linears(model).items() if name in v[0].adapters}
+
+
+def full_copy_layers(model: nnx.Module, name: str) -> dict[str, tuple[Linear, int | None]]:
+    """``full_copy_modules`` by unrolled name, as ``layer_linears``."""
+    return {k: v for k, v in layer_linears(model).items() if name in v[0].full_copies}
 
 
 def remove_lora(model: nnx.Module, name: str) -> None:

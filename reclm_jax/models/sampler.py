@@ -42,7 +42,7 @@ from flax import nnx
 from reclm_jax.errors import UserError
 from reclm_jax.models.generation import (MAX_STOP_IDS, GenerationResult, LogitsProcessor, SamplingConfig, bucket,
                                          chosen_logprobs, left_pad, sample_tokens)
-from reclm_jax.models.kv_cache import init_cache
+from reclm_jax.models.kv_cache import constrain_cache, init_cache
 from reclm_jax.models.linear import LoRAParam
 from reclm_jax.models.lora import mesh_of
 from reclm_jax.models.sharding import constrain
@@ -348,9 +348,7 @@ def _decode(model, tokens, mask, limits, stops, seeds, data, *, length, sampling
     cfg = model.config
     b, p = tokens.shape
     cache = init_cache(cfg, b, p + length, jnp.dtype(cache_dtype) if cache_dtype else None)
-    # Batch over the data axes, KV heads over tp: the layout the projections produce.
-    cache = cache._replace(keys=tuple(constrain(k, "batch", "tp", None, None) for k in cache.keys),
-                           values=tuple(constrain(v, "batch", "tp", None, None) for v in cache.values))
+    cache = constrain_cache(cache)  # batch over the data axes, KV heads over tp
     out = model(tokens, attention_mask=mask, cache=cache, adapter=adapter, prefill=True, compute_logits=False)
     first_logits = model.head(out.hidden[:, -1:], adapter=adapter)[:, 0]
     proc_state = processor.init(tokens, mask, data) if processor is not None else ()

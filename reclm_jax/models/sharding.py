@@ -6,7 +6,9 @@ Kernels are ``[in, out]``: column-parallel layers (q/k/v/gate/up, lm_head) split
 A dimension that a mesh axis does not divide is replicated instead, and attention splits over ``tp`` only by
 whole heads (``partition_rules`` takes the model's head counts: SmolLM2's 9 query heads x 64 = 576 columns
 divide by tp=2 but would cut a head, so q and o stay whole on tp=2 and split into 3 heads each on tp=3). The
-same code runs on 1 CPU, simulated CPU devices, one or many GPUs and several hosts.
+same code runs on 1 CPU, simulated CPU devices, one or many GPUs and several hosts. A layer stack's parameter
+(``model.scan_layers``: ``model.layers.self_attn.q_proj.kernel`` [L, in, out], no layer index in the name) gets
+its per-layer rule with the leading layer dim unsharded.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from reclm_jax.errors import UserError
+from reclm_jax.models.layer_stack import is_stacked_name, layer_name
 
 if TYPE_CHECKING:
     from reclm_jax.models.llama_config import LlamaConfig
@@ -135,7 +138,10 @@ def path_name(path: tuple) -> str:
 def partition_spec(name: str, shape: tuple[int, ...], mesh: Mesh, cfg: "LlamaConfig") -> P:
     """The ``PartitionSpec`` for parameter ``name`` of ``shape`` in a model of ``cfg``: the first matching
     rule's axes, each kept only where the axis size divides the dim and its pieces (whole heads), else that dim
-    is replicated."""
+    is replicated. A layer stack's parameter (no layer index in ``name``): the layer's spec behind an unsharded
+    layer dim."""
+    if is_stacked_name(name):
+        return P(None, *partition_spec(layer_name(name, 0), shape[1:], mesh, cfg))
     for rule in partition_rules(cfg):
         if re.search(rule.pattern, name):
             axes = (tuple(rule.axes) + (None,) * len(shape))[: len(shape)]

@@ -50,6 +50,11 @@ class RolloutSettings:
     # labels ("1. A\n 2. B\n" + EOS) and tokenized; "sampled" = the tokens the policy sampled. The prompt is the
     # one the policy saw either way (audit R5). Non-list rewards (the toy problem) want "sampled".
     trajectory: Literal["rendered", "sampled"] = "rendered"
+    # Sample every response under its sample's catalogue constraint (reclm_jax.decoding; needs data.source tasks
+    # and data.idx): only real, distinct items that obey the instruction. PPO / GRPO still learn the model's own,
+    # unconstrained distribution: the log-probs, ratios, KL and entropy are recomputed by the stats pass over the
+    # trajectory tokens without the mask; the constraint is part of the environment (docs/differences.md).
+    constrained: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -162,6 +167,7 @@ class TrainSettings:
     val_every: int = 100  # iterations between validations (the original's --val_save_step 100); 0 = end only
     val_before: bool = True  # validate the SFT model first (the original's --dry)
     val_batch_size: int = 16  # rows per validation decode, per process
+    val_constrained: bool = False  # validation decodes under the catalogue constraints (as SFT's; data.source tasks)
     save_every: int = 100
     keep_checkpoints: int = 3
 

@@ -17,6 +17,13 @@ Layout (the prompt is exactly what the policy saw, after left-truncation: audit 
 with the prompt left-padded to P (its bucket) and the response right-padded to R (the bucket of the longest
 response); ``attention_mask`` on real tokens; ``action_mask`` on the response tokens.
 
+Constrained rollouts (``rollout.constrained``; the trainer passes the run's ``decoding.ConstrainedCatalogue``):
+every row, greedy and sampled, decodes under its sample's ``constraint_for_sample`` (task, ``input_field_data``),
+so each response is a list of real, distinct items that obeys the instruction. The statistics below are still
+those of the model itself: the unconstrained distribution evaluated on the (constrained) trajectory tokens; the
+constraint is part of the environment (docs/differences.md). Constrained lists already have the canonical
+tokenization, so ``rendered`` leaves a stopped constrained response unchanged.
+
 ``RolloutStats`` holds, on the token axis: the rollout policy's log-probs ``logp_old`` (actor), the reference's
 ``logp_ref`` (no adapter) and the critic's ``values`` (zeros without a critic), from one jitted function over the
 whole batch.
@@ -33,6 +40,7 @@ import numpy as np
 
 from reclm_jax.buckets import bucket
 from reclm_jax.data.templates import render_output_list
+from reclm_jax.decoding import constraints_for_samples
 from reclm_jax.errors import UserError
 from reclm_jax.eval.parsing import parse_list
 from reclm_jax.models.generation import SamplingConfig
@@ -83,10 +91,12 @@ class Rollout:
 
     roles: how to rebuild the models from (trainable, frozen); trainable: ``{"lora", ["value_head"]}`` (the
     Sampler reads ``trainable["lora"]``); critic: compute values (PPO) or zeros (GRPO); idx: rendered lists
-    are numbered."""
+    are numbered; catalogue: a ``decoding.ConstrainedCatalogue``, with which ``collect`` decodes every row under
+    its sample's constraint (``rollout.constrained``), None = unconstrained."""
 
     def __init__(self, roles: Roles, trainable: dict, frozen: Any, tokenizer: Any, settings: RolloutSettings,
-                 runtime: Runtime, *, critic: bool, chunk: int = 128, seed: int = 0, idx: bool = True):
+                 runtime: Runtime, *, critic: bool, chunk: int = 128, seed: int = 0, idx: bool = True,
+                 catalogue: Any = None):
         if settings.sample_num < 1:
             raise UserError("rollout.sample_num must be >= 1")
         self.s = settings
@@ -96,6 +106,7 @@ class Rollout:
         self.chunk = chunk
         self.seed = seed
         self.idx = idx
+        self.catalogue = catalogue
         self.tokenizer = tokenizer
         self.pad_id = pad_token_id(tokenizer)
         self.sampling = SamplingConfig(temperature=settings.temperature, top_k=settings.top_k, top_p=settings.top_p)
@@ -108,14 +119,19 @@ class Rollout:
 
     # -- generation ---------------------------------------------------------------------------------------
     def generate(self, prompts: Sequence[Sequence[int]], *, sampling: SamplingConfig, seeds: Any = 0,
-                 adapter: str | None = ACTOR, max_new_tokens: int | None = None) -> tuple[list[list[int]], np.ndarray]:
-        """(token lists incl. the stop token, stopped [n]) for this process's ``prompts``."""
+                 adapter: str | None = ACTOR, max_new_tokens: int | None = None,
+                 constraints: Sequence[Any] | None = None) -> tuple[list[list[int]], np.ndarray]:
+        """(token lists incl. the stop token, stopped [n]) for this process's ``prompts``; ``constraints``: one
+        ``decoding.ListConstraint`` (or None) per prompt, decoded over ``self.catalogue``."""
+        extra = self.catalogue.sampler_kwargs(constraints) if constraints is not None else {}
         out = self.sampler(prompts, max_new_tokens=max_new_tokens or self.s.max_new_tokens, seeds=seeds,
-                           sampling=sampling, adapter=adapter)
+                           sampling=sampling, adapter=adapter, **extra)
         return out.token_lists(), np.asarray(out.stopped)
 
-    def responses(self, prompt_ids: Sequence[Sequence[int]], iteration: int) -> tuple[list[list[int]], np.ndarray]:
-        """This process's ``prompt_ids`` -> prompt-major responses (``sample_num`` each) and their stop flags."""
+    def responses(self, prompt_ids: Sequence[Sequence[int]], iteration: int,
+                  constraints: Sequence[Any] | None = None) -> tuple[list[list[int]], np.ndarray]:
+        """This process's ``prompt_ids`` -> prompt-major responses (``sample_num`` each) and their stop flags;
+        ``constraints``: one per prompt (every response of a prompt decodes under it), None = unconstrained."""
         g = self.s.sample_num
         n = len(prompt_ids)
         greedy = 1 if self.s.greedy else 0
@@ -123,7 +139,7 @@ class Rollout:
         ids: list[list[list[int]]] = [[] for _ in range(n)]
         stopped = np.zeros((n, g), bool)
         if greedy:
-            toks, stop = self.generate(prompt_ids, sampling=GREEDY)
+            toks, stop = self.generate(prompt_ids, sampling=GREEDY, constraints=constraints)
             for p in range(n):
                 ids[p].append(toks[p])
             stopped[:, 0] = stop
@@ -132,7 +148,8 @@ class Rollout:
             local = n * g
             first = self.runtime.process_index * local  # this process's first global row
             seeds = row_seeds(self.seed, iteration, n * g, first).reshape(n, g)[:, greedy:].reshape(-1)
-            toks, stop = self.generate(rep, sampling=self.sampling, seeds=seeds.astype(np.int64))
+            rep_cons = None if constraints is None else [constraints[p] for p in range(n) for _ in range(sampled)]
+            toks, stop = self.generate(rep, sampling=self.sampling, seeds=seeds.astype(np.int64), constraints=rep_cons)
             for j, t in enumerate(toks):
                 ids[j // sampled].append(t)
             stopped[:, greedy:] = stop.reshape(n, sampled)
@@ -141,8 +158,10 @@ class Rollout:
     def collect(self, trainable: dict, frozen: Any, samples: Sequence[dict], prompt_ids: Sequence[Sequence[int]],
                 iteration: int, stats: bool = True) -> Trajectories:
         """Generates, builds the trajectory batch and dispatches its statistics (not waited for; ``stats``
-        False leaves ``traj.stats`` None for the caller to compute with ``self.stats``)."""
-        responses, stopped = self.responses(prompt_ids, iteration)
+        False leaves ``traj.stats`` None for the caller to compute with ``self.stats``). With a catalogue, each
+        prompt decodes under its sample's constraint."""
+        constraints = constraints_for_samples(samples) if self.catalogue is not None else None
+        responses, stopped = self.responses(prompt_ids, iteration, constraints)
         g = self.s.sample_num
         rows_prompts = [list(prompt_ids[p]) for p in range(len(prompt_ids)) for _ in range(g)]
         rows_samples = [samples[p] for p in range(len(samples)) for _ in range(g)]

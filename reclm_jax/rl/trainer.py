@@ -34,6 +34,7 @@ from flax import nnx
 
 from reclm_jax.atomic import write_json_atomic
 from reclm_jax.errors import UserError
+from reclm_jax.eval.generation_eval import validation_catalogue
 from reclm_jax.models.adapter_io import save_adapter
 from reclm_jax.models.tokenizer import load_tokenizer
 from reclm_jax.rl.actor_critic import ACTOR, CRITIC, Roles, new_value_head
@@ -117,8 +118,10 @@ class RLTrainer:
         self.tx = adamw_direction(cfg.optim)
         self.trainable, self.opt_state, shardings = place_state(trainable, self.tx.init(trainable), self.runtime)
         self.schedule = lr_schedule(cfg.optim, self.total)
+        self.catalogue = self._catalogue()
         self.rollout = Rollout(self.roles, self.trainable, self.frozen, self.tokenizer, r, self.runtime,
-                               critic=cfg.uses_critic, chunk=p.logprob_chunk, seed=t.seed, idx=cfg.data.idx)
+                               critic=cfg.uses_critic, chunk=p.logprob_chunk, seed=t.seed, idx=cfg.data.idx,
+                               catalogue=self.catalogue if r.constrained else None)
         self.prepare_traces, self.update_traces = Counter(), Counter()
         self.prepare = make_prepare(cfg, self.prepare_traces)
         self.update = make_update_step(self.roles, self.tx, cfg, state_shardings=shardings,
@@ -133,6 +136,16 @@ class RLTrainer:
         self.history: dict[str, Any] = {}
         self.last_val_step = -1
         self.last_metrics: dict[str, float] = {}
+
+    def _catalogue(self):
+        """The catalogue constrained rollouts and validation decode over (``rollout.constrained``,
+        ``train.val_constrained``), built once per run from the task data; None when neither asks for it."""
+        keys = _constrained_keys(self.cfg)
+        if not keys:
+            return None
+        if self.data is None or self.data.ctx is None:
+            raise UserError(f"{keys}: constrained decoding needs the run's task data (not a given prompt source)")
+        return validation_catalogue(self.data.ctx, self.tokenizer, progress=self.progress)
 
     @staticmethod
     def _check(cfg: RLConfig) -> None:
@@ -149,6 +162,11 @@ class RLTrainer:
         if p.micro_batch_size and p.mini_batch_size % p.micro_batch_size:
             raise UserError(f"ppo.micro_batch_size {p.micro_batch_size} must divide ppo.mini_batch_size "
                             f"{p.mini_batch_size}")
+        keys = _constrained_keys(cfg)
+        if keys and cfg.data.source != "tasks":
+            raise UserError(f"{keys}: constrained decoding needs a dataset's catalogue, data.source=tasks")
+        if keys and not cfg.data.idx:
+            raise UserError(f"{keys}: constrained decoding writes numbered lists, data.idx=true")
         if p.reward_whitening == "rows" or p.advantage_whitening == "rows":
             if (r.prompts * r.sample_num) % p.whitening_rows:
                 raise UserError(f"the rows whitening scope needs rollout.prompts x rollout.sample_num "
@@ -289,7 +307,8 @@ class RLTrainer:
         original's RewardSum); see ``validation.validate_policy``."""
         self.rollout.sampler.update_params(self.trainable["lora"])
         res = validate_policy(self.rollout, self.tokenizer, self.cfg, self.scorer, samples, adapter,
-                              self._metrics_source(), progress=self.progress, desc=f"validate ({label})")
+                              self._metrics_source(), progress=self.progress, desc=f"validate ({label})",
+                              catalogue=self.catalogue if self.cfg.train.val_constrained else None)
         if log is not None:
             log.write("val", self.iteration, log_record(res))
         return res
@@ -357,6 +376,12 @@ class RLTrainer:
         self.save_adapters("adapter")
         self.store.close()
         return {"iterations": self.iteration, "best_mean_reward": self.best, **self.history}
+
+
+def _constrained_keys(cfg: RLConfig) -> str:
+    """The settings that ask for constrained decoding, for messages ("" when none does)."""
+    return " and ".join(k for k, on in (("rollout.constrained", cfg.rollout.constrained),
+                                        ("train.val_constrained", cfg.train.val_constrained)) if on)
 
 
 def mini_batch_rows(rows: int, mini_batch: int, micro_batch: int, seed: int, iteration: int,

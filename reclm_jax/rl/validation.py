@@ -8,7 +8,8 @@ clean-up of spaces), scored by the run's ``Scorer`` and, given a ``MetricsSource
 ``eval.generation_eval.generation_metrics``: the original's ``Metrics.add_sample`` per sample (``NDCG``,
 ``Recall`` and ``MRR`` at k = the item count, ``NonExistRate``, ``RepeatRate``, ``InHistoryRate``,
 ``CorrectCount``, ``TargetCategoryRate``, ``CategoryRateCorrect``, ...), with ``RewardSum`` = the NR-20.1 list
-reward (x10), as the original's ``RL_val``.
+reward (x10), as the original's ``RL_val``. With the run's catalogue (``train.val_constrained``) every sample
+decodes under its ``constraint_for_sample``, as SFT's constrained validation.
 
 Per task the result holds ``reward`` (the mean of the summed token rewards), ``reward_last`` (the mean reward on
 the last token: NR-20's list reward) and the metrics; ``mean_reward`` is the mean over tasks of the scorer's
@@ -22,6 +23,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from reclm_jax.decoding import constraints_for_samples
 from reclm_jax.eval.generation_eval import generation_metrics, greedy_decode, mean_metric
 from reclm_jax.rl.config import RLConfig
 from reclm_jax.rl.data import prompt_ids
@@ -42,17 +44,18 @@ class MetricsSource:
 
 def validate_policy(rollout: Any, tokenizer: Any, cfg: RLConfig, scorer: Scorer, samples: Sequence[dict],
                     adapter: str | None, metrics_source: MetricsSource | None = None, *, progress: bool = False,
-                    desc: str = "validate") -> dict:
+                    desc: str = "validate", catalogue: Any = None) -> dict:
     """Validates ``adapter`` ("actor", or None = the reference) on ``samples``; see the module docstring.
 
     Returns ``{"results": {task: {"reward", "reward_last", metric...}}, "mean_reward", "selection"`` (the
     per-task key averaged into ``mean_reward``), and with a ``metrics_source`` also ``"ratios"`` (count metrics
     as fractions of the list), ``"mean_NDCG"`` and ``"table"`` (``Metrics.table``); ``"examples"``: the first
-    three generated texts}``."""
+    three generated texts}``. ``catalogue``: a ``decoding.ConstrainedCatalogue`` to decode under."""
     samples = list(samples)
     ids = prompt_ids(samples, tokenizer, cfg)
     responses = greedy_decode(rollout.sampler, ids, adapter=adapter, max_new_tokens=cfg.rollout.max_new_tokens,
-                              batch_size=cfg.train.val_batch_size, progress=progress, desc=desc)
+                              batch_size=cfg.train.val_batch_size, progress=progress, desc=desc, catalogue=catalogue,
+                              constraints=constraints_for_samples(samples) if catalogue is not None else None)
     texts = rollout.decode(responses)
     scores, list_rewards = score_with_list_rewards(scorer, samples, texts, responses)
     per_task: dict[str, dict[str, list[float]]] = {}

@@ -160,8 +160,7 @@ class Engine:
             chunk = rows[start:start + self.max_batch]
             extra = {}
             if constrained:  # every job of a constrained key carries one constraint per row
-                extra = dict(logits_processor=self.catalogue.processor, processor_data=self.catalogue.processor_data(
-                    [jobs[j].constraints[r] for j, r in chunk]))
+                extra = self.catalogue.sampler_kwargs([jobs[j].constraints[r] for j, r in chunk])
             with self._lock:
                 res = self.sampler([jobs[j].prompts[r] for j, r in chunk],
                                    max_new_tokens=[jobs[j].limits[r] for j, r in chunk],

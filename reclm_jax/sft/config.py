@@ -66,6 +66,9 @@ class TrainSettings:
     # <= 0: automatic, the tokens of the longest list the item index allows (data.item_index.longest_list_tokens);
     # a fixed length can cut 10-item lists of long titles (the original allows at least 512).
     val_max_new_tokens: int = 0
+    # Decode validation under each sample's catalogue constraint (reclm_jax.decoding: real, distinct items that
+    # obey the instruction), so NonExist and Repeat are 0 and the metrics measure which items the model picks.
+    val_constrained: bool = False
     save_every: int = 100  # optimiser steps between checkpoints (and at the end)
     keep_checkpoints: int = 3
 

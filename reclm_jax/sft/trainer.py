@@ -21,7 +21,8 @@ import numpy as np
 from flax import nnx
 
 from reclm_jax.errors import UserError
-from reclm_jax.eval.generation_eval import evaluate_generation, mean_metric, validation_length, validation_sampler
+from reclm_jax.eval.generation_eval import (evaluate_generation, mean_metric, validation_catalogue, validation_length,
+                                            validation_sampler)
 from reclm_jax.models.adapter_io import save_adapter
 from reclm_jax.sft.config import SFTConfig
 from reclm_jax.atomic import write_json_atomic
@@ -83,6 +84,9 @@ class SFTTrainer:
         # One Sampler for every validation: its programs compile once and take the new adapter weights each time.
         self.val_sampler = validation_sampler((self.backbone.graphdef, self.trainable, self.frozen), self.tokenizer,
                                               batch_size=t.val_batch_size, runtime=self.runtime)
+        # train.val_constrained: the catalogue every validation decodes over (tokenized once, here).
+        self.catalogue = validation_catalogue(self.data.ctx, self.tokenizer, progress=self.progress) \
+            if t.val_constrained else None
         self.store = CheckpointStore(self.out / "checkpoints", keep=t.keep_checkpoints)
         self.step = 0
         self.epoch = 0
@@ -136,7 +140,8 @@ class SFTTrainer:
         metrics, texts = evaluate_generation(
             self.val_sampler, self.tokenizer, samples, self.data.index, self.data.ctx.raw.category2item,
             adapter=adapter, batch_size=t.val_batch_size, max_new_tokens=self._val_length(samples),
-            max_prompt_length=self.cfg.data.max_prompt_length, progress=self.progress, desc=f"validate ({label})")
+            max_prompt_length=self.cfg.data.max_prompt_length, progress=self.progress, desc=f"validate ({label})",
+            catalogue=self.catalogue)
         results = metrics.results()
         ndcg = mean_metric(metrics, "NDCG")
         if log is not None:

@@ -27,6 +27,9 @@ class ModelSettings:
     # Matmul/attention kernels: "cpu" = XLA:CPU fast paths (bf16 dots accumulated in f32, blocked causal
     # attention), "xla" = plain XLA ops (what GPUs and TPUs want), "auto" = cpu on a CPU backend, else xla.
     kernels: Literal["auto", "xla", "cpu"] = "auto"
+    # The decoder layers as one scanned stack (XLA compiles one layer, not num_layers): same results, names and
+    # files; LoRA targets must then pick a module in every layer or in none (models/layer_stack.py).
+    scan_layers: bool = False
 
 
 def resolve_model_path(path: str) -> Path:
@@ -71,7 +74,8 @@ def load_backbone(settings: ModelSettings, adapters: dict[str, LoraConfig], runt
 
     path = resolve_model_path(settings.path)
     model = load_llama(path, mesh=runtime.mesh, param_dtype=settings.param_dtype, dtype=settings.dtype,
-                       remat=settings.remat, kernels=settings.kernels, progress=progress and runtime.is_primary)
+                       remat=settings.remat, kernels=settings.kernels, scan_layers=settings.scan_layers,
+                       progress=progress and runtime.is_primary)
     full_tune = full_tune or {}
     for i, (name, cfg) in enumerate(adapters.items()):
         add_lora(model, cfg, name, seed=seed + i, full_tune=tuple(full_tune.get(name, ())))

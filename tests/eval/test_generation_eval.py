@@ -98,3 +98,43 @@ def test_generation_metrics_parse_numbered_texts_and_take_list_rewards():
     assert rl["RewardSum"] == 1.0 and "RewardSum" not in sft  # SFT tasks have no reward
     assert sft["NDCG"] == 1.0 and sft["TargetCategoryRate"] == 1.0
     assert generation_metrics(samples, texts, INDEX, CATS).results()["RLSeqRec"]["RewardSum"] == 0.0
+
+
+@pytest.mark.filterwarnings("ignore:test mode")  # the teacher's SeqRec lists stand in for the model's
+def test_constrained_validation_writes_only_lists_that_obey_each_sample(tiny_llama_factory, tiny_dataset_dir,
+                                                                       teacher):
+    """``val_constrained``'s path on every test task of the tiny dataset: each sample decoded under its own
+    ``constraint_for_sample``, one compiled program for the mixed batch; the random model's lists then break no
+    rule (``decoding.check``), which the metrics show as NonExist / Repeat / InHistory 0, CorrectCount 1,
+    TargetCategoryRatio 1 for +C and 0 for -C, CategoryRateCorrect 1."""
+    from reclm_jax.data.task_setup import build_task_context
+    from reclm_jax.data.tasks import TaskSettings
+    from reclm_jax.decoding import constraint_for_sample
+    from reclm_jax.decoding.check import violations
+    from reclm_jax.eval.generation_eval import validation_catalogue
+    from reclm_jax.eval.parsing import parse_list
+    from reclm_jax.eval.test_samples import TEST_TASKS, build_task_samples
+
+    d = tiny_llama_factory("smollm2")
+    tok = AutoTokenizer.from_pretrained(d)
+    ctx, index = build_task_context(tiny_dataset_dir, "title", tok, "hf", TaskSettings(topk=5))
+    samples = [s for task in TEST_TASKS for s in build_task_samples(ctx, task, max_users=2, teacher=teacher,
+                                                                    progress=False)]
+    catalogue = validation_catalogue(ctx, tok)
+    assert len(catalogue) == len(index.items) and not catalogue.dropped
+    sampler = validation_sampler(load_llama(d, progress=False), tok, batch_size=len(samples))
+    metrics, texts = evaluate_generation(sampler, tok, samples, index, ctx.raw.category2item, adapter=None,
+                                         batch_size=len(samples), progress=False, catalogue=catalogue)
+    assert sampler.traces == 1
+    for s, text in zip(samples, texts):
+        rule = constraint_for_sample(s["task"], s["input_field_data"])
+        assert parse_list(text) and not violations(parse_list(text), rule, catalogue, ctx.raw.item2category), text
+    res, ratios = metrics.results(), metrics.ratios()
+    assert set(res) == set(TEST_TASKS)
+    for task, row in res.items():
+        assert row["Count"] == 2 and row["CorrectCount"] == 1.0, task
+        assert row["NonExistRate"] == row["RepeatRate"] == row["InHistoryRate"] == 0.0, task
+        if "CategoryRateCorrect" in row:
+            assert row["CategoryRateCorrect"] == 1.0, task
+    assert ratios["SFT+TestPersonalControlRec"]["TargetCategoryRatio"] == 1.0
+    assert ratios["SFT-TestPersonalControlRec"]["TargetCategoryRatio"] == 0.0

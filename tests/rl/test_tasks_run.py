@@ -130,3 +130,57 @@ def test_validation_metrics_are_the_original_metrics_of_each_greedy_response(wor
     for task, row in want.ratios().items():
         assert res["ratios"][task] == pytest.approx(row)
     assert set(res["results"]) == {"RLSeqRec", "RL-PersonalControlRec"}
+
+
+CONSTRAINED_TASKS = ["RLSeqRec", "RL+PersonalControlRec", "RL-PersonalControlRec", "RLPersonalCategoryRateMP"]
+
+
+def _one_sample_per_task(trainer, tasks):
+    datums = trainer.source.builder.datums
+    return trainer.source.take(0, [next(i for i, d in enumerate(datums) if d.task == t) for t in tasks])
+
+
+def test_constrained_rollouts_sample_only_lists_that_obey_their_samples(world, tmp_path):
+    """``rollout.constrained``: sampled rows (temperature, top-k) of one batch, each under its own sample's rule,
+    are lists of distinct catalogue items that obey it (``decoding.check``); the rendered trajectory is the
+    sampled tokens themselves (a constrained list is already canonical), so PPO trains on what was sampled."""
+    from reclm_jax.decoding import constraints_for_samples
+    from reclm_jax.decoding.check import violations
+    from reclm_jax.eval.parsing import parse_list
+    from reclm_jax.rl.data import prompt_ids
+
+    trainer = RLTrainer(_cfg(world, tmp_path, "rollout.constrained=true", "rollout.greedy=false",
+                             "rollout.max_new_tokens=64", f"data.train_tasks=[{','.join(CONSTRAINED_TASKS)}]"),
+                        progress=False)
+    samples = _one_sample_per_task(trainer, CONSTRAINED_TASKS)
+    ids = prompt_ids(samples, trainer.tokenizer, trainer.cfg)
+    traj = trainer.rollout.collect(trainer.trainable, trainer.frozen, samples, ids, iteration=1, stats=False)
+    assert traj.stopped.all() and [s["task"] for s in traj.samples] == [t for t in CONSTRAINED_TASKS for _ in "ab"]
+    rules = constraints_for_samples(traj.samples)
+    assert rules[2].category_mode == "only" and rules[4].category_mode == "exclude" and rules[6].c_min > 0
+    for text, rule in zip(traj.texts, rules):
+        titles = parse_list(text)
+        assert titles and not violations(titles, rule, trainer.catalogue, trainer.data.ctx.raw.item2category), text
+    sampled, _ = trainer.rollout.responses(ids, 1, constraints_for_samples(samples))  # the same draws again
+    assert traj.response_ids == sampled
+
+
+@pytest.mark.slow
+def test_ppo_on_constrained_rollouts_trains_and_validates_constrained(world, tmp_path):
+    """One PPO iteration on constrained rollouts (rendered trajectories, greedy and sampled rows), and validation
+    under the same constraints before and after it: the metrics of lists that obey their rules."""
+    trainer = RLTrainer(_cfg(world, tmp_path, "rollout.constrained=true", "train.val_constrained=true",
+                             "rollout.max_new_tokens=64", "train.max_iterations=1", "train.val_before=true"),
+                        progress=False)
+    assert trainer.run()["iterations"] == 1
+    rows = [json.loads(x) for x in (tmp_path / "log.jsonl").read_text().splitlines()]
+    (train,) = [r for r in rows if r["kind"] == "train"]
+    assert train["stopped"] == 1.0 and np.isfinite(train["loss"]) and train["updates"] >= 1
+    val = [r for r in rows if r["kind"] == "val"]
+    assert [r["step"] for r in val] == [0]  # the final validation is not logged, it lands in metrics.json
+    after = json.loads((tmp_path / "metrics.json").read_text())["after"]["results"]
+    for res in (val[0], {f"{t}/{k}": v for t, row in after.items() for k, v in row.items()}):
+        for task in ("RLSeqRec", "RL-PersonalControlRec"):
+            assert res[f"{task}/NonExistRate"] == res[f"{task}/RepeatRate"] == res[f"{task}/InHistoryRate"] == 0.0
+            assert res[f"{task}/CorrectCount"] == 1.0
+        assert res["RL-PersonalControlRec/TargetCategoryRate"] == 0.0

@@ -127,6 +127,25 @@ def test_critic_adapter_and_value_head_receive_gradients(ppo):
     assert np.max(np.abs(ppo["before"][0].values - ppo["after"][0].values)) > 1e-3
 
 
+def test_scanned_layers_give_the_same_ppo_iterations(tiny_llama_dir, tmp_path):
+    # model.scan_layers=true: actor, critic (LoRA on every layer of the stack), value head and the actor's own
+    # lm_head on a scanned backbone; the rollout decodes through the stacked KV cache. Two iterations each (the
+    # learning-rate schedule follows max_iterations, so the reference is a run of the same length).
+    runs = {}
+    for scan in ("false", "true"):
+        out = tmp_path / scan
+        trainer = RLTrainer(tiny_config(tiny_llama_dir, out, "train.max_iterations=2", f"model.scan_layers={scan}"),
+                            progress=False, hooks=Hooks())
+        assert trainer.backbone.model().config.scan_layers == (scan == "true")
+        trainer.run()
+        runs[scan] = (_records(out), json.loads((out / "adapter" / "lora_adapter.json").read_text()))
+    (want, want_meta), (got, got_meta) = runs["false"], runs["true"]
+    for key in ("reward", "kl", "loss", "pg_loss", "value_loss", "entropy", "grad_norm"):
+        np.testing.assert_allclose([r[key] for r in got], [r[key] for r in want], rtol=1e-4, atol=1e-6,
+                                   err_msg=key)
+    assert got_meta["modules"] == want_meta["modules"] and got_meta["full_tune"] == ["lm_head.weight"]
+
+
 @pytest.mark.parametrize("name", ["ppo", "grpo"])
 def test_no_recompilation_across_iterations(name, request):
     traces = request.getfixturevalue(name)["traces"]
@@ -163,3 +182,8 @@ def test_user_errors_before_loading(tmp_path):
         RLTrainer(tiny_config("/nonexistent", tmp_path, "algorithm=grpo", "rollout.sample_num=1"))
     with pytest.raises(UserError, match="must divide"):
         RLTrainer(tiny_config("/nonexistent", tmp_path, "ppo.mini_batch_size=8", "ppo.micro_batch_size=3"))
+    with pytest.raises(UserError, match="rollout.constrained: constrained decoding needs a dataset's catalogue"):
+        RLTrainer(tiny_config("/nonexistent", tmp_path, "rollout.constrained=true"))  # the toy problem has none
+    with pytest.raises(UserError, match="train.val_constrained: constrained decoding writes numbered lists"):
+        RLTrainer(tiny_config("/nonexistent", tmp_path, "train.val_constrained=true", "data.source=tasks",
+                              "data.idx=false"))

@@ -96,6 +96,18 @@ def test_eight_device_mesh_gives_the_same_loss_curve(reference_run, tmp_path, ti
     np.testing.assert_allclose(_losses(tmp_path), _losses(reference_run), atol=1e-4)
 
 
+def test_scanned_layers_train_the_same_run(reference_run, tmp_path, tiny_overrides):
+    # model.scan_layers=true from the command line: the same losses (LoRA dropout 0.1 draws the same masks) and
+    # an adapter file with the unrolled run's tensor names.
+    r = _sft(tiny_overrides(tmp_path, *RUN, "model.scan_layers=true"), _env())
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "scan_layers: true" in (tmp_path / "config.yaml").read_text()
+    np.testing.assert_allclose(_losses(tmp_path), _losses(reference_run), atol=1e-5)
+    ref, got = _adapter(reference_run), _adapter(tmp_path)
+    assert list(got) == list(ref)
+    assert max(float(np.max(np.abs(ref[k] - got[k]))) for k in ref) <= 1e-5
+
+
 def test_merged_export_equals_the_trained_adapter_model(reference_run, tmp_path, sft_world):
     from reclm_jax.models.adapter_io import load_adapter
     from reclm_jax.models.hf_loading import load_llama
@@ -136,3 +148,21 @@ def test_checkpoints_carry_the_validation_of_their_step(tmp_path, tiny_overrides
     assert "label_tokens_per_s" not in train[0]  # step 1's window holds the compile
     assert all(row["label_tokens_per_s"] > 0 for row in train[1:] if "label_tokens_per_s" in row)
     assert any("label_tokens_per_s" in row for row in train[1:])
+
+
+@pytest.mark.slow
+def test_constrained_validation_reports_lists_that_obey_their_samples(tmp_path, tiny_overrides):
+    """``train.val_constrained``: the base-model and final validations decode under each sample's catalogue
+    constraint, so even the random model's lists are real, distinct, of the asked length and category."""
+    args = tiny_overrides(tmp_path, "train.max_steps=1", "train.val_constrained=true", "train.val_before=true",
+                          "train.val_max_new_tokens=0", "data.topk=3", "data.val_num_per_task=4",
+                          "data.val_tasks=[SFTTestSeqRec,SFT+TestPersonalControlRec]")
+    r = _sft(args, _env())
+    assert r.returncode == 0, r.stderr[-3000:]
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    for when in ("before", "after"):
+        res, ratios = metrics[when]["results"], metrics[when]["ratios"]
+        for task in ("SFTTestSeqRec", "SFT+TestPersonalControlRec"):
+            assert res[task]["Count"] == 4 and res[task]["CorrectCount"] == 1.0, (when, task)
+            assert res[task]["NonExistRate"] == res[task]["RepeatRate"] == res[task]["InHistoryRate"] == 0.0
+        assert ratios["SFT+TestPersonalControlRec"]["TargetCategoryRatio"] == 1.0
