@@ -60,3 +60,15 @@ def test_host_rows_allow_what_the_processor_allows(kind, make_catalogue, load_to
                 ended[i] |= toks[i] == cat.format.end_id
             state = _update(state, jnp.asarray(toks), data, proc=proc)
         assert ended[[i for i, h in enumerate(host) if h is not None]].all()  # whole lists were walked
+
+
+def test_word_range_counts_match_a_brute_force_count():
+    from reclm_jax.decoding.host_state import _count_below, _prefix, pack_bits
+
+    rng = np.random.default_rng(0)
+    for n in (1, 31, 32, 64, 100):
+        flags = rng.random(n) < 0.5
+        bits = pack_bits(flags)
+        x = np.arange(32 * len(bits) + 1)
+        want = np.concatenate([[0], np.cumsum(np.concatenate([flags, np.zeros(32 * len(bits) - n, bool)]))])
+        np.testing.assert_array_equal(_count_below(_prefix(bits), bits, x), want)
