@@ -29,6 +29,12 @@ options:
   --eager               no torch.compile / CUDA graphs (--enforce-eager): starts in seconds, decodes slower
   --prefix-caching      keep vLLM's prefix caching (off by default here: benchmarks compare engines that
                         recompute every prompt)
+  --constrain-data DIR  turn on reclm-jax's list constraint (decoding/vllm_plugin.py): DIR, a raw dataset
+                        folder, is the catalogue of requests that send "vllm_xargs": {"reclm_constraint":
+                        "<JSON>"} (docs/serving.md); the plugin is passed with --logits-processors and found
+                        through PYTHONPATH (a folder holding only this checkout's reclm_jax); on a GPU it needs
+                        vLLM's V1 model runner (VLLM_USE_V2_MODEL_RUNNER=0 is set)
+  --item-index NAME     the item index of --constrain-data (default title, as reclm_jax.serve)
   --dry-run             print the command and environment instead of starting vLLM
   -h, --help            this help
 Arguments after -- go to vLLM unchanged.
@@ -38,7 +44,7 @@ EOF
 die() { echo "error: $*" >&2; exit 2; }
 
 REPO="$(cd "$(dirname "$0")/.." && pwd)"  # not cd: MODEL_DIR is relative to the caller's folder
-NAME="" HOST="127.0.0.1" DTYPE="auto" MAX_LEN=2048 EAGER=0 PREFIX=0 DRY=0
+NAME="" HOST="127.0.0.1" DTYPE="auto" MAX_LEN=2048 EAGER=0 PREFIX=0 DRY=0 CDATA="" CINDEX="title"
 POS=() EXTRA=()
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -49,6 +55,8 @@ while [ $# -gt 0 ]; do
     --max-model-len) [ $# -ge 2 ] || die "--max-model-len needs a value"; MAX_LEN="$2"; shift 2 ;;
     --eager) EAGER=1; shift ;;
     --prefix-caching) PREFIX=1; shift ;;
+    --constrain-data) [ $# -ge 2 ] || die "--constrain-data needs a value"; CDATA="$2"; shift 2 ;;
+    --item-index) [ $# -ge 2 ] || die "--item-index needs a value"; CINDEX="$2"; shift 2 ;;
     --dry-run) DRY=1; shift ;;
     --) shift; EXTRA=("$@"); break ;;
     -*) die "unknown option $1 (see --help)" ;;
@@ -64,6 +72,10 @@ MODEL="${POS[0]}" PORT="${POS[1]}"
 case "$DTYPE" in auto|float32|bfloat16|float16) ;; *) die "--dtype must be auto, float32, bfloat16 or float16, got '$DTYPE'" ;; esac
 [[ "$MAX_LEN" =~ ^[0-9]+$ ]] && [ "$MAX_LEN" -ge 1 ] || die "--max-model-len must be a positive integer, got '$MAX_LEN'"
 NAME="${NAME:-$MODEL}"
+if [ -n "$CDATA" ]; then
+  [ -d "$CDATA" ] || die "--constrain-data $CDATA: no such folder"
+  CDATA="$(cd "$CDATA" && pwd)"
+fi
 
 CPU_PY="${RECLM_JAX_VLLM_PYTHON:-${VLLM_VENV:-$REPO/.venv-vllm}/bin/python}"
 DEVICE="${VLLM_DEVICE:-}"
@@ -84,6 +96,15 @@ FLAGS=(--host "$HOST" --port "$PORT" --served-model-name "$NAME" --dtype "$DTYPE
 [ "$PREFIX" = 1 ] || FLAGS+=(--no-enable-prefix-caching)
 export HF_HUB_OFFLINE=1 VLLM_NO_USAGE_STATS=1
 unset JAX_PLATFORMS PYTHONPATH
+if [ -n "$CDATA" ]; then
+  # vLLM's python imports the plugin from a folder that holds only reclm_jax (the checkout's other folders must
+  # not shadow vLLM's modules); the plugin imports numpy, torch and transformers, never JAX.
+  SHIM="${TMPDIR:-/tmp}/reclm_jax_vllm_plugin.$$"
+  [ "$DRY" = 1 ] || { mkdir -p "$SHIM" && ln -sfn "$REPO/reclm_jax" "$SHIM/reclm_jax"; }
+  export PYTHONPATH="$SHIM" RECLM_JAX_CONSTRAIN_DATA="$CDATA" RECLM_JAX_ITEM_INDEX="$CINDEX"
+  export VLLM_USE_V2_MODEL_RUNNER=0  # the plugin implements vLLM's V1 logits-processor interface
+  FLAGS+=(--logits-processors reclm_jax.decoding.vllm_plugin:CatalogueLogitsProcessor)
+fi
 case "$DEVICE" in
   gpu)
     command -v vllm >/dev/null 2>&1 || die "VLLM_DEVICE=gpu but 'vllm' is not on PATH (pip install vllm)"
@@ -99,7 +120,7 @@ case "$DEVICE" in
 esac
 
 if [ "$DRY" = 1 ]; then
-  env | grep -E '^(VLLM_|HF_HUB_OFFLINE)' | sort
+  env | grep -E '^(VLLM_|HF_HUB_OFFLINE|RECLM_JAX_|PYTHONPATH=)' | sort
   printf '%q ' "${CMD[@]}"; echo
   exit 0
 fi

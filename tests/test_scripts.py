@@ -174,6 +174,26 @@ def test_serve_vllm_cpu_command_has_the_cpu_settings(tiny_llama_dir, tmp_path):
         assert flag in cmd
 
 
+
+def test_serve_vllm_constrain_data_turns_the_plugin_on(tiny_llama_dir, tiny_dataset_dir, tmp_path):
+    py = tmp_path / "venv" / "bin" / "python"
+    py.parent.mkdir(parents=True)
+    py.write_text("#!/bin/sh\nexit 1\n")
+    py.chmod(0o755)
+    venv = {"VLLM_VENV": str(tmp_path / "venv")}
+    res = _serve_vllm("--dry-run", "--constrain-data", tiny_dataset_dir, "--item-index", "title64", tiny_llama_dir,
+                      8123, env=venv)
+    assert res.returncode == 0, res.stderr
+    env, cmd = res.stdout.strip().splitlines()[:-1], res.stdout.strip().splitlines()[-1]
+    assert f"RECLM_JAX_CONSTRAIN_DATA={tiny_dataset_dir}" in env and "RECLM_JAX_ITEM_INDEX=title64" in env
+    assert "VLLM_USE_V2_MODEL_RUNNER=0" in env and any(e.startswith("PYTHONPATH=") for e in env)
+    assert "--logits-processors reclm_jax.decoding.vllm_plugin:CatalogueLogitsProcessor" in cmd
+    plain = _serve_vllm("--dry-run", tiny_llama_dir, 8123, env=venv).stdout
+    assert "logits-processors" not in plain and "RECLM_JAX_CONSTRAIN_DATA" not in plain
+    res = _serve_vllm("--constrain-data", tmp_path / "none", tiny_llama_dir, 8123, env=venv)
+    assert res.returncode == 2 and "no such folder" in res.stderr
+
+
 # -- launch_multihost.sh: argument handling and the per-process commands (--dry-run), one real local launch -------
 def _launch(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(["bash", str(REPO / "scripts" / "launch_multihost.sh"), *map(str, args)],

@@ -11,6 +11,9 @@ Per-row data (``row_data(constraints)["rows"]``, numpy, n prompts): ``active`` b
 ``c_min``, ``c_max``, ``category`` (index, -1 none), ``cat_mode`` (0 none, 1 only C, 2 no C), ``n_candidates``
 int32 [n]; ``exclude`` and ``candidates`` int32 [n, L] item ranks, -1 padded, L a power of two >= 16 (so
 batches of other constraints reuse the compiled program).
+
+Nothing here imports JAX until ``processor`` or ``shared_data()`` is used, so the vLLM plugin builds the same
+catalogue in a process without JAX.
 """
 
 from __future__ import annotations
@@ -23,7 +26,6 @@ from tqdm.auto import tqdm
 
 from reclm_jax.buckets import bucket
 from reclm_jax.decoding.list_format import CONT, END, ListFormat, usable_title
-from reclm_jax.decoding.processor import CatalogueProcessor
 from reclm_jax.decoding.trie import TokenTrie, build_trie
 from reclm_jax.errors import UserError
 
@@ -100,9 +102,20 @@ class ConstrainedCatalogue:
             for k in {self.cat_index[c] for c in item2category.get(it) or () if c in self.cat_index}:
                 self.item_cats[r, k // 32] |= np.uint32(1 << (k % 32))
                 self.cat_counts[k] += 1
-        self.processor = CatalogueProcessor(words=self.words, max_children=self.trie.max_children,
-                                            end_id=self.format.end_id, narrow=narrow)
+        self.narrow = narrow
         self._shared = None
+        self._processor = None
+
+    @property
+    def processor(self):
+        """The ``CatalogueProcessor`` of this catalogue (imported on first use: the host-side parts, e.g. the
+        vLLM plugin's ``host_state.py``, must build a catalogue where JAX is not installed)."""
+        if self._processor is None:
+            from reclm_jax.decoding.processor import CatalogueProcessor
+
+            self._processor = CatalogueProcessor(words=self.words, max_children=self.trie.max_children,
+                                                 end_id=self.format.end_id, narrow=self.narrow)
+        return self._processor
 
     @classmethod
     def from_dataset(cls, raw, index, tokenizer: Any, end_text: str, **kwargs) -> "ConstrainedCatalogue":

@@ -58,7 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max_tokens", "--gen_max_length", dest="max_tokens", type=int, default=1024)
     p.add_argument("--constrained", action="store_true",
                    help="send each sample's constraint (reclm_constraint: its task and fields) to a reclm_jax.serve "
-                        "started with --constrain-data on the same dataset and --item_index")
+                        "started with --constrain-data, or a vLLM started by scripts/serve_vllm.sh --constrain-data, "
+                        "on the same dataset and --item_index")
     p.add_argument("--overwrite", action="store_true", help="discard the answers cached in --output_dir")
     p.add_argument("--json", default=None, help="also write the scores here ({reclm, original, counts})")
     p.add_argument("--dump_samples", default=None, help="write the test samples to this JSONL file and exit")

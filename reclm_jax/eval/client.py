@@ -47,7 +47,7 @@ class EvalSettings:
     idx: bool = True
     overwrite: bool = False
     progress: bool = True
-    constrained: bool = False  # each request carries its sample's reclm_constraint (reclm_jax.serve)
+    constrained: bool = False  # each request carries its sample's reclm_constraint (reclm_jax.serve, vLLM's plugin)
 
     @property
     def general_llm(self) -> bool:
@@ -127,11 +127,14 @@ class HttpAnswerer:
         self._probed = True
 
     def _extra(self, task: str, sample: dict) -> tuple:
-        """() or (the body keys of a constrained request: the sample's task and fields, as JSON values)."""
+        """() or (the body keys of a constrained request: the sample's task and fields, as JSON values, under
+        ``reclm_constraint`` for reclm_jax.serve and as a JSON string in ``vllm_xargs`` for vLLM with reclm-jax's
+        plugin; each server ignores the other's key)."""
         if not self.s.constrained:
             return ()
         fields = json.loads(json.dumps(sample["input_field_data"], default=str))
-        return ({"reclm_constraint": {"task": task, "input_field_data": fields}},)
+        spec = {"task": task, "input_field_data": fields}
+        return ({"reclm_constraint": spec, "vllm_xargs": {"reclm_constraint": json.dumps(spec)}},)
 
     def __call__(self, task: str, samples: Sequence[dict], cached: dict) -> tuple[dict, dict]:
         texts = dict(cached)

