@@ -103,7 +103,7 @@ class ConstrainedCatalogue:
                 self.item_cats[r, k // 32] |= np.uint32(1 << (k % 32))
                 self.cat_counts[k] += 1
         self.narrow = narrow
-        self._shared = None
+        self._shared: dict = {}  # placement (None or a mesh) -> the shared device arrays
         self._processor = None
 
     @property
@@ -122,6 +122,15 @@ class ConstrainedCatalogue:
         """From a ``RawDataset`` and its ``ItemIndex`` (``data/item_index.py``)."""
         return cls(index.items, [index.text[i] for i in index.items], raw.item2category, raw.categories,
                    tokenizer, end_text, **kwargs)
+
+    @classmethod
+    def from_folder(cls, data: Any, item_index: str, tokenizer: Any, **kwargs) -> "ConstrainedCatalogue":
+        """A raw dataset folder's catalogue under ``item_index``, lists ending with the tokenizer's EOS: what a
+        server started with ``--constrain-data data --item-index item_index`` decodes over (ours and vLLM's)."""
+        from reclm_jax.data.item_index import load_dataset
+
+        raw, index = load_dataset(data, item_index, tokenizer=tokenizer)
+        return cls.from_dataset(raw, index, tokenizer, tokenizer.eos_token, **kwargs)
 
     def __len__(self) -> int:
         return len(self.items)
@@ -157,25 +166,33 @@ class ConstrainedCatalogue:
         return {**self.trie.arrays(), "num_tokens": self.num_tokens, "num_len": self.num_len, "valid_bits": bits,
                 "item_cats": self.item_cats}
 
-    def shared_data(self) -> dict:
-        """The shared arrays on the default device (cached)."""
-        if self._shared is None:
-            import jax.numpy as jnp
+    def shared_data(self, runtime: Any = None) -> dict:
+        """The shared arrays on the device: the default one, or replicated over ``runtime``'s mesh (a
+        ``train.runtime.Runtime``). Cached per placement, so the Sampler's own ``replicate`` of them finds them
+        placed and no call copies the trie again."""
+        key = None if runtime is None else runtime.mesh
+        if key not in self._shared:
+            if runtime is None:
+                import jax.numpy as jnp
 
-            self._shared = {k: jnp.asarray(v) for k, v in self.shared_arrays().items()}
-        return self._shared
+                self._shared[key] = {k: jnp.asarray(v) for k, v in self.shared_arrays().items()}
+            else:
+                self._shared[key] = runtime.replicate(self.shared_arrays())
+        return self._shared[key]
 
     def device_bytes(self) -> int:
         return sum(int(v.nbytes) for v in self.shared_arrays().values())
 
-    def processor_data(self, constraints: Sequence[ListConstraint | None]) -> dict:
-        """``processor_data`` for the Sampler: the shared device arrays plus this batch's ``rows``."""
-        return {**self.shared_data(), **self.row_data(constraints)}
+    def processor_data(self, constraints: Sequence[ListConstraint | None], runtime: Any = None) -> dict:
+        """``processor_data`` for the Sampler: the shared device arrays (placed for ``runtime``, the Sampler's)
+        plus this batch's ``rows``."""
+        return {**self.shared_data(runtime), **self.row_data(constraints)}
 
-    def sampler_kwargs(self, constraints: Sequence[ListConstraint | None]) -> dict:
+    def sampler_kwargs(self, constraints: Sequence[ListConstraint | None], runtime: Any = None) -> dict:
         """The Sampler's keyword arguments that decode one batch under ``constraints`` (one per prompt, None =
-        unconstrained row): ``logits_processor`` (the one, hashed, ``processor``) and ``processor_data``."""
-        return {"logits_processor": self.processor, "processor_data": self.processor_data(constraints)}
+        unconstrained row): ``logits_processor`` (the one, hashed, ``processor``) and ``processor_data``.
+        ``runtime``: the Sampler's (``sampler.runtime``), so the shared arrays are placed on its mesh once."""
+        return {"logits_processor": self.processor, "processor_data": self.processor_data(constraints, runtime)}
 
     def _ranks(self, ids: Sequence[str]) -> list[int]:
         return sorted({self.rank[i] for i in ids if i in self.rank})

@@ -40,13 +40,11 @@ def settings() -> tuple[str | None, str, int]:
 def load_catalogue(tokenizer_path: str, data: str, item_index: str = "title", max_items: int = 64):
     """The ``ConstrainedCatalogue`` that ``reclm_jax.serve --constrain-data data --item-index item_index`` builds
     for the model whose tokenizer is at ``tokenizer_path``."""
-    from reclm_jax.data.item_index import load_dataset
     from reclm_jax.decoding.catalogue import ConstrainedCatalogue
     from reclm_jax.models.tokenizer import load_tokenizer
 
     tok = load_tokenizer(tokenizer_path, key="the served model")
-    raw, index = load_dataset(data, item_index, tokenizer=tok)
-    return ConstrainedCatalogue.from_dataset(raw, index, tok, tok.eos_token, max_items=max_items)
+    return ConstrainedCatalogue.from_folder(data, item_index, tok, max_items=max_items)
 
 
 def request_spec(extra_args: Mapping[str, Any] | None) -> Any:

@@ -7,10 +7,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from reclm_jax.decoding.spec import KEY
 from reclm_jax.errors import UserError
 from reclm_jax.service.http import BadRequest
-
-KEY = "reclm_constraint"
 
 
 def parse_constraint(body: dict, catalogue) -> Any:

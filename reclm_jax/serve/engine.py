@@ -160,7 +160,7 @@ class Engine:
             chunk = rows[start:start + self.max_batch]
             extra = {}
             if constrained:  # every job of a constrained key carries one constraint per row
-                extra = self.catalogue.sampler_kwargs([jobs[j].constraints[r] for j, r in chunk])
+                extra = self.catalogue.sampler_kwargs([jobs[j].constraints[r] for j, r in chunk], self.sampler.runtime)
             with self._lock:
                 res = self.sampler([jobs[j].prompts[r] for j, r in chunk],
                                    max_new_tokens=[jobs[j].limits[r] for j, r in chunk],
@@ -225,10 +225,8 @@ def load_engine(model_dir: str | Path, *, adapter: str | Path | None = None, mer
             name = None
     catalogue = None
     if constrain_data is not None:
-        from reclm_jax.data.item_index import load_dataset
         from reclm_jax.decoding import ConstrainedCatalogue
 
-        raw, index = load_dataset(constrain_data, item_index, tokenizer=tok)
-        catalogue = ConstrainedCatalogue.from_dataset(raw, index, tok, tok.eos_token, progress=True)
+        catalogue = ConstrainedCatalogue.from_folder(constrain_data, item_index, tok, progress=True)
     return Engine(model, tok, model_dir, adapter=name, max_batch=max_batch, max_model_len=max_model_len,
                   catalogue=catalogue)
