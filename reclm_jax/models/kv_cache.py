@@ -60,9 +60,18 @@ def write_slots(cache: jnp.ndarray, new: jnp.ndarray, end) -> jnp.ndarray:
     dynamic-update-slice to f32, copying the whole cache at every decoding step. Done for both ``kernels``
     choices: elsewhere the bitcasts are free and the update stays in place.
     """
-    new = new.transpose(0, 2, 1, 3).astype(cache.dtype)
-    if cache.dtype.itemsize == 2 and jnp.issubdtype(cache.dtype, jnp.floating):
-        bits = jax.lax.dynamic_update_slice(jax.lax.bitcast_convert_type(cache, jnp.uint16),
-                                            jax.lax.bitcast_convert_type(new, jnp.uint16), (0, 0, end, 0))
-        return jax.lax.bitcast_convert_type(bits, cache.dtype)
-    return jax.lax.dynamic_update_slice(cache, new, (0, 0, end, 0))
+    return update_slice(cache, new.transpose(0, 2, 1, 3).astype(cache.dtype), (0, 0, end, 0))
+
+
+def bits_view(x: jnp.ndarray) -> jnp.ndarray:
+    """A 16-bit float array as its uint16 bits (other dtypes unchanged): XLA:CPU widens a bf16
+    dynamic-update-slice to f32, copying the whole buffer, but updates integer buffers in place."""
+    if x.dtype.itemsize == 2 and jnp.issubdtype(x.dtype, jnp.floating):
+        return jax.lax.bitcast_convert_type(x, jnp.uint16)
+    return x
+
+
+def update_slice(buf: jnp.ndarray, new: jnp.ndarray, index) -> jnp.ndarray:
+    """``dynamic_update_slice(buf, new, index)`` in place for 16-bit floats too (through ``bits_view``)."""
+    out = jax.lax.dynamic_update_slice(bits_view(buf), bits_view(new.astype(buf.dtype)), index)
+    return jax.lax.bitcast_convert_type(out, buf.dtype) if out.dtype != buf.dtype else out

@@ -108,6 +108,8 @@ def run_stack(layers: nnx.Module, x: jnp.ndarray, cos, sin, mask, *, kv=None, en
     only).
     Returns (x [B, T, D], (keys, values) or None).
     """
+    from reclm_jax.models.kv_cache import bits_view, update_slice  # kv_cache -> sharding -> this module
+
     graphdef, state = nnx.split(layers)
     n = jax.tree_util.tree_leaves(state)[0].shape[0]
 
@@ -118,11 +120,23 @@ def run_stack(layers: nnx.Module, x: jnp.ndarray, cos, sin, mask, *, kv=None, en
         if cache is None:
             h, _ = layer(h, cos, sin, mask, None, None, adapter, rng, False, layer=i)
             return (h, None), None
-        keys, values = cache
-        h, (k, v) = layer(h, cos, sin, mask, (keys[i], values[i]), end, adapter, rng, prefill, layer=i)
-        return (h, (keys.at[i].set(k), values.at[i].set(v))), None
+        keys, values = cache  # the stacked cache as its bits (kv_cache.bits_view): written in place
+        kv_i = (_layer_of(keys, i, dtype), _layer_of(values, i, dtype))
+        h, (k, v) = layer(h, cos, sin, mask, kv_i, end, adapter, rng, prefill, layer=i)
+        at = (i, 0, 0, 0, 0)
+        return (h, (update_slice(keys, bits_view(k)[None], at), update_slice(values, bits_view(v)[None], at))), None
 
     if remat and kv is None:
         body = jax.checkpoint(body, prevent_cse=False)  # inside a scan, CSE cannot undo the recomputation
-    (x, kv), _ = jax.lax.scan(body, (x, kv), (state, jnp.arange(n)))
-    return x, kv
+    dtype = None if kv is None else kv[0].dtype
+    carry_kv = None if kv is None else (bits_view(kv[0]), bits_view(kv[1]))
+    (x, carry_kv), _ = jax.lax.scan(body, (x, carry_kv), (state, jnp.arange(n)))
+    if carry_kv is None:
+        return x, None
+    return x, tuple(jax.lax.bitcast_convert_type(c, dtype) if c.dtype != dtype else c for c in carry_kv)
+
+
+def _layer_of(stack: jnp.ndarray, i, dtype) -> jnp.ndarray:
+    """Layer ``i`` of a stacked cache (or of its bits view) in the cache dtype."""
+    one = jax.lax.dynamic_index_in_dim(stack, i, keepdims=False)
+    return jax.lax.bitcast_convert_type(one, dtype) if one.dtype != dtype else one
