@@ -88,7 +88,7 @@ for ((i = 0; i < n_hosts; i++)); do
     line="env $(printf '%q ' "${vars[@]}")$(printf '%q ' "$@")"
     line="${line% }"
     if [ -n "$host_index" ] || is_here "$host"; then
-      run=(bash -c "$line")
+      run=(bash -c "cd $(printf '%q' "$workdir") && $line")  # --workdir holds here as over ssh
       shown="[$host process $pid] $line"
     else
       remote="cd $(printf '%q' "$workdir") && $line"

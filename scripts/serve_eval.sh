@@ -29,6 +29,11 @@ serve_and_eval() {
     fi
     sleep 1
   done
+  if ! curl -sf "http://127.0.0.1:$EVAL_PORT/health" >/dev/null 2>&1; then
+    echo "error: the server for $name did not answer /health within 30 minutes; the end of $EVAL_DIR/$name.serve.log:" >&2
+    tail -20 "$EVAL_DIR/$name.serve.log" >&2
+    exit 1
+  fi
   "${client[@]}"
   kill "$server" 2>/dev/null || true
   wait "$server" 2>/dev/null || true
