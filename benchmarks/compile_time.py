@@ -18,10 +18,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from generate import run_one  # noqa: E402  (numpy and the stdlib only)
 
 VARIANTS = ("unrolled", "scanned")
 
@@ -38,7 +41,6 @@ def model_config(args):
 
 def run_worker(args) -> dict:
     """One variant in this process: build the random model, compile the step (timed), run it once."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
     import jax
     from lora_step import prepare_jax_step, synthetic_batch
     from model_shapes import random_llama
@@ -111,12 +113,10 @@ def main() -> None:
     passthrough += ["--remat"] if args.remat else []
     outputs = {}
     for variant in VARIANTS:
-        proc = subprocess.run([sys.executable, __file__, "--worker", variant, *passthrough], env=env,
-                              capture_output=True, text=True)
-        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-        if proc.returncode != 0 or not lines:
-            sys.exit(f"error: the {variant} worker failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
-        outputs[variant] = json.loads(lines[-1][7:])
+        result, why, tail = run_one([sys.executable, __file__, "--worker", variant, *passthrough], env)
+        if result is None:
+            sys.exit(f"error: the {variant} worker failed ({why}):\n{tail}")
+        outputs[variant] = result
         if outputs[variant]["cache_hit"]:
             sys.exit(f"error: the {variant} step was loaded from a compilation cache; its time is not a compile")
         print(f"{variant}: compile {outputs[variant]['compile_s']:.1f} s", flush=True)

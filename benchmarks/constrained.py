@@ -31,13 +31,16 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from generate import run_one  # noqa: E402  (numpy and the stdlib only)
 
 RULES = ("exact", "+C", "-C", "LP", "MP", "EP")
 
@@ -261,13 +264,11 @@ def main() -> None:
     jobs = [(w, r) for r in range(1, args.rounds + 1)
             for w in (("plain", "constrained") if r % 2 else ("constrained", "plain"))] + [("scale", 1)]
     for w, r in jobs:
-        proc = subprocess.run([sys.executable, __file__, "--worker", w, "--round", str(r), *common], env=env,
-                              capture_output=True, text=True)
-        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-        if proc.returncode or not lines:
-            failures[f"{w}/{r}"] = (proc.stderr or proc.stdout)[-2000:]
+        result, why, tail = run_one([sys.executable, __file__, "--worker", w, "--round", str(r), *common], env)
+        if result is None:
+            failures[f"{w}/{r}"] = f"{why}\n{tail[-2000:]}"
             continue
-        outputs.append(json.loads(lines[-1][7:]))
+        outputs.append(result)
     summary = summarise(outputs)
     print(table(summary))
     result = {"model": args.model, "data_path": args.data_path, "summary": summary, "outputs": outputs,
