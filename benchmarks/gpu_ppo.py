@@ -37,34 +37,27 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from rl_phases import CONFIG, PHASES, CountingScorer, compile_split, rl_overrides, run_iterations  # noqa: E402
-from rl_phases import synthetic_samples  # noqa: E402
+from rl_phases import dash as _f, median, synthetic_samples, timed_summary  # noqa: E402
 
 
 def summarise(iterations: list[dict]) -> dict:
     """``run_iterations`` output (the first a warm-up) -> medians over the timed iterations of each phase, the
     iteration (sum of the phases), rollout tokens/s and updates; compile seconds per phase; recompilations."""
     timed = iterations[1:]
-
-    def med(xs, digits=4):
-        return None if not xs else round(statistics.median(xs), digits)
-
     rates = [it["tokens"] / it["rollout"] for it in timed if it.get("tokens") is not None and it["rollout"] > 0]
+    s = timed_summary(timed, 4)
     return {
-        "phases_s": {p: med([it[p] for it in timed]) for p in PHASES},
-        "iteration_s": med([sum(it[p] for p in PHASES) for it in timed]),
-        "rollout_tokens": med([it["tokens"] for it in timed if it.get("tokens") is not None]),
-        "rollout_tok_s": med(rates, 1),
-        "updates": med([it["updates"] for it in timed]),
-        "epochs": med([it["epochs"] for it in timed]),
+        "phases_s": s["phases_s"],
+        "iteration_s": s["iteration_s"],
+        "rollout_tokens": median([it.get("tokens") for it in timed], 4),
+        "rollout_tok_s": median(rates, 1),
+        "updates": s["updates"],
+        "epochs": median([it["epochs"] for it in timed], 4),
         "warmup_s": round(iterations[0]["wall"], 2),
         "compile_s": compile_split(iterations),
         "programs_compiled": iterations[0]["compiled"],
-        "recompiled_in_timed_iterations": sum(it["compiled"] for it in timed),
+        "recompiled_in_timed_iterations": s["recompiled_in_timed_iterations"],
     }
-
-
-def _f(x, fmt="{:.2f}") -> str:
-    return "–" if x is None else fmt.format(x)
 
 
 def report(r: dict) -> str:

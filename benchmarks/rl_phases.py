@@ -99,3 +99,26 @@ def compile_split(iterations: list[dict]) -> dict[str, float | None]:
     first, steady = iterations[0], iterations[1:]
     return {p: None if not steady else round(first[p] - statistics.median(it[p] for it in steady), 2)
             for p in PHASES}
+
+
+def median(xs: Sequence, digits: int | None = None) -> float | None:
+    """The median of the values that are not None (None if there are none), rounded to ``digits`` if given."""
+    xs = [x for x in xs if x is not None]
+    if not xs:
+        return None
+    m = statistics.median(xs)
+    return m if digits is None else round(m, digits)
+
+
+def timed_summary(timed: Sequence[dict], digits: int | None = None) -> dict:
+    """``run_iterations`` records of the timed iterations -> the median of each phase, of the iteration (the
+    phases' sum) and of the optimiser updates, and how many programs compiled while timed (should be 0)."""
+    return {"phases_s": {p: median([it[p] for it in timed], digits) for p in PHASES},
+            "iteration_s": median([sum(it[p] for p in PHASES) for it in timed], digits),
+            "updates": median([it["updates"] for it in timed], digits),
+            "recompiled_in_timed_iterations": sum(it["compiled"] for it in timed)}
+
+
+def dash(x, fmt: str = "{:.2f}") -> str:
+    """A figure for a printed line: ``fmt`` of it, or a dash when there is none."""
+    return "–" if x is None else fmt.format(x)

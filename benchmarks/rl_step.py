@@ -52,8 +52,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from generate import median_or_none, resolve_model, run_one  # noqa: E402  (numpy and the stdlib only)
-from rl_phases import (CONFIG, PHASES, REPO, compile_split, rl_overrides, run_iterations,  # noqa: E402
-                       synthetic_samples)
+from rl_phases import (CONFIG, PHASES, REPO, compile_split, dash as _f, rl_overrides, run_iterations,  # noqa: E402
+                       synthetic_samples, timed_summary)
 
 ENGINES = ("reclm-jax", "transformers")
 
@@ -196,10 +196,7 @@ def summarise(outputs: list[dict]) -> dict:
     engines (median over rounds of each worker's best call) and their ratio, peak memory, load times."""
     jax_runs = sorted((o for o in outputs if o["engine"] == "reclm-jax"), key=lambda o: o["round"])
     timed = [it for o in jax_runs for it in o["iterations"][1:]]
-    s: dict = {"phases_s": {p: median_or_none([it[p] for it in timed]) for p in PHASES}}
-    s["iteration_s"] = median_or_none([sum(it[p] for p in PHASES) for it in timed])
-    s["updates"] = median_or_none([it["updates"] for it in timed])
-    s["recompiled_in_timed_iterations"] = sum(it["compiled"] for it in timed)
+    s: dict = timed_summary(timed)
     s["compile_s"] = []
     for o in jax_runs:
         s["compile_s"].append({"round": o["round"], "programs": o["iterations"][0]["compiled"],
@@ -215,10 +212,6 @@ def summarise(outputs: list[dict]) -> dict:
     ours, theirs = s["rollout_tok_s"]["reclm-jax"], s["rollout_tok_s"]["transformers"]
     s["ratio_rollout_jax_over_transformers"] = round(ours / theirs, 3) if ours and theirs else None
     return s
-
-
-def _f(x, fmt="{:.2f}") -> str:
-    return "–" if x is None else fmt.format(x)
 
 
 def report(s: dict, prompts: int, samples: int, new_tokens: int) -> str:
