@@ -137,10 +137,13 @@ class RequestRows:
         if not allowed:
             return logits
         index = sorted(allowed)
-        mask = torch.zeros((len(index), logits.shape[1]), dtype=torch.bool)
-        for j, i in enumerate(index):
-            toks = allowed[i]
-            mask[j, torch.from_numpy(toks[toks < logits.shape[1]])] = True
-        rows = torch.tensor(index, dtype=torch.long, device=logits.device)
-        logits[rows] = logits[rows].masked_fill(~mask.to(logits.device), float("-inf"))
+        # Only the allowed (row, token) pairs travel to the logits' device (a few KB), not a [rows, vocab] mask.
+        toks = [allowed[i][allowed[i] < logits.shape[1]] for i in index]
+        at_row = np.repeat(np.arange(len(index)), [len(t) for t in toks])
+        at_tok = np.concatenate(toks) if toks else np.zeros(0, np.int64)
+        dev = logits.device
+        mask = torch.zeros((len(index), logits.shape[1]), dtype=torch.bool, device=dev)
+        mask[torch.from_numpy(at_row).to(dev), torch.from_numpy(at_tok.astype(np.int64)).to(dev)] = True
+        rows = torch.tensor(index, dtype=torch.long, device=dev)
+        logits[rows] = logits[rows].masked_fill(~mask, float("-inf"))
         return logits
