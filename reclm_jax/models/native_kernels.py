@@ -6,8 +6,11 @@ as many tiny batched products (profiles in docs/performance.md). Two kernels rep
 spinning worker threads (``native/pool.h``) so every core works on each product:
 
 - ``native_dot`` (``bf16_dot.cc``): bf16 x bf16 -> f32 products with at most ``MAX_ROWS`` rows (training and
-  prefill keep XLA's kernel). The untransposed product is bit-identical to XLA:CPU's (same instruction, same
-  order along K); the transposed one (a tied LM head) sums in another order, within f32 rounding.
+  prefill keep XLA's kernel). With two or more rows the untransposed product is bit-identical to XLA:CPU's
+  (same instruction, same order along K). One row (batch-1 decoding, bound by streaming the weights) is split
+  along K into a fixed number of blocks whose partial sums are added in order, and the transposed product (a
+  tied LM head) sums in another order too: both within f32 rounding of XLA's, and independent of the thread
+  count.
 - ``decode_attention`` (``decode_attention.cc``): one new token's attention over a bf16 cache, writing its key
   and value into the cache in place; the XLA path's numbers to f32 rounding.
 

@@ -40,15 +40,20 @@ def test_product_is_bit_identical_to_xla(m, k, n):
     np.testing.assert_array_equal(ours, np.asarray(jax.jit(_xla_dot, static_argnums=2)(x, w, False)))
 
 
-@pytest.mark.parametrize("k,n", [(576, 1536), (577, 100), (64, 33)])
-def test_one_row_product_equals_xla_two_row_product(k, n):
-    # One row has its own (row-streaming) loop; XLA's one-row dot differs, so the reference is the row inside
-    # a two-row product, which matmul used before (and is XLA's library kernel).
+@pytest.mark.parametrize("k,n", [(576, 1536), (1536, 576), (577, 100), (64, 33), (3, 40), (1, 17)])
+def test_one_row_product_within_f32_rounding(k, n):
+    # One row is split along K into a fixed number of blocks whose f32 partial sums are added in order: not
+    # XLA's order along K, so the reference is the exact product (bf16 products are exact in f64), and the
+    # result must not change from call to call (the split does not depend on the threads).
     rng = np.random.default_rng(k + n)
     x, w = _bf16(rng, (1, k)), _bf16(rng, (k, n), 0.05)
-    ours = np.asarray(jax.jit(native_kernels.native_dot)(x, w))
-    two = jnp.concatenate([x, jnp.zeros_like(x)])
-    np.testing.assert_array_equal(ours, np.asarray(jax.jit(_xla_dot, static_argnums=2)(two, w, False))[:1])
+    fn = jax.jit(native_kernels.native_dot)
+    ours = np.asarray(fn(x, w), np.float64)
+    exact = np.asarray(x, np.float64) @ np.asarray(w, np.float64)
+    scale = np.abs(np.asarray(x, np.float64)) @ np.abs(np.asarray(w, np.float64))
+    assert np.all(np.abs(ours - exact) <= 4 * k * 2.0 ** -24 * scale + 1e-30)
+    for _ in range(3):
+        np.testing.assert_array_equal(np.asarray(fn(x, w)), ours.astype(np.float32))
 
 
 @pytest.mark.parametrize("m,k,n", [(1, 576, 1000), (5, 31, 7), (16, 576, 4099), (64, 96, 130)])
@@ -160,8 +165,14 @@ def test_greedy_decoding_is_unchanged_by_the_native_kernels(monkeypatch):
                       kernels="cpu")
     model = LlamaForCausalLM(cfg, nnx.Rngs(0))
     prompts = np.random.default_rng(0).integers(1, 300, size=(5, 11)).tolist()
+    # Five rows (the strip kernel) and one row at a time (the K-split one-row kernel).
     native = Sampler(model, pad_id=0)(prompts, max_new_tokens=12)
+    single = [Sampler(model, pad_id=0)([p], max_new_tokens=12) for p in prompts[:2]]
     monkeypatch.setattr(native_kernels, "library", lambda: None)
     plain = Sampler(model, pad_id=0)(prompts, max_new_tokens=12)
     np.testing.assert_array_equal(native.tokens, plain.tokens)
     np.testing.assert_allclose(native.logprobs, plain.logprobs, atol=2e-2)
+    for i, one in enumerate(single):
+        alone = Sampler(model, pad_id=0)([prompts[i]], max_new_tokens=12)
+        np.testing.assert_array_equal(one.tokens, alone.tokens)
+        np.testing.assert_allclose(one.logprobs, alone.logprobs, atol=2e-2)
