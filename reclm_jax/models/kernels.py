@@ -23,6 +23,9 @@ supports; on ``"cpu"`` the native kernel instead, where it applies).
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+
 import jax
 import jax.numpy as jnp
 
@@ -54,13 +57,48 @@ def _resolved(kernels: str) -> str:
     return kernels
 
 
-def linear_dot(x: jnp.ndarray, w: jnp.ndarray, kernels: str, transposed: bool = False) -> jnp.ndarray:
+# Decoding on "cpu": kernels packed for the native product (``native_kernels.pack_kernel``) by the Linear's
+# ``uid``. A decoding program packs them once, outside its loop, and traces its model calls inside
+# ``packed_weights`` (models/sampler.py); everywhere else there are none and the plain kernels are used.
+_PACKED: contextvars.ContextVar[dict | None] = contextvars.ContextVar("reclm_packed_kernels", default=None)
+
+
+@contextlib.contextmanager
+def packed_weights(packed: dict | None):
+    """While tracing inside this block, Linears whose ``uid`` is in ``packed`` ({uid: packed kernel}) multiply
+    few-row inputs by the packed kernel (``linear_dot``'s ``packed``); ``None`` or {}: no packed kernels."""
+    token = _PACKED.set(packed or None)
+    try:
+        yield
+    finally:
+        _PACKED.reset(token)
+
+
+def packed_kernel(uid: int):
+    """The packed kernel of the Linear ``uid`` in the current ``packed_weights`` block, else None."""
+    packed = _PACKED.get()
+    return None if packed is None else packed.get(uid)
+
+
+def pack_for_decoding(kernel: jnp.ndarray, kernels: str):
+    """A Linear's [in, out] kernel -> its packed form for the native few-row product, or None where that does not
+    apply (``"xla"``, not bf16, no native library): the caller then keeps the plain kernel."""
+    if _resolved(kernels) == "cpu" and native_kernels.pack_applies(kernel):
+        return native_kernels.pack_kernel(kernel)
+    return None
+
+
+def linear_dot(x: jnp.ndarray, w: jnp.ndarray, kernels: str, transposed: bool = False,
+               packed: jnp.ndarray | None = None) -> jnp.ndarray:
     """x [M, K] @ w [K, N] (w [N, K] when ``transposed``) -> [M, N] in x's dtype (both operands share it).
 
     ``transposed`` serves a tied LM head, which contracts the [vocab, hidden] embedding without
-    materialising its transpose.
+    materialising its transpose. ``packed``: w's ``pack_for_decoding`` form, used (on ``"cpu"``) for inputs
+    of few enough rows; the result is the same bits either way.
     """
     if _resolved(kernels) == "cpu":
+        if packed is not None and native_kernels.dot_applies(x, w):
+            return native_kernels.packed_dot(x, packed, w.shape[1]).astype(x.dtype)
         return matmul(x, w, transposed)
     return jax.lax.dot_general(x, w, (((1,), (1 if transposed else 0,)), ((), ())))
 

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from reclm_jax.models.kernels import linear_dot, resolve_kernels
+from reclm_jax.models.kernels import linear_dot, pack_for_decoding, packed_kernel, resolve_kernels
 
 
 def dropout_keep(key: jax.Array, rate: float, shape: tuple[int, ...]) -> jnp.ndarray:
@@ -139,7 +139,7 @@ class Linear(nnx.Module):
         if adapter is not None and adapter in self.full:
             y = linear_dot(x, self.full[adapter][...].astype(self.dtype), self.kernels)
         elif kernel_t is None:
-            y = linear_dot(x, self.kernel[...].astype(self.dtype), self.kernels)
+            y = linear_dot(x, self.kernel[...].astype(self.dtype), self.kernels, packed=packed_kernel(self.uid))
         else:
             y = linear_dot(x, kernel_t.astype(self.dtype), self.kernels, transposed=True)
         if self.bias is not None:
@@ -154,3 +154,22 @@ class Linear(nnx.Module):
             low = linear_dot(h, ad["a"][...].astype(self.dtype), self.kernels)
             y = y + linear_dot(low, ad["b"][...].astype(self.dtype), self.kernels) * jnp.asarray(scale, self.dtype)
         return y.reshape(*lead, y.shape[-1])
+
+
+def pack_linears(model: nnx.Module) -> dict[int, jnp.ndarray]:
+    """{uid: packed kernel} of every Linear of ``model`` whose frozen 2-D kernel the native few-row product can
+    use packed (``kernels.pack_for_decoding``); {} where none can (GPUs, TPUs, float32, a layer stack's [L, in, out]
+    kernels). A decoding program computes it once and traces its steps inside ``kernels.packed_weights``."""
+    packed, seen = {}, set()
+    for _, module in nnx.iter_modules(model):
+        if not isinstance(module, Linear):
+            continue
+        if module.uid in seen:  # uids key the packed kernels: a shared one (e.g. an extra head's default 0) never is
+            packed.pop(module.uid, None)
+            continue
+        seen.add(module.uid)
+        if module.kernel is not None and module.kernel[...].ndim == 2:
+            wp = pack_for_decoding(module.kernel[...].astype(module.dtype), module.kernels)
+            if wp is not None:
+                packed[module.uid] = wp
+    return packed

@@ -11,6 +11,9 @@ spinning worker threads (``native/pool.h``) so every core works on each product:
   along K into a fixed number of blocks whose partial sums are added in order, and the transposed product (a
   tied LM head) sums in another order too: both within f32 rounding of XLA's, and independent of the thread
   count.
+- ``packed_dot`` (``packed_dot.cc``): the same products against a kernel packed once per decoding call
+  (``pack_kernel``: each 64-column strip contiguous, in vdpbf16ps pairs). The strip kernel's strided reads of
+  [K, N] bound it at a few rows; packed it streams, bit-identical to XLA's product at every row count.
 - ``decode_attention`` (``decode_attention.cc``): one new token's attention over a bf16 cache, writing its key
   and value into the cache in place; the XLA path's numbers to f32 rounding.
 
@@ -41,8 +44,8 @@ log = logging.getLogger(__name__)
 
 MAX_ROWS = 128  # above this XLA's kernel is as fast (measured: 64 rows still 1.2x faster natively)
 NATIVE_DIR = Path(__file__).parent / "native"
-SOURCES = ("bf16_dot.cc", "decode_attention.cc")
-_TARGETS = ("reclm_dot_kn", "reclm_dot_nk", "reclm_decode_attention")
+SOURCES = ("bf16_dot.cc", "packed_dot.cc", "decode_attention.cc")
+_TARGETS = ("reclm_dot_kn", "reclm_dot_nk", "reclm_dot_packed", "reclm_decode_attention")
 
 
 def _cpu_has_bf16() -> bool:
@@ -114,6 +117,30 @@ def native_dot(x: jnp.ndarray, w: jnp.ndarray, transposed: bool = False) -> jnp.
     target = "reclm_dot_nk" if transposed else "reclm_dot_kn"
     return jax.ffi.ffi_call(target, jax.ShapeDtypeStruct((x.shape[0], n), jnp.float32),
                             vmap_method="sequential")(x, w)
+
+
+STRIP = 64  # columns per packed strip (packed_dot.cc)
+
+
+def pack_applies(w: jnp.ndarray) -> bool:
+    """Whether a [K, N] kernel is worth packing for ``packed_dot``: bf16, on a machine that built the kernels."""
+    return w.ndim == 2 and w.dtype == jnp.bfloat16 and library() is not None
+
+
+def pack_kernel(w: jnp.ndarray) -> jnp.ndarray:
+    """bf16 w [K, N] -> wp [ceil(N / 64), ceil(K / 2), 64, 2] with wp[s, j, c, t] = w[2j + t, 64s + c], zeros past
+    K and N: each 64-column strip one contiguous block, in the (k, k+1) pairs the product multiplies."""
+    k, n = w.shape
+    strips, pairs = -(-n // STRIP), -(-k // 2)
+    w = jnp.pad(w, ((0, 2 * pairs - k), (0, STRIP * strips - n)))
+    return w.reshape(pairs, 2, strips, STRIP).transpose(2, 0, 3, 1)
+
+
+def packed_dot(x: jnp.ndarray, wp: jnp.ndarray, n: int) -> jnp.ndarray:
+    """bf16 x [M, K] @ w [K, n] from its ``pack_kernel`` form -> float32 [M, n], bit-identical to XLA's bf16 dot.
+    Needs ``dot_applies``-sized x (at most ``MAX_ROWS`` rows)."""
+    return jax.ffi.ffi_call("reclm_dot_packed", jax.ShapeDtypeStruct((x.shape[0], n), jnp.float32),
+                            vmap_method="sequential")(x, wp)
 
 
 def attention_applies(q: jnp.ndarray, keys: jnp.ndarray) -> bool:

@@ -32,6 +32,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import functools
+import weakref
 from typing import Any, Sequence
 
 import jax
@@ -42,8 +43,9 @@ from flax import nnx
 from reclm_jax.errors import UserError
 from reclm_jax.models.generation import (MAX_STOP_IDS, GenerationResult, LogitsProcessor, SamplingConfig, bucket,
                                          chosen_logprobs, left_pad, sample_tokens)
+from reclm_jax.models.kernels import packed_weights
 from reclm_jax.models.kv_cache import constrain_cache, init_cache
-from reclm_jax.models.linear import LoRAParam
+from reclm_jax.models.linear import LoRAParam, pack_linears
 from reclm_jax.models.lora import mesh_of
 from reclm_jax.models.sharding import constrain
 
@@ -208,6 +210,7 @@ class Sampler:
         self.min_prompt_bucket, self.min_length_bucket = min_prompt_bucket, min_length_bucket
         self.traces = 0  # how often this Sampler's programs were traced (= compiled)
         self._programs: dict[tuple, Any] = {}
+        self._packed: tuple[list, dict] | None = None  # packed_kernels()' cache: (weakrefs to its weights, packed)
 
     # -- weights ------------------------------------------------------------------------------------------
     def update_params(self, trainable: nnx.State) -> None:
@@ -232,6 +235,27 @@ class Sampler:
             s = getattr(o, "sharding", None)
             placed.append(n if s is None or getattr(n, "sharding", None) == s else jax.device_put(n, s))
         self.trainable = jax.tree.unflatten(new_tree, placed)
+
+    def packed_kernels(self) -> dict:
+        """{Linear uid: kernel packed for the native few-row product} (``linear.pack_linears``), computed once per
+        set of weights and kept, so a decoding call streams packed kernels without repacking them (one pass over
+        the weights, about 0.2 s for SmolLM2 on the 2-core dev machine). {} off the CPU kernels, without the native
+        library, and on a mesh of more than one device (the native calls there would gather sharded weights).
+        Costs one more copy of the packed kernels in memory while this Sampler holds its weights."""
+        rt = self.runtime
+        mesh = getattr(rt, "mesh", None)
+        if mesh is not None and mesh.size > 1:
+            return {}
+        # Kept while the weights are the same arrays (weak references: a kept packing never keeps old weights
+        # alive, and a freed array's id can never be mistaken for a live one); any swap repacks.
+        leaves = jax.tree.leaves((self.trainable, self.frozen))
+        if self._packed is not None:
+            refs, packed = self._packed
+            if len(refs) == len(leaves) and all(r() is x for r, x in zip(refs, leaves)):
+                return packed
+        packed = _pack_program(self.graphdef)(self.trainable, self.frozen)
+        self._packed = ([weakref.ref(x) for x in leaves], packed)
+        return packed
 
     # -- generation ---------------------------------------------------------------------------------------
     def __call__(self, prompts: Sequence[Sequence[int]], *, max_new_tokens: int | Sequence[int],
@@ -296,7 +320,7 @@ class Sampler:
         if rt is not None:
             batch, shared = rt.place_tree(batch), rt.replicate(shared)
         with rt.activate() if rt is not None else contextlib.nullcontext():
-            out = program(self.trainable, self.frozen, *batch, shared)
+            out = program(self.trainable, self.frozen, self.packed_kernels(), *batch, shared)
         toks, logp, lens, stopped, *top = (read_rows(x, mine[:n]) for x in out)
         width = int(limits.max())
         top_ids, top_lp = (top[0][:, :width], top[1][:, :width]) if top else (None, None)
@@ -309,17 +333,23 @@ class Sampler:
         if key not in self._programs:
             graphdef, pad_id, cache_dtype = self.graphdef, self.pad_id, self.cache_dtype
 
-            def program(trainable, frozen, tokens, mask, limits, stops, seeds, per_row, shared):
+            def program(trainable, frozen, packed, tokens, mask, limits, stops, seeds, per_row, shared):
                 self.traces += 1  # runs only while tracing
                 _TRACES[0] += 1
                 model = nnx.merge(graphdef, trainable, frozen)
                 data = {**shared, **per_row} if per_row else shared
-                return _decode(model, tokens, mask, limits, stops, seeds, data, length=length, sampling=sampling,
+                return _decode(model, packed, tokens, mask, limits, stops, seeds, data, length=length, sampling=sampling,
                                adapter=adapter, processor=processor, pad_id=pad_id, cache_dtype=cache_dtype,
                                top_logprobs=top_logprobs)
 
             self._programs[key] = jax.jit(program)
         return self._programs[key]
+
+
+@functools.lru_cache(maxsize=8)
+def _pack_program(graphdef):
+    """The jitted ``pack_linears`` of one model structure (shared by every Sampler of it, compiled once)."""
+    return jax.jit(lambda trainable, frozen: pack_linears(nnx.merge(graphdef, trainable, frozen)))
 
 
 def _split_processor_data(processor, data, n: int, rows: int) -> tuple[Any, dict]:
@@ -340,7 +370,7 @@ def _split_processor_data(processor, data, n: int, rows: int) -> tuple[Any, dict
     return {k: v for k, v in data.items() if k not in fields}, per_row
 
 
-def _decode(model, tokens, mask, limits, stops, seeds, data, *, length, sampling, adapter, processor, pad_id,
+def _decode(model, packed, tokens, mask, limits, stops, seeds, data, *, length, sampling, adapter, processor, pad_id,
             cache_dtype, top_logprobs=0):
     """tokens int32 [B, P] (left-padded), mask bool [B, P], limits int32 [B] (0 = idle row), stops int32
     [B, 8], seeds uint32 [B, 2] -> (tokens int32 [B, length], logprobs f32 [B, length], lengths int32 [B],
@@ -349,8 +379,10 @@ def _decode(model, tokens, mask, limits, stops, seeds, data, *, length, sampling
     b, p = tokens.shape
     cache = init_cache(cfg, b, p + length, jnp.dtype(cache_dtype) if cache_dtype else None)
     cache = constrain_cache(cache)  # batch over the data axes, KV heads over tp
-    out = model(tokens, attention_mask=mask, cache=cache, adapter=adapter, prefill=True, compute_logits=False)
-    first_logits = model.head(out.hidden[:, -1:], adapter=adapter)[:, 0]
+    # ``packed``: Sampler.packed_kernels(), the kernels in the native few-row product's layout (or {}).
+    with packed_weights(packed):
+        out = model(tokens, attention_mask=mask, cache=cache, adapter=adapter, prefill=True, compute_logits=False)
+        first_logits = model.head(out.hidden[:, -1:], adapter=adapter)[:, 0]
     proc_state = processor.init(tokens, mask, data) if processor is not None else ()
     row_keys = jax.vmap(lambda s, i: jax.random.fold_in(jax.random.key(s), i))(seeds[:, 0], seeds[:, 1])
 
@@ -400,7 +432,8 @@ def _decode(model, tokens, mask, limits, stops, seeds, data, *, length, sampling
 
     def body(carry):
         step, cache, tok, done, stopped, lengths, out_tokens, out_logp, proc_state, out_top = carry
-        out = model(tok[:, None], cache=cache, adapter=adapter)
+        with packed_weights(packed):
+            out = model(tok[:, None], cache=cache, adapter=adapter)
         new, lp, top = choose(out.logits[:, 0], step, proc_state)
         new = jnp.where(done, pad_id, new)
         if processor is not None:

@@ -176,3 +176,65 @@ def test_greedy_decoding_is_unchanged_by_the_native_kernels(monkeypatch):
         alone = Sampler(model, pad_id=0)([prompts[i]], max_new_tokens=12)
         np.testing.assert_array_equal(one.tokens, alone.tokens)
         np.testing.assert_allclose(one.logprobs, alone.logprobs, atol=2e-2)
+
+
+@pytest.mark.parametrize("m,k,n", [(1, 576, 1536), (2, 577, 100), (3, 64, 33), (16, 576, 192), (16, 1536, 576),
+                                   (64, 31, 7), (128, 96, 130)])
+def test_packed_product_is_bit_identical_to_xla(m, k, n):
+    # The packed kernel sums the strip kernel's pairs in its order: XLA's bits at every row count, one row too.
+    rng = np.random.default_rng(m + k + n)
+    x, w = _bf16(rng, (m, k)), _bf16(rng, (k, n), 0.05)
+    wp = native_kernels.pack_kernel(w)
+    assert wp.shape == (-(-n // 64), -(-k // 2), 64, 2)
+    ours = np.asarray(jax.jit(native_kernels.packed_dot, static_argnums=2)(x, wp, n))
+    ref_x = jnp.concatenate([x, jnp.zeros_like(x)]) if m == 1 else x  # XLA's one-row dot is another kernel
+    want = np.asarray(jax.jit(_xla_dot, static_argnums=2)(ref_x, w, False))[:m]
+    np.testing.assert_array_equal(ours, want)
+
+
+def _tiny_bf16_model(**kw):
+    from flax import nnx
+
+    from reclm_jax.models.llama import LlamaForCausalLM
+    from reclm_jax.models.llama_config import LlamaConfig
+
+    cfg = LlamaConfig(vocab_size=300, hidden_size=128, intermediate_size=256, num_layers=2, num_heads=4,
+                      num_kv_heads=2, head_dim=32, param_dtype="bfloat16", dtype="bfloat16", kernels="cpu", **kw)
+    return LlamaForCausalLM(cfg, nnx.Rngs(0))
+
+
+def test_pack_linears_packs_every_plain_kernel_once():
+    from reclm_jax.models.linear import Linear, pack_linears
+    from flax import nnx
+
+    model = _tiny_bf16_model(tie_word_embeddings=False)
+    packed = pack_linears(model)
+    linears = [m for _, m in nnx.iter_modules(model) if isinstance(m, Linear)]
+    assert sorted(packed) == sorted(m.uid for m in linears)  # 7 per layer and the untied head
+    for m in linears:
+        np.testing.assert_array_equal(np.asarray(packed[m.uid]), np.asarray(native_kernels.pack_kernel(m.kernel[...])))
+    # A second Linear with a uid already taken: neither is packed (the uid would pick the wrong kernel).
+    model.extra = Linear(128, 4, param_dtype=jnp.bfloat16, dtype=jnp.bfloat16, uid=linears[0].uid, kernels="cpu",
+                         rngs=nnx.Rngs(1))
+    assert linears[0].uid not in pack_linears(model)
+    # Kernels on the XLA path are never packed.
+    model.model.layers[0].mlp.down_proj.kernels = "xla"
+    assert model.model.layers[0].mlp.down_proj.uid not in pack_linears(model)
+
+
+def test_sampler_packs_once_per_set_of_weights():
+    from reclm_jax.models.lora import LoraConfig, add_lora
+    from reclm_jax.models.sampler import Sampler
+
+    model = _tiny_bf16_model(tie_word_embeddings=True)
+    add_lora(model, LoraConfig(rank=4, targets=("q_proj",), param_dtype="bfloat16"), "a")
+    sampler = Sampler(model, pad_id=0)
+    first = sampler.packed_kernels()
+    assert first and sampler.packed_kernels() is first  # kept while the weights are the same arrays
+    prompts = [[5, 6, 7], [9]]
+    before = sampler(prompts, max_new_tokens=6)
+    assert sampler.packed_kernels() is first
+    sampler.update_params(jax.tree.map(lambda x: x + 0, sampler.trainable))  # new arrays: repacked
+    assert sampler.packed_kernels() is not first
+    after = sampler(prompts, max_new_tokens=6)
+    np.testing.assert_array_equal(before.tokens, after.tokens)

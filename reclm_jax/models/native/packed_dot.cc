@@ -1,0 +1,108 @@
+// Few-row bf16 x bf16 -> f32 products against a weight matrix packed for decoding (an XLA FFI custom call).
+//
+//   reclm_dot_packed:  out[M, N] = x[M, K] @ w[K, N], w given packed as wp[S, K2, 64, 2] with
+//                      wp[s, j, c, t] = w[2j + t, 64s + c] (zero past K and N; S = ceil(N / 64), K2 = ceil(K / 2))
+//
+// Why: bf16_dot.cc's strip kernel reads w [K, N] as 64-column strips, 128 bytes from each of K rows a row
+// apart; at a few rows per product that strided stream, not the arithmetic, bounds it (measured on AMD Zen 4,
+// 2 cores, the 30 layers of SmolLM2: 18 ms per step at 16 rows, 15 ms at 4, where reading the 212 MB takes
+// about 10). Packed, each strip is one contiguous block, already in the (k, k+1) pairs vdpbf16ps multiplies, so
+// the permutes go too: 14-15 ms at 16 rows, 9-10 ms at 1 to 8. The sampler packs each kernel once per call,
+// outside its decoding loop (models/linear.py, models/sampler.py).
+//
+// The sums are the strip kernel's: the same vdpbf16ps pairs in the same order along K, so the result is
+// bit-identical to XLA:CPU's bf16 product (checked by the tests), at every row count, one row included.
+#include "pool.h"
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+using reclm::Pool;
+
+struct Packed {
+  const uint16_t* x;   // [M, K]
+  const uint16_t* wp;  // [S, K2, 64, 2]
+  float* out;          // [M, N]
+  int64_t m, k, n, k2;
+};
+
+constexpr int kRowsPerBlock = 6;  // 24 accumulators + 4 weight vectors + 1 broadcast of 32 registers
+
+// Rows [m0, m0 + MB) of strip `s`: acc[i][j] lane l holds out(m0 + i, 64 s + 16 j + l).
+template <int MB>
+inline void PackedBlock(const Packed& d, int64_t s, int64_t m0) {
+  const int64_t K = d.k, N = d.n;
+  const uint16_t* strip = d.wp + s * d.k2 * 128;
+  const uint16_t* x = d.x + m0 * K;
+  __m512 acc[MB][4];
+  for (int i = 0; i < MB; ++i)
+    for (int j = 0; j < 4; ++j) acc[i][j] = _mm512_setzero_ps();
+  for (int64_t j = 0; j < d.k2; ++j) {
+    const uint16_t* p = strip + j * 128;
+    const __m512bh v0 = (__m512bh)_mm512_loadu_si512(p), v1 = (__m512bh)_mm512_loadu_si512(p + 32),
+                   v2 = (__m512bh)_mm512_loadu_si512(p + 64), v3 = (__m512bh)_mm512_loadu_si512(p + 96);
+    const int64_t k = 2 * j;
+    for (int i = 0; i < MB; ++i) {
+      int32_t pair;
+      if (k + 1 < K) {
+        __builtin_memcpy(&pair, x + i * K + k, sizeof(pair));
+      } else {  // odd K: the last x value pairs with zero, as its packed row does
+        pair = static_cast<int32_t>(x[i * K + k]);
+      }
+      const __m512bh xb = (__m512bh)_mm512_set1_epi32(pair);
+      acc[i][0] = _mm512_dpbf16_ps(acc[i][0], v0, xb);
+      acc[i][1] = _mm512_dpbf16_ps(acc[i][1], v1, xb);
+      acc[i][2] = _mm512_dpbf16_ps(acc[i][2], v2, xb);
+      acc[i][3] = _mm512_dpbf16_ps(acc[i][3], v3, xb);
+    }
+  }
+  const int64_t col = s * 64, width = std::min<int64_t>(64, N - col);
+  for (int i = 0; i < MB; ++i) {
+    float* o = d.out + (m0 + i) * N + col;
+    for (int j = 0; j < 4; ++j) {
+      const int64_t left = width - 16 * j;
+      if (left >= 16) {
+        _mm512_storeu_ps(o + 16 * j, acc[i][j]);
+      } else if (left > 0) {
+        _mm512_mask_storeu_ps(o + 16 * j, static_cast<__mmask16>((1u << left) - 1), acc[i][j]);
+      }
+    }
+  }
+}
+
+void PackedStrips(const void* ctx, int64_t begin, int64_t end) {
+  const Packed& d = *static_cast<const Packed*>(ctx);
+  // Row blocks of equal size (16 rows -> 6 + 5 + 5); each block re-reads the strip, from cache after the first.
+  const int64_t blocks = (d.m + kRowsPerBlock - 1) / kRowsPerBlock;
+  for (int64_t s = begin; s < end; ++s) {
+    for (int64_t b = 0; b < blocks; ++b) {
+      const int64_t m0 = d.m * b / blocks, rows = d.m * (b + 1) / blocks - m0;
+      switch (rows) {
+        case 6: PackedBlock<6>(d, s, m0); break;
+        case 5: PackedBlock<5>(d, s, m0); break;
+        case 4: PackedBlock<4>(d, s, m0); break;
+        case 3: PackedBlock<3>(d, s, m0); break;
+        case 2: PackedBlock<2>(d, s, m0); break;
+        default: PackedBlock<1>(d, s, m0); break;
+      }
+    }
+  }
+}
+
+ffi::Error DotPackedImpl(ffi::Buffer<ffi::BF16> x, ffi::Buffer<ffi::BF16> wp, ffi::ResultBuffer<ffi::F32> out) {
+  const auto xd = x.dimensions(), wd = wp.dimensions(), od = out->dimensions();
+  if (xd.size() != 2 || wd.size() != 4 || od.size() != 2 || wd[2] != 64 || wd[3] != 2 || od[0] != xd[0] ||
+      wd[1] != (xd[1] + 1) / 2 || wd[0] != (od[1] + 63) / 64)
+    return ffi::Error::InvalidArgument("dot_packed: shapes");
+  const Packed d{reinterpret_cast<const uint16_t*>(x.untyped_data()),
+                 reinterpret_cast<const uint16_t*>(wp.untyped_data()), out->typed_data(), xd[0], xd[1], od[1], wd[1]};
+  if (d.m && d.n) Pool::Get().Run(PackedStrips, &d, wd[0]);
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(reclm_dot_packed, DotPackedImpl,
+                              ffi::Ffi::Bind().Arg<ffi::Buffer<ffi::BF16>>().Arg<ffi::Buffer<ffi::BF16>>().Ret<ffi::Buffer<ffi::F32>>());
