@@ -1,6 +1,8 @@
 """Logit and greedy-generation parity with transformers.LlamaForCausalLM on the three tiny model shapes, with
 both kernel choices (``xla`` is the GPU/TPU path, ``cpu`` the XLA:CPU fast paths; both run here)."""
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
@@ -56,3 +58,24 @@ def test_remat_and_bf16_run_close(tiny_llama_factory, kernels):
     assert bf16.model.layers[0].mlp.up_proj.kernel[...].dtype == np.dtype("bfloat16")
     out = np.asarray(bf16(tokens).logits, np.float32)
     assert np.abs(out - base).max() < 0.05 * np.abs(base).max()
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
+def test_take_rows_is_jnp_take_with_its_gradient(dtype):
+    # The bf16 table is gathered through its uint16 bits (no f32 copy of the table): same rows, NaN rows for
+    # out-of-range ids as jnp.take's default, and the same gradient.
+    from reclm_jax.models.llama import take_rows
+
+    rng = np.random.default_rng(0)
+    table = jnp.asarray(rng.standard_normal((50, 8)), dtype)
+    ids = jnp.asarray([[0, 3, 49, -1], [7, 7, 50, 2]], jnp.int32)
+    want = jnp.take(table, ids, axis=0)
+    got = jax.jit(take_rows)(table, ids)
+    assert got.dtype == table.dtype
+    np.testing.assert_array_equal(np.asarray(got, np.float32), np.asarray(want, np.float32))
+    assert np.isnan(np.asarray(got[1, 2], np.float32)).all()
+    weights = jnp.asarray(rng.standard_normal((2, 4, 8)), jnp.float32)
+    loss = lambda f: lambda t: jnp.nansum(f(t).astype(jnp.float32) * weights)
+    g_got = jax.grad(loss(lambda t: take_rows(t, ids)))(table)
+    g_want = jax.grad(loss(lambda t: jnp.take(t, ids, axis=0)))(table)
+    np.testing.assert_allclose(np.asarray(g_got, np.float32), np.asarray(g_want, np.float32), rtol=1e-2, atol=1e-2)
