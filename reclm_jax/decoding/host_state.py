@@ -1,7 +1,7 @@
 """``HostRow``: one row of ``CatalogueProcessor``'s state machine on the host, in numpy, token by token, for
 decoders that are not the JAX Sampler (the vLLM plugin, ``vllm_batch.py``). It follows exactly the processor's
-rules (``processor.py``: phases NUM / ITEM / DONE, the trie walk, the count and category bookkeeping, the exits
-and the dead-end rule), so the same logits give the same greedy tokens; ``tests/decoding/test_host_state.py``
+rules (``processor.py``: phases NUM / ITEM / DONE, the trie walk, the count and category bookkeeping, the exits,
+the dead-end rule and the token budget, with the same ``budget.plans``), so the same logits give the same greedy tokens; ``tests/decoding/test_host_state.py``
 compares the two step by step. Nothing here imports JAX.
 
 Per row, as the processor: ``avail`` / ``avail_in`` uint32 [W] (bitsets of the items the row may still write,

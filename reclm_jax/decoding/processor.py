@@ -4,19 +4,32 @@ Each row walks the list format (``list_format.py``): the forced number tokens of
 trie of item pieces (phase ITEM) until it leaves it at a leaf with the next number's first token (CONT) or the
 end token (END), then nothing but the end token (phase DONE). A child token is allowed when some item below it
 can still be written: the item ranks below a node are one range ``[lo, hi)``, so the question is a range count
-over the row's bitset of available items, answered in O(1) from per-row prefix counts over the bitset's words.
+over a per-row bitset, answered in O(1) from per-row prefix counts over the bitset's words.
 
 Per-row state (B rows, W = ceil(N / 32) words): ``phase``, ``pos`` (token within NUM), ``node``, ``count``
-(items written), ``ccount`` (of them in the row's category) int32 [B]; ``avail`` (catalogue & candidates &
-category rule & not history & not yet written) and ``avail_in`` (the same & in the row's category) uint32
-[B, W]; their prefix popcounts ``pre_all``, ``pre_in`` int32 [B, W + 1]. Nothing is [items x vocab]; a step
-costs O(B * children) range counts plus, when some row completes an item, an O(B * W) prefix update.
+(items written), ``ccount`` (of them in the row's category), ``t`` (tokens written) int32 [B]; ``avail``
+(catalogue & candidates & category rule & not history & not yet written) and ``avail_in`` (the same & in the
+row's category) uint32 [B, W]; for the current item ``fit`` uint32 [B, 4, W] (the available items in / outside
+the category whose CONT piece fits the budget, then those whose END piece does) with prefix popcounts
+``fit_pre`` int32 [B, 4, W + 1], and ``force_end`` bool [B]. Nothing is [items x vocab]; a step costs
+O(B * children) range counts plus, when some row starts an item, an O(B * W) bitset update.
 
 Count rules, with k_min <= items <= k_max and c_min <= items in category <= c_max: an item in C may start only
 while ccount + 1 <= c_max, one outside C only while the slots left can still hold the C items missing
 (c_min - ccount <= k_max - count - 1); the list may end only once count >= k_min and ccount >= c_min, and
-may continue only while count + 1 < k_max. Rows with ``active`` False (and the sampler's all-zero idle rows)
-keep their logits.
+may continue only while count + 1 < k_max.
+
+Token budget (``budget.py``; the row's ``limit`` is its ``max_new_tokens``, per-row data, so new limits are
+traced values): when an item's title starts at step t0, ``left = limit - t0`` tokens remain, the end token
+included. A path is open only towards an item whose END piece fits in ``left - 1`` (it can be the last), or
+whose CONT piece fits with ``reserve`` of what must follow (the items the count rules still need, or just one
+more when those do not fit; the next numbers and the end token included). The row may leave by CONT only with
+such an item, and when no item at all can be followed (``force_end``) it may end after the current one whatever
+the counts: **the budget wins over the count rules**, so a list that cannot hold k items (or c of C) ends on a
+whole item short of them instead of being cut mid-title. A list whose first item and end do not fit in the
+limit is empty (DONE at once). Because the reserve bounds the cheapest completion from above, every open path
+can be finished within the limit, and a limit that holds the rule's cheapest list gets the rule's counts.
+Rows with ``active`` False (and the sampler's all-zero idle rows) keep their logits.
 """
 
 from __future__ import annotations
