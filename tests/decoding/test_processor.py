@@ -180,3 +180,30 @@ def test_sampler_lists_end_within_their_rows_limits(kind, temperature, make_cata
         if traces is None:
             traces = trace_count()
     assert trace_count() == traces
+
+
+@pytest.mark.realdata
+def test_movielens_item_count_lists_end_whole_at_192_tokens():
+    """SmolLM2's tokenizer over the ML-1M catalogue, random logits: ItemCount lists of 5 to 20 items at 192 new
+    tokens (where 4 of 12 were cut before the budget rule) and at tight random limits all end, within the
+    limit, on whole items; the rows whose limit fits their k get exactly k."""
+    from pathlib import Path
+
+    from reclm_jax.decoding import ConstrainedCatalogue, ListConstraint
+    from reclm_jax.data.item_index import load_dataset
+    from reclm_jax.models.fetch import ensure_smollm2
+    from reclm_jax.models.tokenizer import load_tokenizer
+
+    data = Path.home() / ".cache" / "reclm_jax" / "datasets" / "ml-1m"
+    if not data.is_dir():
+        pytest.skip(f"no {data} (python -m reclm_jax.datasets.prepare --dataset ml-1m)")
+    tok = load_tokenizer(ensure_smollm2())
+    raw, index = load_dataset(data, "title", tokenizer=tok)
+    cat = ConstrainedCatalogue.from_dataset(raw, index, tok, tok.eos_token, max_items=32)
+    rng = np.random.default_rng(0)
+    cons = [ListConstraint(k_min=k, k_max=k, exclude=tuple(rng.choice(cat.items, 10).tolist()))
+            for k in rng.integers(5, 21, 16).tolist()]
+    for limits in ([192] * 16, rng.integers(8, 192, 16).tolist()):
+        rows = _random_logit_decode(cat.processor_data(cons, limits=limits), jax.random.key(0), proc=cat.processor,
+                                    vocab=len(tok), steps=192, temperature=1.0)
+        _check_budget(np.asarray(rows), limits, cons, cat, raw.item2category, tok)
