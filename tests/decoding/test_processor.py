@@ -57,15 +57,20 @@ def _check(texts, constraints, cat, i2c):
         assert violations(titles, c, cat, i2c) == [], (text, c)
 
 
+def _random_batch(make_catalogue, kind, rng, seed):
+    """(catalogue, item2category, 16 constraints) of random catalogue ``seed``."""
+    cat, items, titles, i2c, cats = make_catalogue(kind, n=60, seed=seed)
+    cons = [c for c in random_constraints(rng, items, cats, 16) if c is not None]
+    return cat, i2c, (cons * 2)[:16]  # a fixed batch: every catalogue of a size reuses the program
+
+
 @pytest.mark.parametrize("kind", ["bpe", "sp"])
 @pytest.mark.parametrize("temperature", [0.0, 1.0])
 def test_random_logits_obey_every_rule(kind, temperature, make_catalogue, load_tok):
     tok = load_tok(kind)
     rng = np.random.default_rng(11)
     for seed in range(3):
-        cat, items, titles, i2c, cats = make_catalogue(kind, n=60, seed=seed)
-        cons = [c for c in random_constraints(rng, items, cats, 16) if c is not None]
-        cons = (cons * 2)[:16]  # a fixed batch: every catalogue of a size reuses the program
+        cat, i2c, cons = _random_batch(make_catalogue, kind, rng, seed)
         data = cat.processor_data(cons)
         rows = _random_logit_decode(data, jax.random.key(seed), proc=cat.processor, vocab=len(tok), steps=160,
                                     temperature=temperature)
@@ -150,9 +155,7 @@ def test_random_logits_end_lists_within_tight_limits(kind, temperature, make_cat
     tok = load_tok(kind)
     rng = np.random.default_rng(13)
     for seed in range(2):
-        cat, items, titles, i2c, cats = make_catalogue(kind, n=60, seed=seed)
-        cons = [c for c in random_constraints(rng, items, cats, 16) if c is not None]
-        cons = (cons * 2)[:16]
+        cat, i2c, cons = _random_batch(make_catalogue, kind, rng, seed)
         limits = rng.integers(2, 48, len(cons)).tolist()
         rows = _random_logit_decode(cat.processor_data(cons, limits=limits), jax.random.key(seed),
                                     proc=cat.processor, vocab=len(tok), steps=48, temperature=temperature)
