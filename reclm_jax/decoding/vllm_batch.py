@@ -7,7 +7,8 @@ A row's state is advanced in ``apply`` from the request's output token list (vLL
 to it when the request is added): ``update_state`` runs before the step's tokens are final (with async
 scheduling the last one is still a -1 placeholder then), the logits are not. A request re-added after
 preemption replays its output from the start. Rows without the ``reclm_constraint`` extra argument are left
-alone.
+alone. A row's token budget is its request's ``SamplingParams.max_tokens`` (None: unlimited), so its list ends on
+a whole item within it, as in ``reclm_jax.serve``.
 
 ``request_spec(extra_args)`` reads the argument: an object (``SamplingParams(extra_args=...)`` in Python), a JSON
 string (the OpenAI server's ``vllm_xargs`` takes only strings, numbers and lists), or ``true`` / 1.
