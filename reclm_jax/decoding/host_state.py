@@ -1,8 +1,8 @@
 """``HostRow``: one row of ``CatalogueProcessor``'s state machine on the host, in numpy, token by token, for
 decoders that are not the JAX Sampler (the vLLM plugin, ``vllm_batch.py``). It follows exactly the processor's
 rules (``processor.py``: phases NUM / ITEM / DONE, the trie walk, the count and category bookkeeping, the exits,
-the dead-end rule and the token budget, with the same ``budget.plans``), so the same logits give the same greedy tokens; ``tests/decoding/test_host_state.py``
-compares the two step by step. Nothing here imports JAX.
+the dead-end rule and the token budget, with the same ``budget.plans``), so the same logits give the same greedy
+tokens; ``tests/decoding/test_host_state.py`` compares the two step by step. Nothing here imports JAX.
 
 Per row, as the processor: ``avail`` / ``avail_in`` uint32 [W] (bitsets of the items the row may still write,
 and of those of them in its category; W = ceil(N / 32)) with their per-word prefix counts int64 [W + 1], so "may
@@ -127,7 +127,8 @@ class HostRow:
         if self.phase == ITEM:
             a, b = t.child_start[self.node], t.child_start[self.node + 1]
             lo, hi, kinds = t.lo[a:b], t.hi[a:b], t.kinds[a:b]
-            ci, co, ei, eo = (_count_below(p, f, hi) - _count_below(p, f, lo) > 0 for f, p in zip(self.fit, self.fit_pre))
+            ci, co, ei, eo = (_count_below(p, f, hi) - _count_below(p, f, lo) > 0
+                              for f, p in zip(self.fit, self.fit_pre))
             has_cont = ((kinds & CONT) > 0) & cont
             is_end = (kinds & END) > 0
             ok_in = allow_in & ((ci & has_cont) | (ei & is_end & end_in))

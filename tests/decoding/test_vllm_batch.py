@@ -2,7 +2,8 @@
 ``BatchUpdate``s (requests added into slots, removed, moved one way and swapped): every constrained slot gets
 exactly its own request's allowed tokens (``HostRow``, itself checked against ``CatalogueProcessor`` in
 ``test_host_state.py``) however the batch is reshuffled, unconstrained slots keep their logits, async-scheduling
-placeholders are waited for, each request's list ends within its ``max_tokens``, and the extra argument's forms (object, JSON string, true / 1) are read."""
+placeholders are waited for, each request's list ends within its ``max_tokens``, and the extra argument's
+forms (object, JSON string, true / 1) are read."""
 
 from __future__ import annotations
 
