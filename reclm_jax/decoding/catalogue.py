@@ -5,12 +5,14 @@ Shared data (``shared_data()``, device arrays, built once; N items in the trie, 
 J = ``max_items``): the trie's ``child_start`` int32 [M + 1], ``token``, ``lo``, ``hi``, ``leaf_item`` int32 [M],
 ``kinds``, ``leaf_kind`` int8 [M] (``trie.py``); ``num_tokens`` int32 [J, L] and ``num_len`` int32 [J] (the number
 pieces); ``valid_bits`` uint32 [W] (the ranks that are items); ``item_cats`` uint32 [32 W, ceil(C / 32)] (bit c of
-an item's row: it is in category c), shared by every row.
+an item's row: it is in category c), shared by every row; the token budget's ``num_pre`` int32 [J + 1] and
+``fit_end``, ``fit_cont`` uint32 [Lmax + 2, W] (``budget.py``).
 
 Per-row data (``row_data(constraints)["rows"]``, numpy, n prompts): ``active`` bool [n]; ``k_min``, ``k_max``,
 ``c_min``, ``c_max``, ``category`` (index, -1 none), ``cat_mode`` (0 none, 1 only C, 2 no C), ``n_candidates``
 int32 [n]; ``exclude`` and ``candidates`` int32 [n, L] item ranks, -1 padded, L a power of two >= 16 (so
-batches of other constraints reuse the compiled program).
+batches of other constraints reuse the compiled program); the budget's ``limit`` int32 [n] (the row's
+``max_new_tokens``, ``budget.UNLIMITED`` when not given) and ``s_in``, ``s_out`` int32 [n, J + 1].
 
 Nothing here imports JAX until ``processor`` or ``shared_data()`` is used, so the vLLM plugin builds the same
 catalogue in a process without JAX.
@@ -25,6 +27,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from reclm_jax.buckets import bucket
+from reclm_jax.decoding.budget import BIG, length_bits, row_limits, walk_cheapest
 from reclm_jax.decoding.list_format import CONT, END, ListFormat, usable_title
 from reclm_jax.decoding.trie import TokenTrie, build_trie
 from reclm_jax.errors import UserError
@@ -87,6 +90,7 @@ class ConstrainedCatalogue:
         if not paths:
             raise UserError("constrained decoding: no catalogue title can be tokenized as a list item")
         self.trie, order = build_trie(paths, np.asarray(owners), np.asarray(kinds))
+        self._lengths(paths, np.asarray(owners), np.asarray(kinds), order)
         self.items = [items[keep[j]] for j in order.tolist()]  # rank -> item id
         self.titles = [titles[keep[j]] for j in order.tolist()]
         self.rank = {it: r for r, it in enumerate(self.items)}
@@ -142,7 +146,28 @@ class ConstrainedCatalogue:
         for j, p in enumerate(nums):
             table[j, :len(p)] = p
         self.num_len = np.array([len(p) for p in nums], np.int32)
+        self.num_pre = np.concatenate([[0], np.cumsum(self.num_len)]).astype(np.int32)
         return table
+
+    def _lengths(self, paths, owners: np.ndarray, kinds: np.ndarray, order: np.ndarray) -> None:
+        """Each item's END / CONT piece length by rank, the budget's bit tables and its cheapest-first order."""
+        rank_of = np.full(int(owners.max()) + 1, -1, np.int64)
+        rank_of[order] = np.arange(len(order))
+        lens = np.fromiter((len(p) for p in paths), np.int64, count=len(paths))
+        ranks = rank_of[owners]
+        self.end_len = np.zeros(len(order), np.int64)
+        self.cont_len = np.zeros(len(order), np.int64)
+        is_end, is_cont = (kinds & END) > 0, (kinds & CONT) > 0
+        self.end_len[ranks[is_end]] = lens[is_end]
+        self.cont_len[ranks[is_cont]] = lens[is_cont]
+        self.item_cost = np.maximum(self.end_len, self.cont_len)  # what a later item of the list costs, at most
+        self.by_cost = np.argsort(self.item_cost, kind="stable")
+        words = -(-len(order) // 32)
+        self.fit_end, self.fit_cont = length_bits(self.end_len, words), length_bits(self.cont_len, words)
+        # One table height for both, so the processor indexes them alike.
+        h = max(len(self.fit_end), len(self.fit_cont))
+        pad = (lambda t: np.concatenate([t, np.repeat(t[-1:], h - len(t), axis=0)]))
+        self.fit_end, self.fit_cont = pad(self.fit_end), pad(self.fit_cont)
 
     def _check_exits(self) -> None:
         """A leaf's children must not start with an exit token, or leaving the trie would be ambiguous."""
@@ -164,7 +189,8 @@ class ConstrainedCatalogue:
         if rest:
             bits[full] = (1 << rest) - 1
         return {**self.trie.arrays(), "num_tokens": self.num_tokens, "num_len": self.num_len, "valid_bits": bits,
-                "item_cats": self.item_cats}
+                "item_cats": self.item_cats, "num_pre": self.num_pre, "fit_end": self.fit_end,
+                "fit_cont": self.fit_cont}
 
     def shared_data(self, runtime: Any = None) -> dict:
         """The shared arrays on the device: the default one, or replicated over ``runtime``'s mesh (a
@@ -183,16 +209,21 @@ class ConstrainedCatalogue:
     def device_bytes(self) -> int:
         return sum(int(v.nbytes) for v in self.shared_arrays().values())
 
-    def processor_data(self, constraints: Sequence[ListConstraint | None], runtime: Any = None) -> dict:
+    def processor_data(self, constraints: Sequence[ListConstraint | None], runtime: Any = None,
+                       limits: int | Sequence[int | None] | None = None) -> dict:
         """``processor_data`` for the Sampler: the shared device arrays (placed for ``runtime``, the Sampler's)
-        plus this batch's ``rows``."""
-        return {**self.shared_data(runtime), **self.row_data(constraints)}
+        plus this batch's ``rows``; ``limits``: the rows' ``max_new_tokens`` (see ``row_data``)."""
+        return {**self.shared_data(runtime), **self.row_data(constraints, limits)}
 
-    def sampler_kwargs(self, constraints: Sequence[ListConstraint | None], runtime: Any = None) -> dict:
+    def sampler_kwargs(self, constraints: Sequence[ListConstraint | None], runtime: Any = None,
+                       limits: int | Sequence[int | None] | None = None) -> dict:
         """The Sampler's keyword arguments that decode one batch under ``constraints`` (one per prompt, None =
         unconstrained row): ``logits_processor`` (the one, hashed, ``processor``) and ``processor_data``.
-        ``runtime``: the Sampler's (``sampler.runtime``), so the shared arrays are placed on its mesh once."""
-        return {"logits_processor": self.processor, "processor_data": self.processor_data(constraints, runtime)}
+        ``runtime``: the Sampler's (``sampler.runtime``), so the shared arrays are placed on its mesh once.
+        ``limits``: the ``max_new_tokens`` the Sampler is given (an int or one per prompt), so every list ends
+        on a whole item within it; None = no limit known (a list may then be cut at the Sampler's limit)."""
+        return {"logits_processor": self.processor,
+                "processor_data": self.processor_data(constraints, runtime, limits)}
 
     def _ranks(self, ids: Sequence[str]) -> list[int]:
         return sorted({self.rank[i] for i in ids if i in self.rank})
@@ -201,7 +232,10 @@ class ConstrainedCatalogue:
         r = np.asarray(ranks, np.int64)
         return ((self.item_cats[r, k // 32] >> np.uint32(k % 32)) & 1).astype(bool) if len(r) else np.zeros(0, bool)
 
-    def row_data(self, constraints: Sequence[ListConstraint | None]) -> dict:
+    def row_data(self, constraints: Sequence[ListConstraint | None],
+                 limits: int | Sequence[int | None] | None = None) -> dict:
+        """The per-row arrays (module docstring) of ``constraints``; ``limits``: each row's token limit (an int
+        for all, one per row, None = unlimited)."""
         n, big = len(constraints), len(self.num_tokens)
         ex = [self._ranks(c.exclude) if c else [] for c in constraints]
         cand = [self._ranks(c.candidates) if c and c.candidates is not None else [] for c in constraints]
@@ -228,7 +262,30 @@ class ConstrainedCatalogue:
                 rows["n_candidates"][i], rows["k_max"][i] = 1, 0  # no candidate is in the catalogue
         rows["exclude"] = _pad_lists(ex)
         rows["candidates"] = _pad_lists(cand)
+        rows["limit"] = row_limits(limits, n)
+        rows["s_in"], rows["s_out"] = self._cheapest(constraints, rows, ex, cand)
         return {"rows": rows}
+
+    def _cheapest(self, constraints, rows, ex, cand) -> tuple[np.ndarray, np.ndarray]:
+        """(s_in, s_out) int32 [n, J + 1]: the budget's prefix costs of each row's cheapest available items in
+        and outside its category (``budget.py``)."""
+        n, j = len(constraints), len(self.num_tokens)
+        s_in, s_out = np.full((n, j + 1), BIG, np.int32), np.full((n, j + 1), BIG, np.int32)
+        for i, c in enumerate(constraints):
+            if c is None:
+                continue
+            k, mode = int(rows["category"][i]), int(rows["cat_mode"][i])
+            excluded = np.asarray(ex[i], np.int64)
+            pool = np.asarray(cand[i], np.int64) if c.candidates is not None else None
+
+            def keep(ranks, k=k, mode=mode, excluded=excluded, pool=pool):
+                ok = ~np.isin(ranks, excluded) & (np.isin(ranks, pool) if pool is not None else True)
+                inn = self._in_category(ranks, k) if k >= 0 else np.zeros(len(ranks), bool)
+                return ok & ~((mode == 1) & ~inn) & ~((mode == 2) & inn), inn
+
+            order = pool[np.argsort(self.item_cost[pool], kind="stable")] if pool is not None else self.by_cost
+            s_in[i], s_out[i] = walk_cheapest(order, self.item_cost, keep, j)
+        return s_in, s_out
 
     def _available(self, ex: list[int], cand: list[int], restricted: bool, k: int, mode: int) -> tuple[int, int]:
         """(items in the row's category, items outside it) the row may write, counted on the host."""

@@ -1,8 +1,8 @@
 """``HostRow``: one row of ``CatalogueProcessor``'s state machine on the host, in numpy, token by token, for
 decoders that are not the JAX Sampler (the vLLM plugin, ``vllm_batch.py``). It follows exactly the processor's
-rules (``processor.py``: phases NUM / ITEM / DONE, the trie walk, the count and category bookkeeping, the exits
-and the dead-end rule), so the same logits give the same greedy tokens; ``tests/decoding/test_host_state.py``
-compares the two step by step. Nothing here imports JAX.
+rules (``processor.py``: phases NUM / ITEM / DONE, the trie walk, the count and category bookkeeping, the exits,
+the dead-end rule and the token budget, with the same ``budget.plans``), so the same logits give the same greedy
+tokens; ``tests/decoding/test_host_state.py`` compares the two step by step. Nothing here imports JAX.
 
 Per row, as the processor: ``avail`` / ``avail_in`` uint32 [W] (bitsets of the items the row may still write,
 and of those of them in its category; W = ceil(N / 32)) with their per-word prefix counts int64 [W + 1], so "may
@@ -16,6 +16,7 @@ from typing import Mapping
 
 import numpy as np
 
+from reclm_jax.decoding.budget import plans
 from reclm_jax.decoding.list_format import CONT, END
 
 NUM, ITEM, DONE = 0, 1, 2  # as processor.py
@@ -58,6 +59,7 @@ class HostTables:
         self.leaf_kind = a["leaf_kind"].astype(np.int64)
         self.num_tokens, self.num_len = a["num_tokens"].astype(np.int64), a["num_len"].astype(np.int64)
         self.item_cats = a["item_cats"]
+        self.num_pre, self.fit_end, self.fit_cont = a["num_pre"].astype(np.int64), a["fit_end"], a["fit_cont"]
         self.num_items = len(catalogue)
         self.end_id = int(catalogue.format.end_id)
         self.max_items = self.num_tokens.shape[0]  # J
@@ -65,11 +67,15 @@ class HostTables:
 
 class HostRow:
     """One constrained row: ``tables`` (``HostTables``) and ``rows``, the row's entries of
-    ``ConstrainedCatalogue.row_data([constraint])["rows"]`` (index 0 of each array is used)."""
+    ``ConstrainedCatalogue.row_data([constraint], limit)["rows"]`` (index 0 of each array is used; ``limit`` the
+    request's ``max_tokens``, the row's token budget)."""
 
     def __init__(self, tables: HostTables, rows: Mapping[str, np.ndarray]):
         t, n = tables, tables.num_items
         self.t = t
+        # The budget's per-row arrays, kept [1, ...] for budget.plans (the processor's batch layout).
+        self.budget = {k: np.asarray(rows[k][:1], np.int64) for k in ("k_min", "c_min", "c_max", "s_in", "s_out")}
+        self.limit = int(rows["limit"][0])
         self.k_min, self.k_max = int(rows["k_min"][0]), int(rows["k_max"][0])
         self.c_min, self.c_max = int(rows["c_min"][0]), int(rows["c_max"][0])
         cat, mode = int(rows["category"][0]), int(rows["cat_mode"][0])
@@ -90,15 +96,24 @@ class HostRow:
         elif mode == 2:
             avail &= ~in_cat
         self.avail, self.avail_in = pack_bits(avail), pack_bits(avail & in_cat)
-        self.pre_all, self.pre_in = _prefix(self.avail), _prefix(self.avail_in)
         self.phase, self.pos, self.node, self.count, self.ccount = NUM, 0, 0, 0, 0
+        self.steps, self.force_end = 0, False  # tokens written; the current item must be the last (budget)
+        self.fit = [np.zeros_like(self.avail) for _ in range(4)]  # cont in / out, end in / out (processor.py)
+        self.fit_pre = [_prefix(f) for f in self.fit]
+        _, one = plans(np, t.num_pre, self.budget, np.zeros(1, np.int64), np.zeros(1, np.int64), self._k_max())
+        if int(one[0]) > self.limit:  # not even one item fits: the list is empty
+            self.phase = DONE
+
+    def _k_max(self) -> np.ndarray:
+        return np.array([min(self.k_max, self.t.max_items)], np.int64)
 
     # -- the processor's rules ------------------------------------------------------------------------------
     def _rules(self):
         k_max = min(self.k_max, self.t.max_items)
         cc, count = self.ccount, self.count
         return (cc + 1 <= self.c_max, self.c_min - cc <= k_max - count - 1, count + 1 < k_max,
-                (count + 1 >= self.k_min) and (cc + 1 >= self.c_min), (count + 1 >= self.k_min) and (cc >= self.c_min))
+                (count + 1 >= self.k_min) and (cc + 1 >= self.c_min) or self.force_end,
+                (count + 1 >= self.k_min) and (cc >= self.c_min) or self.force_end)
 
     def _has(self, bits: np.ndarray, r: int) -> bool:
         return r >= 0 and bool((int(bits[r >> 5]) >> (r & 31)) & 1)
@@ -112,19 +127,18 @@ class HostRow:
         if self.phase == ITEM:
             a, b = t.child_start[self.node], t.child_start[self.node + 1]
             lo, hi, kinds = t.lo[a:b], t.hi[a:b], t.kinds[a:b]
-            n_all = _count_below(self.pre_all, self.avail, hi) - _count_below(self.pre_all, self.avail, lo)
-            n_in = _count_below(self.pre_in, self.avail_in, hi) - _count_below(self.pre_in, self.avail_in, lo)
+            ci, co, ei, eo = (_count_below(p, f, hi) - _count_below(p, f, lo) > 0
+                              for f, p in zip(self.fit, self.fit_pre))
             has_cont = ((kinds & CONT) > 0) & cont
             is_end = (kinds & END) > 0
-            ok_in = (n_in > 0) & allow_in & (has_cont | (is_end & end_in))
-            ok_out = (n_all - n_in > 0) & allow_out & (has_cont | (is_end & end_out))
+            ok_in = allow_in & ((ci & has_cont) | (ei & is_end & end_in))
+            ok_out = allow_out & ((co & has_cont) | (eo & is_end & end_out))
             out += t.token[a:b][ok_in | ok_out].tolist()
             r, kind = int(t.leaf_item[self.node]), int(t.leaf_kind[self.node])
-            av, inn = self._has(self.avail, r), self._has(self.avail_in, r)
-            cls = (inn and allow_in) or (av and not inn and allow_out)
-            if av and cls and kind & CONT and cont:
+            ci, co, ei, eo = (self._has(f, r) for f in self.fit)
+            if kind & CONT and cont and ((ci and allow_in) or (co and allow_out)):
                 out.append(int(t.num_tokens[min(self.count + 1, t.max_items - 1), 0]))
-            if av and kind & END and ((inn and allow_in and end_in) or (not inn and allow_out and end_out)):
+            if kind & END and ((ei and allow_in and end_in) or (eo and allow_out and end_out)):
                 out.append(t.end_id)
         elif self.phase == NUM and self.k_max > 0:
             out.append(int(t.num_tokens[j, self.pos]))
@@ -166,13 +180,39 @@ class HostRow:
             self.pos = 1
         inn = done and self._has(self.avail_in, r)
         keep = np.uint32(~(1 << (max(r, 0) & 31)) & 0xFFFFFFFF)
-        if done and self._has(self.avail, r):
+        if done:
             self.avail[r >> 5] &= keep
-            self.pre_all[(r >> 5) + 1:] -= 1
-        if inn:
             self.avail_in[r >> 5] &= keep
-            self.pre_in[(r >> 5) + 1:] -= 1
+        starts = (self.phase == NUM and num_done) or (leave_cont and t.num_len[min(new_count, last)] <= 1)
         self.phase, self.node, self.count, self.ccount = phase, node, new_count, self.ccount + int(inn)
+        self.steps += 1
+        if starts:
+            self._start_item()
+
+    def _start_item(self) -> None:
+        """The budget of the item whose title starts now (``CatalogueProcessor._start_item``)."""
+        t = self.t
+        allow_in, allow_out, cont = self._rules()[:3]
+        count1 = np.array([self.count + 1], np.int64)
+        full_in, one_in = plans(np, t.num_pre, self.budget, count1, np.array([self.ccount + 1]), self._k_max())
+        full_out, one_out = plans(np, t.num_pre, self.budget, count1, np.array([self.ccount]), self._k_max())
+        left = self.limit - self.steps
+        height = len(t.fit_cont)
+
+        def fits(table, need):
+            return table[int(np.clip(left - int(need[0]) + 1, 0, height - 1))]
+
+        def some(bits_in, bits_out):
+            return cont and ((allow_in and bool(bits_in.any())) or (allow_out and bool(bits_out.any())))
+
+        avail_out = self.avail & ~self.avail_in
+        c_in, c_out = self.avail_in & fits(t.fit_cont, full_in), avail_out & fits(t.fit_cont, full_out)
+        if not some(c_in, c_out):
+            c_in, c_out = self.avail_in & fits(t.fit_cont, one_in), avail_out & fits(t.fit_cont, one_out)
+        end_fit = fits(t.fit_end, np.array([1]))
+        self.fit = [c_in, c_out, self.avail_in & end_fit, avail_out & end_fit]
+        self.fit_pre = [_prefix(f) for f in self.fit]
+        self.force_end = not some(c_in, c_out)
 
     def _child(self, token: int) -> int:
         """The child of the row's node along ``token``; the node itself when there is none (as the processor)."""

@@ -4,19 +4,32 @@ Each row walks the list format (``list_format.py``): the forced number tokens of
 trie of item pieces (phase ITEM) until it leaves it at a leaf with the next number's first token (CONT) or the
 end token (END), then nothing but the end token (phase DONE). A child token is allowed when some item below it
 can still be written: the item ranks below a node are one range ``[lo, hi)``, so the question is a range count
-over the row's bitset of available items, answered in O(1) from per-row prefix counts over the bitset's words.
+over a per-row bitset, answered in O(1) from per-row prefix counts over the bitset's words.
 
 Per-row state (B rows, W = ceil(N / 32) words): ``phase``, ``pos`` (token within NUM), ``node``, ``count``
-(items written), ``ccount`` (of them in the row's category) int32 [B]; ``avail`` (catalogue & candidates &
-category rule & not history & not yet written) and ``avail_in`` (the same & in the row's category) uint32
-[B, W]; their prefix popcounts ``pre_all``, ``pre_in`` int32 [B, W + 1]. Nothing is [items x vocab]; a step
-costs O(B * children) range counts plus, when some row completes an item, an O(B * W) prefix update.
+(items written), ``ccount`` (of them in the row's category), ``t`` (tokens written) int32 [B]; ``avail``
+(catalogue & candidates & category rule & not history & not yet written) and ``avail_in`` (the same & in the
+row's category) uint32 [B, W]; for the current item ``fit`` uint32 [B, 4, W] (the available items in / outside
+the category whose CONT piece fits the budget, then those whose END piece does) with prefix popcounts
+``fit_pre`` int32 [B, 4, W + 1], and ``force_end`` bool [B]. Nothing is [items x vocab]; a step costs
+O(B * children) range counts plus, when some row starts an item, an O(B * W) bitset update.
 
 Count rules, with k_min <= items <= k_max and c_min <= items in category <= c_max: an item in C may start only
 while ccount + 1 <= c_max, one outside C only while the slots left can still hold the C items missing
 (c_min - ccount <= k_max - count - 1); the list may end only once count >= k_min and ccount >= c_min, and
-may continue only while count + 1 < k_max. Rows with ``active`` False (and the sampler's all-zero idle rows)
-keep their logits.
+may continue only while count + 1 < k_max.
+
+Token budget (``budget.py``; the row's ``limit`` is its ``max_new_tokens``, per-row data, so new limits are
+traced values): when an item's title starts at step t0, ``left = limit - t0`` tokens remain, the end token
+included. A path is open only towards an item whose END piece fits in ``left - 1`` (it can be the last), or
+whose CONT piece fits with ``reserve`` of what must follow (the items the count rules still need, or just one
+more when those do not fit; the next numbers and the end token included). The row may leave by CONT only with
+such an item, and when no item at all can be followed (``force_end``) it may end after the current one whatever
+the counts: **the budget wins over the count rules**, so a list that cannot hold k items (or c of C) ends on a
+whole item short of them instead of being cut mid-title. A list whose first item and end do not fit in the
+limit is empty (DONE at once). Because the reserve bounds the cheapest completion from above, every open path
+can be finished within the limit, and a limit that holds the rule's cheapest list gets the rule's counts.
+Rows with ``active`` False (and the sampler's all-zero idle rows) keep their logits.
 """
 
 from __future__ import annotations
@@ -27,6 +40,7 @@ import math
 import jax
 import jax.numpy as jnp
 
+from reclm_jax.decoding.budget import plans
 from reclm_jax.decoding.list_format import CONT, END
 from reclm_jax.models.generation import LogitsProcessor
 
@@ -41,9 +55,9 @@ def pack_bits(flags: jnp.ndarray) -> jnp.ndarray:
 
 
 def prefix_counts(bits: jnp.ndarray) -> jnp.ndarray:
-    """uint32 [B, W] -> int32 [B, W + 1]: set bits in the words before each index."""
+    """uint32 [..., W] -> int32 [..., W + 1]: set bits in the words before each index."""
     pop = jax.lax.population_count(bits).astype(jnp.int32)
-    return jnp.concatenate([jnp.zeros_like(pop[:, :1]), jnp.cumsum(pop, axis=1)], axis=1)
+    return jnp.concatenate([jnp.zeros_like(pop[..., :1]), jnp.cumsum(pop, axis=-1)], axis=-1)
 
 
 def count_below(pre: jnp.ndarray, bits: jnp.ndarray, x: jnp.ndarray) -> jnp.ndarray:
@@ -96,9 +110,13 @@ class CatalogueProcessor(LogitsProcessor):
         avail = jnp.where(mode == 1, avail & in_bits, jnp.where(mode == 2, avail & ~in_bits, avail))
         avail_in = avail & in_bits
         zeros = jnp.zeros(b, jnp.int32)
-        return {"phase": zeros + NUM, "pos": zeros, "node": zeros, "count": zeros, "ccount": zeros,
-                "avail": avail, "avail_in": avail_in, "pre_all": prefix_counts(avail),
-                "pre_in": prefix_counts(avail_in)}
+        # A list starts only if its first item and the end fit in the row's limit (else it is empty).
+        k_max = jnp.minimum(rows["k_max"], data["num_tokens"].shape[0])
+        _, one = plans(jnp, data["num_pre"], rows, zeros, zeros, k_max)
+        return {"phase": jnp.where(one <= rows["limit"], NUM, DONE), "pos": zeros, "node": zeros, "count": zeros,
+                "ccount": zeros, "avail": avail, "avail_in": avail_in, "t": zeros,
+                "force_end": jnp.zeros(b, bool), "fit": jnp.zeros((b, 4, self.words), jnp.uint32),
+                "fit_pre": jnp.zeros((b, 4, self.words + 1), jnp.int32)}
 
     # -- rules ------------------------------------------------------------------------------------------
     @staticmethod
@@ -120,12 +138,13 @@ class CatalogueProcessor(LogitsProcessor):
         child = jnp.minimum(child, data["token"].shape[0] - 1)
         lo, hi = data["lo"][child], data["hi"][child]
         kinds = data["kinds"][child].astype(jnp.int32)
-        n_all = count_below(state["pre_all"], state["avail"], hi) - count_below(state["pre_all"], state["avail"], lo)
-        n_in = count_below(state["pre_in"], state["avail_in"], hi) - count_below(state["pre_in"], state["avail_in"], lo)
+        fit, pre = state["fit"], state["fit_pre"]
+        ci, co, ei, eo = (count_below(pre[:, f], fit[:, f], hi) - count_below(pre[:, f], fit[:, f], lo) > 0
+                          for f in range(4))
         has_cont = ((kinds & CONT) > 0) & rules["cont"][:, None]
-        ok_in = (n_in > 0) & rules["allow_in"][:, None] & (has_cont | (((kinds & END) > 0) & rules["end_in"][:, None]))
-        ok_out = (n_all - n_in > 0) & rules["allow_out"][:, None] & (
-            has_cont | (((kinds & END) > 0) & rules["end_out"][:, None]))
+        has_end = (kinds & END) > 0
+        ok_in = rules["allow_in"][:, None] & ((ci & has_cont) | (ei & has_end & rules["end_in"][:, None]))
+        ok_out = rules["allow_out"][:, None] & ((co & has_cont) | (eo & has_end & rules["end_out"][:, None]))
         ok = real & (ok_in | ok_out)
         tok = jnp.where(ok, data["token"][child], vocab)
         b = node.shape[0]
@@ -135,11 +154,10 @@ class CatalogueProcessor(LogitsProcessor):
         """(cont_ok, end_ok) bool [B]: the row may finish the item at its node with the next number / the end."""
         node = state["node"]
         r, kind = data["leaf_item"][node], data["leaf_kind"][node].astype(jnp.int32)
-        av, inn = test_bit(state["avail"], r), test_bit(state["avail_in"], r)
-        cls = (inn & rules["allow_in"]) | (av & ~inn & rules["allow_out"])
-        cont = av & cls & ((kind & CONT) > 0) & rules["cont"]
-        end = av & ((kind & END) > 0) & ((inn & rules["allow_in"] & rules["end_in"]) |
-                                         (~inn & rules["allow_out"] & rules["end_out"]))
+        ci, co, ei, eo = (test_bit(state["fit"][:, f], r) for f in range(4))
+        cont = ((kind & CONT) > 0) & rules["cont"] & ((ci & rules["allow_in"]) | (co & rules["allow_out"]))
+        end = ((kind & END) > 0) & ((ei & rules["allow_in"] & rules["end_in"]) |
+                                    (eo & rules["allow_out"] & rules["end_out"]))
         return cont, end
 
     # -- process ------------------------------------------------------------------------------------------
@@ -148,6 +166,9 @@ class CatalogueProcessor(LogitsProcessor):
         b, vocab = logits.shape
         max_items = data["num_tokens"].shape[0]
         rules = self._rules(state, rows, max_items)
+        # Budget wins: when no item that could follow this one fits, the list may end after it whatever the counts.
+        rules["end_in"] = rules["end_in"] | state["force_end"]
+        rules["end_out"] = rules["end_out"] | state["force_end"]
         phase = state["phase"]
         in_item = phase == ITEM
         node = state["node"]
@@ -193,8 +214,46 @@ class CatalogueProcessor(LogitsProcessor):
         pos_out = jnp.where(phase == NUM, jnp.where(num_done, 0, pos_n), jnp.where(leave_cont, 1, pos))
         inn = test_bit(state["avail_in"], r) & done_item
         out = dict(state, phase=phase_out, pos=pos_out, node=node_out, count=new_count,
-                   ccount=state["ccount"] + inn.astype(jnp.int32))
-        return jax.lax.cond(jnp.any(done_item), lambda: self._use(out, r, done_item, inn), lambda: out)
+                   ccount=state["ccount"] + inn.astype(jnp.int32), t=state["t"] + 1)
+        out = jax.lax.cond(jnp.any(done_item), lambda: self._use(out, r, done_item, inn), lambda: out)
+        starts = ((phase == NUM) & num_done) | (leave_cont & (next_len <= 1))  # the next token starts a title
+        return jax.lax.cond(jnp.any(starts), lambda: self._start_item(out, rows, data, starts), lambda: out)
+
+    def _start_item(self, state, rows, data, starts):
+        """The budget of the item that starts at step ``state["t"]`` in the rows where ``starts``: the bitsets of
+        the available items (in / outside the category) whose CONT piece fits with the reserve of what must follow
+        it (``budget.plans``: the items the count rules still need, or if those do not fit just one more), and
+        of those whose END piece fits with the end token; ``force_end`` where no item can be followed at all."""
+        max_items = data["num_tokens"].shape[0]
+        rules = self._rules(state, rows, max_items)
+        k_max = jnp.minimum(rows["k_max"], max_items)
+        left = rows["limit"] - state["t"]  # tokens from the title's first one to the limit, the end token included
+        count1 = state["count"] + 1
+        avail_in = state["avail_in"]
+        avail_out = state["avail"] & ~avail_in
+        height = data["fit_cont"].shape[0]
+
+        def fits(table, need):  # uint32 [B, W]: the items whose piece has at most left - need tokens
+            return table[jnp.clip(left - need + 1, 0, height - 1)]
+
+        full_in, one_in = plans(jnp, data["num_pre"], rows, count1, state["ccount"] + 1, k_max)
+        full_out, one_out = plans(jnp, data["num_pre"], rows, count1, state["ccount"], k_max)
+
+        def some(bits_in, bits_out):
+            n_in = jnp.sum(jax.lax.population_count(bits_in), axis=1)
+            n_out = jnp.sum(jax.lax.population_count(bits_out), axis=1)
+            return rules["cont"] & ((rules["allow_in"] & (n_in > 0)) | (rules["allow_out"] & (n_out > 0)))
+
+        f_in, f_out = avail_in & fits(data["fit_cont"], full_in), avail_out & fits(data["fit_cont"], full_out)
+        use_full = some(f_in, f_out)[:, None]
+        c_in = jnp.where(use_full, f_in, avail_in & fits(data["fit_cont"], one_in))
+        c_out = jnp.where(use_full, f_out, avail_out & fits(data["fit_cont"], one_out))
+        end_fit = fits(data["fit_end"], 1)
+        fit = jnp.stack([c_in, c_out, avail_in & end_fit, avail_out & end_fit], axis=1)
+        force_end = ~some(c_in, c_out)
+        return dict(state, fit=jnp.where(starts[:, None, None], fit, state["fit"]),
+                    fit_pre=jnp.where(starts[:, None, None], prefix_counts(fit), state["fit_pre"]),
+                    force_end=jnp.where(starts, force_end, state["force_end"]))
 
     def _find_child(self, data, node, tokens):
         """The child of ``node`` reached by ``tokens`` (binary search over the sorted siblings), int32 [B]."""
@@ -208,13 +267,11 @@ class CatalogueProcessor(LogitsProcessor):
         return jnp.where(found, lo, node)
 
     def _use(self, state, r, done, inn):
-        """Marks item rank r used in the rows where ``done`` (bits cleared, prefix counts lowered)."""
+        """Marks item rank r used in the rows where ``done`` (its bits cleared)."""
         w = jnp.clip(r >> 5, 0, self.words - 1)
         bit = jnp.uint32(1) << (jnp.maximum(r, 0) & 31).astype(jnp.uint32)
         clear = jnp.where(done, ~bit, jnp.uint32(0xFFFFFFFF))[:, None]
         hit = jnp.arange(self.words)[None] == w[:, None]
         avail = jnp.where(hit, state["avail"] & clear, state["avail"])
         avail_in = jnp.where(hit, state["avail_in"] & clear, state["avail_in"])
-        after = (jnp.arange(self.words + 1)[None] > w[:, None]).astype(jnp.int32)
-        return dict(state, avail=avail, avail_in=avail_in, pre_all=state["pre_all"] - after * done[:, None],
-                    pre_in=state["pre_in"] - after * inn[:, None])
+        return dict(state, avail=avail, avail_in=avail_in)

@@ -7,7 +7,8 @@ A row's state is advanced in ``apply`` from the request's output token list (vLL
 to it when the request is added): ``update_state`` runs before the step's tokens are final (with async
 scheduling the last one is still a -1 placeholder then), the logits are not. A request re-added after
 preemption replays its output from the start. Rows without the ``reclm_constraint`` extra argument are left
-alone.
+alone. A row's token budget is its request's ``SamplingParams.max_tokens`` (None: unlimited), so its list ends on
+a whole item within it, as in ``reclm_jax.serve``.
 
 ``request_spec(extra_args)`` reads the argument: an object (``SamplingParams(extra_args=...)`` in Python), a JSON
 string (the OpenAI server's ``vllm_xargs`` takes only strings, numbers and lists), or ``true`` / 1.
@@ -88,9 +89,11 @@ class RequestRows:
         self.tables = HostTables(catalogue)
         self.slots: dict[int, _Slot] = {}
 
-    def new_row(self, constraint: ListConstraint) -> HostRow:
+    def new_row(self, constraint: ListConstraint, limit: int | None = None) -> HostRow:
+        """The row of one request; ``limit``: its ``max_tokens`` (None: unlimited), so its list ends on a whole
+        item within it."""
         try:
-            rows = self.catalogue.row_data([constraint])["rows"]
+            rows = self.catalogue.row_data([constraint], [limit])["rows"]
         except UserError as e:  # validate_params checks the spec first; a mistake left ends the list at once
             log.error("%s: %s; the request's list ends at once", KEY, e)
             rows = self.catalogue.row_data([ListConstraint(k_min=0, k_max=0)])["rows"]
@@ -112,7 +115,7 @@ class RequestRows:
             if c is None:
                 self.slots.pop(index, None)
             else:
-                self.slots[index] = _Slot(self.new_row(c), output)
+                self.slots[index] = _Slot(self.new_row(c, getattr(params, "max_tokens", None)), output)
         for a, b, direction in batch_update.moved:
             sa, sb = self.slots.pop(a, None), self.slots.pop(b, None)
             if sa is not None:

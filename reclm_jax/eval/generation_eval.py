@@ -76,8 +76,8 @@ def greedy_decode(sampler: Sampler, prompts: Sequence[Sequence[int]], *, adapter
     bar = tqdm(total=len(prompts), desc=desc, unit="sample", disable=not progress, leave=False)
     for start in range(0, len(prompts), batch_size):
         rows = order[start:start + batch_size]
-        extra = catalogue.sampler_kwargs([constraints[i] for i in rows], sampler.runtime) if catalogue is not None \
-            else {}
+        extra = catalogue.sampler_kwargs([constraints[i] for i in rows], sampler.runtime, limits=max_new_tokens) \
+            if catalogue is not None else {}
         res = sampler([prompts[i] for i in rows], max_new_tokens=max_new_tokens, sampling=SamplingConfig(),
                       adapter=adapter, rows=batch_size, **extra)
         for i, toks in zip(rows, res.token_lists()):

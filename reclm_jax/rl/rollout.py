@@ -123,8 +123,10 @@ class Rollout:
                  constraints: Sequence[Any] | None = None) -> tuple[list[list[int]], np.ndarray]:
         """(token lists incl. the stop token, stopped [n]) for this process's ``prompts``; ``constraints``: one
         ``decoding.ListConstraint`` (or None) per prompt, decoded over ``self.catalogue``."""
-        extra = self.catalogue.sampler_kwargs(constraints, self.runtime) if constraints is not None else {}
-        out = self.sampler(prompts, max_new_tokens=max_new_tokens or self.s.max_new_tokens, seeds=seeds,
+        limit = max_new_tokens or self.s.max_new_tokens
+        extra = self.catalogue.sampler_kwargs(constraints, self.runtime, limits=limit) if constraints is not None \
+            else {}
+        out = self.sampler(prompts, max_new_tokens=limit, seeds=seeds,
                            sampling=sampling, adapter=adapter, **extra)
         return out.token_lists(), np.asarray(out.stopped)
 

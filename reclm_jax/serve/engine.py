@@ -160,7 +160,8 @@ class Engine:
             chunk = rows[start:start + self.max_batch]
             extra = {}
             if constrained:  # every job of a constrained key carries one constraint per row
-                extra = self.catalogue.sampler_kwargs([jobs[j].constraints[r] for j, r in chunk], self.sampler.runtime)
+                extra = self.catalogue.sampler_kwargs([jobs[j].constraints[r] for j, r in chunk], self.sampler.runtime,
+                                                     limits=[jobs[j].limits[r] for j, r in chunk])
             with self._lock:
                 res = self.sampler([jobs[j].prompts[r] for j, r in chunk],
                                    max_new_tokens=[jobs[j].limits[r] for j, r in chunk],

@@ -1,7 +1,8 @@
 """``HostRow`` (the host-side state machine the vLLM plugin runs) allows exactly the tokens ``CatalogueProcessor``
 allows, step by step, on random catalogues and random constraints for a byte-level BPE and a SentencePiece
 tokenizer: both are fed the same tokens, drawn at random from the allowed set (so every branch of the rules is
-walked: numbers, trie walks, exits, count and category bookkeeping, dead ends, the end of the list)."""
+walked: numbers, trie walks, exits, count and category bookkeeping, dead ends, the end of the list), without
+and with tight random token limits (the budget rules)."""
 
 from __future__ import annotations
 
@@ -26,9 +27,9 @@ def _update(state, tokens, data, *, proc):
     return proc.update(state, tokens, data)
 
 
-def _host_rows(cat, cons):
+def _host_rows(cat, cons, limits=None):
     tables = HostTables(cat)
-    rows = cat.row_data(cons)["rows"]
+    rows = cat.row_data(cons, limits)["rows"]
     return [None if c is None else HostRow(tables, {k: v[i:i + 1] for k, v in rows.items()})
             for i, c in enumerate(cons)]
 
@@ -41,9 +42,10 @@ def test_host_rows_allow_what_the_processor_allows(kind, make_catalogue, load_to
         cat, items, titles, i2c, cats = make_catalogue(kind, n=60, seed=seed)
         cons = random_constraints(rng, items, cats, 16)
         cons[3] = None  # an unconstrained row: every token stays allowed
-        proc, data = cat.processor, cat.processor_data(cons)
+        limits = None if seed == 0 else rng.integers(2, 40, len(cons)).tolist()  # the second: tight budgets
+        proc, data = cat.processor, cat.processor_data(cons, limits=limits)
         state = proc.init(None, None, data)
-        host = _host_rows(cat, cons)
+        host = _host_rows(cat, cons, limits)
         ended = np.zeros(len(cons), bool)
         for step in range(120):
             mask = np.asarray(_allowed(state, data, proc=proc, vocab=vocab))
@@ -58,6 +60,8 @@ def test_host_rows_allow_what_the_processor_allows(kind, make_catalogue, load_to
                 toks[i] = rng.choice(want)
                 h.advance(int(toks[i]))
                 ended[i] |= toks[i] == cat.format.end_id
+                if limits is not None and step == limits[i] - 1:
+                    assert ended[i], f"row {i}: the list did not end within its limit {limits[i]}"
             state = _update(state, jnp.asarray(toks), data, proc=proc)
         assert ended[[i for i, h in enumerate(host) if h is not None]].all()  # whole lists were walked
 

@@ -2,7 +2,8 @@
 ``BatchUpdate``s (requests added into slots, removed, moved one way and swapped): every constrained slot gets
 exactly its own request's allowed tokens (``HostRow``, itself checked against ``CatalogueProcessor`` in
 ``test_host_state.py``) however the batch is reshuffled, unconstrained slots keep their logits, async-scheduling
-placeholders are waited for, and the extra argument's forms (object, JSON string, true / 1) are read."""
+placeholders are waited for, each request's list ends within its ``max_tokens``, and the extra argument's
+forms (object, JSON string, true / 1) are read."""
 
 from __future__ import annotations
 
@@ -40,6 +41,7 @@ class Update:  # vLLM's BatchUpdate
 @dataclasses.dataclass
 class Params:  # the part of SamplingParams the plugin reads
     extra_args: dict | None
+    max_tokens: int | None = None
 
 
 def _spec(c, form: int):
@@ -63,19 +65,21 @@ def test_slots_follow_their_requests_through_batch_changes(kind, make_catalogue,
     queue = list(range(len(cons)))
     slots: list[int | None] = [None] * 6  # slot -> request
     out = {r: [] for r in queue}
-    ref = {r: None if c is None else HostRow(tables, cat.row_data([c])["rows"]) for r, c in enumerate(cons)}
+    limits = [None if r % 3 == 0 else int(rng.integers(3, 60)) for r in range(len(cons))]  # max_tokens or none
+    ref = {r: None if c is None else HostRow(tables, cat.row_data([c], [limits[r]])["rows"])
+           for r, c in enumerate(cons)}
     finished, checked = 0, 0
     for step in range(400):
         removed, added, moved = [], [], []
         for s, r in enumerate(slots):  # finished requests leave
-            if r is not None and (cat.format.end_id in out[r][-1:] or len(out[r]) > 150):
+            if r is not None and (cat.format.end_id in out[r][-1:] or len(out[r]) >= (limits[r] or 150)):
                 slots[s], finished = None, finished + 1
                 removed.append(s)
         for s in range(len(slots)):  # new requests fill free slots
             if slots[s] is None and queue and rng.random() < 0.7:
                 r = queue.pop(0)
                 slots[s] = r
-                added.append((s, Params(_spec(cons[r], r % 2)), [1, 2, 3], out[r]))
+                added.append((s, Params(_spec(cons[r], r % 2), limits[r]), [1, 2, 3], out[r]))
         if rng.random() < 0.3:  # a swap, or a one-way move into a free slot (vLLM condensing its batch)
             a, b = (int(x) for x in rng.choice(len(slots), 2, replace=False))
             if slots[b] is None:
@@ -102,6 +106,8 @@ def test_slots_follow_their_requests_through_batch_changes(kind, make_catalogue,
                 tok = int(torch.argmax(logits[s]))
                 ref[r].advance(tok)
                 checked += 1
+                assert limits[r] is None or len(out[r]) + 1 < limits[r] or tok == cat.format.end_id, \
+                    f"request {r}: its list did not end within max_tokens {limits[r]}"
             out[r].append(tok)
     assert finished >= 15 and checked > 200
 
