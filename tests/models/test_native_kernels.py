@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
 from reclm_jax.models import native_kernels
 from reclm_jax.models.attention import cached_attention
@@ -238,3 +239,26 @@ def test_sampler_packs_once_per_set_of_weights():
     assert sampler.packed_kernels() is not first
     after = sampler(prompts, max_new_tokens=6)
     np.testing.assert_array_equal(before.tokens, after.tokens)
+
+
+def test_greedy_decoding_with_an_adapter_is_unchanged_by_packing(monkeypatch):
+    # The packed base products plus the adapter's own (unpacked) LoRA products: the same tokens as the XLA path.
+    from reclm_jax.models.lora import LoraConfig, add_lora
+    from reclm_jax.models.sampler import Sampler
+
+    model = _tiny_bf16_model(tie_word_embeddings=False)
+    add_lora(model, LoraConfig(rank=4, param_dtype="bfloat16"), "a")
+    rng = np.random.default_rng(3)
+    for path, var in nnx.to_flat_state(nnx.state(model, nnx.LoRAParam)):
+        if path[-1] == "b":  # B starts at zero: make the adapter change the outputs
+            var[...] = jnp.asarray(rng.standard_normal(var[...].shape) * 0.05, var[...].dtype)
+    prompts = rng.integers(1, 300, size=(3, 9)).tolist()
+    sampler = Sampler(model, pad_id=0)
+    assert sampler.packed_kernels()
+    packed = sampler(prompts, max_new_tokens=10, adapter="a")
+    base = sampler(prompts, max_new_tokens=10)
+    assert not np.array_equal(packed.tokens, base.tokens)  # the adapter matters
+    monkeypatch.setattr(native_kernels, "library", lambda: None)
+    plain = Sampler(model, pad_id=0)(prompts, max_new_tokens=10, adapter="a")
+    np.testing.assert_array_equal(packed.tokens, plain.tokens)
+    np.testing.assert_allclose(packed.logprobs, plain.logprobs, atol=2e-2)
