@@ -41,8 +41,7 @@ from flax import nnx
 
 from reclm_jax.errors import UserError
 from reclm_jax.models.generation import (MAX_STOP_IDS, GenerationResult, LogitsProcessor, SamplingConfig, bucket,
-                                         chosen_logprobs, left_pad, sample_tokens)
-from reclm_jax.models.kv_cache import constrain_cache, init_cache
+                                         chosen_logprobs, left_pad, prefill, sample_tokens, seed_keys, step_keys)
 from reclm_jax.models.linear import LoRAParam
 from reclm_jax.models.lora import mesh_of
 from reclm_jax.models.sharding import constrain
@@ -52,6 +51,11 @@ _TRACES = [0]  # every Sampler's traces together (generation.trace_count)
 
 def total_traces() -> int:
     return _TRACES[0]
+
+
+def note_trace() -> None:
+    """Counts one generation program's trace in ``total_traces`` (the SlotDecoder's programs call it too)."""
+    _TRACES[0] += 1
 
 
 def split_model(model) -> tuple[Any, nnx.State, nnx.State]:
@@ -311,7 +315,7 @@ class Sampler:
 
             def program(trainable, frozen, tokens, mask, limits, stops, seeds, per_row, shared):
                 self.traces += 1  # runs only while tracing
-                _TRACES[0] += 1
+                note_trace()
                 model = nnx.merge(graphdef, trainable, frozen)
                 data = {**shared, **per_row} if per_row else shared
                 return _decode(model, tokens, mask, limits, stops, seeds, data, length=length, sampling=sampling,
@@ -345,14 +349,10 @@ def _decode(model, tokens, mask, limits, stops, seeds, data, *, length, sampling
     """tokens int32 [B, P] (left-padded), mask bool [B, P], limits int32 [B] (0 = idle row), stops int32
     [B, 8], seeds uint32 [B, 2] -> (tokens int32 [B, length], logprobs f32 [B, length], lengths int32 [B],
     stopped bool [B]), then with top_logprobs = k > 0 (top ids int32 [B, length, k], their logprobs f32)."""
-    cfg = model.config
     b, p = tokens.shape
-    cache = init_cache(cfg, b, p + length, jnp.dtype(cache_dtype) if cache_dtype else None)
-    cache = constrain_cache(cache)  # batch over the data axes, KV heads over tp
-    out = model(tokens, attention_mask=mask, cache=cache, adapter=adapter, prefill=True, compute_logits=False)
-    first_logits = model.head(out.hidden[:, -1:], adapter=adapter)[:, 0]
+    cache, first_logits = prefill(model, tokens, mask, p + length, cache_dtype, adapter)
     proc_state = processor.init(tokens, mask, data) if processor is not None else ()
-    row_keys = jax.vmap(lambda s, i: jax.random.fold_in(jax.random.key(s), i))(seeds[:, 0], seeds[:, 1])
+    row_keys = seed_keys(seeds)
 
     k = top_logprobs
 
@@ -360,8 +360,7 @@ def _decode(model, tokens, mask, limits, stops, seeds, data, *, length, sampling
         raw = logits = logits.astype(jnp.float32)
         if processor is not None:
             logits = processor.process(proc_state, logits, step, data)
-        keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(row_keys, step)
-        tok = sample_tokens(logits, keys, sampling)
+        tok = sample_tokens(logits, step_keys(row_keys, step), sampling)
         # The full log-softmax only when alternatives are asked for (0.8 ms a step on XLA:CPU, chosen_logprobs);
         # then the chosen token's log-prob is read from it rather than normalised a second time.
         if not k:
@@ -413,7 +412,7 @@ def _decode(model, tokens, mask, limits, stops, seeds, data, *, length, sampling
         done = done | hit | (lengths >= limits)
         return step + 1, out.cache, new, done, stopped | hit, lengths, out_tokens, out_logp, proc_state, out_top
 
-    carry = (jnp.int32(1), out.cache, tok, done, stopped, lengths, out_tokens, out_logp, proc_state, out_top)
+    carry = (jnp.int32(1), cache, tok, done, stopped, lengths, out_tokens, out_logp, proc_state, out_top)
     _, _, _, _, stopped, lengths, out_tokens, out_logp, _, out_top = jax.lax.while_loop(cond, body, carry)
     # The batch layout the inputs were placed with, so each process finds its own rows on its own devices.
     top = tuple(constrain(x, "batch", None, None) for x in out_top)
