@@ -48,6 +48,15 @@ from reclm_jax.models.lora import mesh_of
 from reclm_jax.models.sampler import note_trace, row_seeds, split_model
 
 
+def slot_fits(prompt_len: int, limit: int, cache_len: int, prompt_buckets: Sequence[int] | None = None,
+              min_prompt_bucket: int = 16) -> bool:
+    """Whether a row fits a SlotDecoder of ``cache_len`` slots: its prompt bucket, then ``limit - 1`` fed tokens."""
+    try:
+        return bucket(prompt_len, prompt_buckets, min_prompt_bucket) + limit - 1 <= cache_len
+    except UserError:  # longer than the largest prompt bucket
+        return False
+
+
 class SlotState(NamedTuple):
     """The device side of the slots (B = slots); donated to and returned by every program."""
 
@@ -161,10 +170,7 @@ class SlotDecoder:
 
     def fits(self, prompt_len: int, limit: int) -> bool:
         """Whether a row of this prompt length and token limit can ever be decoded here (else: the Sampler)."""
-        try:
-            return self._prompt_bucket(prompt_len) + limit - 1 <= self.cache_len
-        except UserError:  # longer than the largest prompt bucket
-            return False
+        return slot_fits(prompt_len, limit, self.cache_len, self.prompt_buckets, self.min_prompt_bucket)
 
     def _need(self, extra: int = 0) -> int:
         """The most tokens any live row (or a new one feeding ``extra``) may still feed into the cache."""
