@@ -20,8 +20,9 @@ warm: between chunks of a few decoding steps finished rows leave and new ones jo
   ``bucket(prompt) + max_new_tokens - 1 <= S`` (``fits``; ``admit`` refuses others with a ``UserError``).
 - Compaction (``kv_cache.shift_slots``, one program per power-of-two window): the slots before the oldest live
   row's first one are dead for every row but still read by each step's attention (it covers slots [0, end]),
-  so the live window is moved down to slot 0 when the dead part is a quarter of ``end``, or when it would make
-  room for a waiting row. It copies the window only, not all S slots.
+  so the live window is moved down to slot 0 when the dead part is a quarter of ``end`` (and at least
+  ``MIN_COMPACTION`` slots), or when it would make room for a waiting row. It copies the window only, not all S
+  slots; a window bucket seen for the first time compiles its (small) program then.
 
 Exactness: a row's tokens and log-probs depend on its prompt, seed and limits only: the draw's key is
 ``fold_in(fold_in(key(seed), 0), t)`` for the row's token number t (the Sampler's with one int seed per
@@ -55,6 +56,11 @@ def slot_fits(prompt_len: int, limit: int, cache_len: int, prompt_buckets: Seque
         return bucket(prompt_len, prompt_buckets, min_prompt_bucket) + limit - 1 <= cache_len
     except UserError:  # longer than the largest prompt bucket
         return False
+
+
+# Dead front slots worth a compaction (besides a quarter of ``end``): fewer cost less attention than the copy, and
+# a single row's prompt padding (< its bucket) is no reason to move the cache.
+MIN_COMPACTION = 64
 
 
 class SlotState(NamedTuple):
@@ -151,6 +157,18 @@ class SlotDecoder:
         self._end = 0
         return tags
 
+    def release(self) -> bool:
+        """Frees the slot cache of an idle decoder (its programs stay compiled; the next ``admit`` allocates a
+        new cache); returns whether it was idle."""
+        if self.live or self._finished:
+            return False
+        self._state = None
+        return True
+
+    @property
+    def holds_cache(self) -> bool:
+        return self._state is not None
+
     @property
     def live(self) -> int:
         """Slots holding a row that is still decoding."""
@@ -192,6 +210,8 @@ class SlotDecoder:
         ``step``."""
         for r in requests:
             self._check(r)
+        if self._state is None:
+            self.reset()
         if self.live == 0:
             self._end = 0  # nothing live: the whole cache is free
         take: list[SlotRequest] = []
@@ -252,7 +272,7 @@ class SlotDecoder:
         particular order. ``waiting``: rows wait for a slot, so the chunk ends as soon as some row finishes."""
         if self.live:
             dead = self._dead()
-            if dead > 0 and 4 * dead >= self._end:
+            if dead >= max(MIN_COMPACTION, self._end // 4):
                 self._compact()
             budget = min(self.chunk, self.cache_len - self._end)
             out = self._program("chunk")(self.trainable, self.frozen, self._state, np.int32(budget), np.bool_(waiting))

@@ -3,8 +3,8 @@ app submits jobs to it through a ``ContinuousQueue`` (503 on a full queue, resul
 
 The loop (``ContinuousScheduler``): jobs arrive on a thread-safe queue and their rows wait, per key (sampling
 settings, adapter), first come first served. Each round visits every key with waiting or live rows: admits
-what fits into that key's SlotDecoder (created lazily, at most ``max_decoders``; an idle one is dropped for a
-new key), runs one chunk of decoding steps, and hands finished rows to their jobs. A job's ``finish`` builds its
+what fits into that key's SlotDecoder (created lazily; at most ``max_decoders`` hold a slot cache at a time, an
+idle one giving its cache up for another key), runs one chunk of decoding steps, and hands finished rows to their jobs. A job's ``finish`` builds its
 response on this thread once its last row is done; its result reaches the app's event loop through
 ``loop.call_soon_threadsafe``. A failing chunk or admission fails the jobs with rows in that decoder only (the
 decoder starts empty again); a failing ``finish`` its own job. Decodes hold the engine's lock, so the static
@@ -20,7 +20,11 @@ import queue
 import threading
 from typing import Any, Callable
 
+from reclm_jax.errors import UserError
 from reclm_jax.service.batcher import QueueFullError
+
+
+MAX_KEPT = 8  # decoders (compiled programs) kept per engine, of which ``max_decoders`` hold a slot cache
 
 
 @dataclasses.dataclass(eq=False)
@@ -41,6 +45,7 @@ class ContinuousScheduler:
         self.engine, self.max_decoders = engine, max_decoders
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
         self._decoders: collections.OrderedDict = collections.OrderedDict()  # key -> SlotDecoder, oldest first
+        self._dlock = threading.Lock()  # the decoder table changes on the loop thread, stats read it elsewhere
         self._waiting: dict[Any, collections.deque] = {}  # key -> (ticket, row index), in arrival order
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
@@ -55,8 +60,12 @@ class ContinuousScheduler:
                 self._thread.start()
         self._inbox.put(_Ticket(job, done, admitted, [None] * job.size, job.size, job.size))
 
+    def _all(self) -> list:
+        with self._dlock:
+            return list(self._decoders.values())
+
     def stats(self) -> dict:
-        decs = list(self._decoders.values())
+        decs = self._all()
         steps = self.retired["steps"] + sum(d.steps for d in decs)
         slot_steps = self.retired["slot_steps"] + sum(d.slot_steps for d in decs)
         return {"decode_steps": steps, "slot_steps": slot_steps,
@@ -66,7 +75,8 @@ class ContinuousScheduler:
 
     @property
     def traces(self) -> int:
-        return self.retired["traces"] + sum(d.traces for d in list(self._decoders.values()))
+        with self._dlock:
+            return self.retired["traces"] + sum(d.traces for d in self._decoders.values())
 
     # -- the loop ------------------------------------------------------------------------------------------
     def _run(self) -> None:
@@ -94,40 +104,56 @@ class ContinuousScheduler:
             rows.extend((t, r) for r in range(t.job.size))
 
     def _decoder(self, key):
-        if key in self._decoders:
+        """The key's decoder, holding a slot cache, or None while ``max_decoders`` busy ones hold theirs. Idle
+        decoders give their cache up for another key but keep their compiled programs (at most
+        ``MAX_KEPT`` decoders are kept, the least recently used idle one dropped beyond that)."""
+        dec = self._decoders.get(key)
+        if dec is None or not dec.holds_cache:
+            holding = [k for k, d in self._decoders.items() if d.holds_cache]
+            if len(holding) >= self.max_decoders:
+                if not any(self._decoders[k].release() for k in holding):
+                    return None  # every cache is busy: this key waits for one to empty
+        if dec is None:
+            with self.engine._lock:
+                dec = self.engine.slot_decoder(key)
+            with self._dlock:
+                self._decoders[key] = dec
+                idle = [k for k, d in self._decoders.items() if not d.holds_cache]
+                if len(self._decoders) > MAX_KEPT and idle:
+                    old = self._decoders.pop(idle[0])
+                    for f in self.retired:
+                        self.retired[f] += getattr(old, f)
+        with self._dlock:
             self._decoders.move_to_end(key)
-            return self._decoders[key]
-        if len(self._decoders) >= self.max_decoders:
-            idle = [k for k, d in self._decoders.items() if not d.live]
-            if not idle:
-                return None  # every decoder is busy: this key waits for one to empty
-            old = self._decoders.pop(idle[0])
-            for f in self.retired:
-                self.retired[f] += getattr(old, f)
-        with self.engine._lock:
-            self._decoders[key] = self.engine.slot_decoder(key)
-        return self._decoders[key]
+        return dec
 
     def _round(self, key, dec) -> None:
         from reclm_jax.models.slot_decoder import SlotRequest
 
         waiting = self._waiting.setdefault(key, collections.deque())
+        admitting = bool(waiting)
         try:
             with self.engine._lock:
                 if waiting:
                     heads = list(waiting)[:dec.free]
                     reqs = [SlotRequest(t.job.prompts[r], t.job.limits[r], t.job.seeds[r], t.job.stop_ids[r], (t, r))
                             for t, r in heads]
-                    for _ in range(dec.admit(reqs)):
+                    try:
+                        taken = dec.admit(reqs)
+                    except UserError as e:  # a row the decoder refuses (checked before any decoding): its job only
+                        self._fail(waiting[0][0], e)
+                        return
+                    admitting = False
+                    for _ in range(taken):
                         t, _r = waiting.popleft()
                         t.waiting -= 1
                         if t.waiting == 0:
                             t.admitted()
                 finished = dec.step(waiting=bool(waiting))
-        except Exception as e:  # this decoder's rows fail; the loop and the other decoders go on
+        except Exception as e:  # this decoder's rows fail (its state is gone); the loop and other decoders go on
             tickets = {tag[0] for tag in dec.reset()}
-            if waiting and not tickets:
-                tickets = {waiting[0][0]}  # the admission itself failed: the head job's
+            if admitting:
+                tickets.add(waiting[0][0])  # the admission failed: the head job's (retrying would fail again)
             for t in tickets:
                 self._fail(t, e)
             return
