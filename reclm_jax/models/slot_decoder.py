@@ -40,6 +40,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec
 
 from reclm_jax.errors import UserError
 from reclm_jax.models.generation import (MAX_STOP_IDS, SamplingConfig, bucket, chosen_logprobs, left_pad, prefill,
@@ -119,6 +120,9 @@ class SlotDecoder:
                  batch_buckets: Sequence[int] | None = None):
         self.graphdef, self.trainable, self.frozen = split_model(model)
         mesh = mesh_of((self.trainable, self.frozen))
+        # On a one-device mesh every program's state comes back on it, replicated (so the next call sees the
+        # same shardings and reuses its program; left to propagation, some leaves came back with other specs).
+        self._pinned = NamedSharding(mesh, PartitionSpec()) if mesh is not None else None
         if mesh is not None and mesh.devices.size > 1:
             raise UserError("SlotDecoder: the weights live on a mesh of several devices; continuous batching runs on one "
                             "device (use the Sampler)")
@@ -152,6 +156,8 @@ class SlotDecoder:
         self._state = SlotState(cache, jnp.full((b,), self.pad_id, jnp.int32), jnp.ones((b,), bool),
                                 jnp.zeros((b,), bool), jnp.zeros((b,), jnp.int32), jnp.zeros((b,), jnp.int32),
                                 jnp.full((b, MAX_STOP_IDS), -1, jnp.int32), jnp.zeros((b, 2), jnp.uint32))
+        if self._pinned is not None:
+            self._state = jax.device_put(self._state, self._pinned)
         self._rows: list[_Slot | None] = [None] * b
         self._finished: list[FinishedRow] = []
         self._end = 0
@@ -323,6 +329,11 @@ class SlotDecoder:
         self.traces += 1  # runs only while tracing
         note_trace()
 
+    def _pin(self, state: SlotState) -> SlotState:
+        if self._pinned is None:
+            return state
+        return jax.tree.map(lambda x: jax.lax.with_sharding_constraint(x, self._pinned), state)
+
     def _admit_fn(self, rows_bucket: int, p: int):
         graphdef, sampling, adapter, cache_dtype = self.graphdef, self.sampling, self.adapter, self.cache_dtype
 
@@ -343,7 +354,7 @@ class SlotDecoder:
                               state.stopped.at[rows].set(stopped), state.lengths.at[rows].set(1),
                               state.limits.at[rows].set(limits), state.stops.at[rows].set(stops),
                               state.seeds.at[rows].set(seeds))
-            return state, tok, lp, done, stopped
+            return self._pin(state), tok, lp, done, stopped
 
         return admit
 
@@ -380,13 +391,13 @@ class SlotDecoder:
             carry = (jnp.int32(0), state, jnp.full((b, width), pad_id, jnp.int32), jnp.zeros((b, width), jnp.float32),
                      jnp.bool_(False))
             steps, state, out_t, out_l, _ = jax.lax.while_loop(cond, body, carry)
-            return state, out_t, out_l, steps
+            return self._pin(state), out_t, out_l, steps
 
         return chunk
 
     def _compact_fn(self, width: int):
         def compact(state, start):
             self._traced()
-            return state._replace(cache=shift_slots(state.cache, start, width))
+            return self._pin(state._replace(cache=shift_slots(state.cache, start, width)))
 
         return compact
