@@ -281,6 +281,8 @@ class SlotDecoder:
             if dead >= max(MIN_COMPACTION, self._end // 4):
                 self._compact()
             budget = min(self.chunk, self.cache_len - self._end)
+            if budget < 1:  # admission keeps room for every live row: reaching this is a bug, not a state to wait in
+                raise RuntimeError(f"SlotDecoder: no cache room for {self.live} live rows at end {self._end}")
             out = self._program("chunk")(self.trainable, self.frozen, self._state, np.int32(budget), np.bool_(waiting))
             self._state, toks, lps, steps = out
             toks, lps, steps = np.asarray(toks), np.asarray(lps), int(steps)

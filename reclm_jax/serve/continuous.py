@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import dataclasses
+import logging
 import queue
 import threading
 from typing import Any, Callable
@@ -24,6 +25,7 @@ from reclm_jax.errors import UserError
 from reclm_jax.service.batcher import QueueFullError
 
 
+log = logging.getLogger(__name__)
 MAX_KEPT = 8  # decoders (compiled programs) kept per engine, of which ``max_decoders`` hold a slot cache
 
 
@@ -80,6 +82,19 @@ class ContinuousScheduler:
 
     # -- the loop ------------------------------------------------------------------------------------------
     def _run(self) -> None:
+        while True:
+            try:
+                self._rounds()
+            except Exception as e:  # a bug in the loop itself: fail what it holds, keep serving
+                log.exception("continuous batching loop")
+                tickets = {t for rows in self._waiting.values() for t, _ in rows}
+                for dec in self._all():
+                    tickets |= {tag[0] for tag in dec.reset()}
+                for t in tickets:
+                    self._fail(t, e)
+                self._waiting.clear()
+
+    def _rounds(self) -> None:
         while True:
             busy = any(self._waiting.values()) or any(d.live for d in self._decoders.values())
             self._take(self._inbox.get() if not busy else None)

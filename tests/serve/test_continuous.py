@@ -129,14 +129,11 @@ def test_a_full_queue_gets_503_and_a_failed_chunk_fails_only_its_requests(engine
         assert again.status_code == 200 and again.json()["choices"][0]["text"] == running.json()["choices"][0]["text"]
 
 
-def test_too_long_for_the_slots_takes_the_static_path(engine, serve_config):
-    from reclm_jax.serve.engine import Engine
-
-    small = Engine.__new__(Engine)
-    small.__dict__.update(engine.__dict__)
-    small.cache_len = 16  # a 16-token bucket and nothing more: 2 new tokens no longer fit
+def test_too_long_for_the_slots_takes_the_static_path(engine, serve_config, monkeypatch):
     job = engine.make_job(_parsed(engine, serve_config, 2), lambda rows: rows)
-    assert engine.continuous_ok(job) and not small.continuous_ok(job)
+    assert engine.continuous_ok(job)
+    monkeypatch.setattr(engine, "cache_len", 16)  # a 16-token prompt bucket and nothing more: 2 new tokens do not fit
+    assert not engine.continuous_ok(job)
 
 
 def _parsed(engine, serve_config, max_tokens):
