@@ -125,3 +125,12 @@ def test_many_admissions_compile_a_bounded_number_of_programs(model, prompts):
         wave(seed)
     assert dec.traces <= warm + 2  # later waves meet at most a leftover window or bucket
     del rng
+
+
+@pytest.mark.parametrize("kw", [dict(scan_layers=True), dict(kernels="xla")], ids=["scan-layers", "xla-kernels"])
+def test_a_layer_stack_and_the_xla_kernels_decode_the_same(tiny_llama_factory, prompts, kw):
+    model = load_llama(tiny_llama_factory("llama3"), progress=False, **kw)
+    dec = SlotDecoder(model, pad_id=PAD, slots=2, cache_len=64, chunk=3)
+    reqs = [SlotRequest(prompts[i], 6 + 5 * i, tag=i) for i in range(4)]
+    got = drive(dec, reqs, arrivals=[0, 1, 1, 2])
+    check(dec, model, got, reqs)
