@@ -13,7 +13,9 @@ warm: between chunks of a few decoding steps finished rows leave and new ones jo
   gap of invalid slots.
 - ``step`` runs one jitted chunk of up to ``chunk`` decoding steps for all B slots (a ``lax.while_loop`` that
   also stops once every slot is done, or, when rows are waiting, once some row finishes), and hands back the
-  rows that finished. Free slots decode pad tokens that nobody reads.
+  rows that finished. Free slots decode pad tokens that nobody reads; at light load (every live row among the
+  first B / 4 slots, which admission fills first) a chunk decodes only a batch bucket of the first slots, copied
+  out of the shared state once per chunk and back, so one live row does not pay for B.
 - Space: each admission keeps ``end + (the most tokens any live row may still feed) <= S``, and a decoding
   step raises both sides by one, so live rows never run out of slots; rows that would break it wait (first
   come, first served: a row never overtakes an earlier one) until rows finish. A row fits at all if
@@ -28,7 +30,7 @@ Exactness: a row's tokens and log-probs depend on its prompt, seed and limits on
 ``fold_in(fold_in(key(seed), 0), t)`` for the row's token number t (the Sampler's with one int seed per
 prompt), and the attention sees the same keys and values at other slot numbers (sums over more masked slots
 round alike up to f32 summation order). One program per (admission rows bucket, prompt bucket), one chunk
-program and a few compaction programs: nothing recompiles once those are warm. One device only.
+program per width (B and the buckets up to B / 4) and a few compaction programs: nothing recompiles once those are warm. One device only.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from reclm_jax.errors import UserError
 from reclm_jax.models.generation import (MAX_STOP_IDS, SamplingConfig, bucket, chosen_logprobs, left_pad, prefill,
                                          sample_tokens, seed_keys, step_keys)
-from reclm_jax.models.kv_cache import KVCache, init_cache, put_rows, shift_slots
+from reclm_jax.models.kv_cache import KVCache, init_cache, put_rows, shift_slots, update_slice
 from reclm_jax.models.lora import mesh_of
 from reclm_jax.models.sampler import note_trace, row_seeds, split_model
 
@@ -283,7 +285,8 @@ class SlotDecoder:
             budget = min(self.chunk, self.cache_len - self._end)
             if budget < 1:  # admission keeps room for every live row: reaching this is a bug, not a state to wait in
                 raise RuntimeError(f"SlotDecoder: no cache room for {self.live} live rows at end {self._end}")
-            out = self._program("chunk")(self.trainable, self.frozen, self._state, np.int32(budget), np.bool_(waiting))
+            out = self._program("chunk", self._width())(self.trainable, self.frozen, self._state, np.int32(budget),
+                                                         np.bool_(waiting))
             self._state, toks, lps, steps = out
             toks, lps, steps = np.asarray(toks), np.asarray(lps), int(steps)
             lengths, done, stopped = (np.asarray(x) for x in (self._state.lengths, self._state.done,
@@ -304,6 +307,13 @@ class SlotDecoder:
                     self._rows[i] = None
         out, self._finished = self._finished, []
         return out
+
+    def _width(self) -> int:
+        """The rows a chunk decodes: all B, or at light load (every live row among the first B / 4; admission
+        fills the lowest free slots) a smaller batch bucket, so one live row does not pay for B."""
+        top = max(i for i, s in enumerate(self._rows) if s is not None) + 1
+        w = bucket(top, self.batch_buckets)
+        return w if w <= self.slots // 4 else self.slots
 
     def _compact(self) -> None:
         dead = self._dead()
@@ -360,15 +370,18 @@ class SlotDecoder:
 
         return admit
 
-    def _chunk_fn(self):
+    def _chunk_fn(self, rows: int):
         graphdef, sampling, adapter, pad_id, width = self.graphdef, self.sampling, self.adapter, self.pad_id, self.chunk
 
-        def chunk(trainable, frozen, state, budget, stop_early):
-            """budget int32 (steps at most, <= chunk), stop_early bool -> (state, tokens int32 [B, chunk] and
-            logprobs f32 [B, chunk] of each step (pad and 0 for done rows), steps taken int32)."""
+        def chunk(trainable, frozen, full, budget, stop_early):
+            """budget int32 (steps at most, <= chunk), stop_early bool -> (state, tokens int32 [rows, chunk] and
+            logprobs f32 [rows, chunk] of each step (pad and 0 for done rows), steps taken int32). With rows < B
+            only the first ``rows`` slots decode: copied out of the state once and back after the loop."""
             self._traced()
             model = nnx.merge(graphdef, trainable, frozen)
-            b = state.tok.shape[0]
+            state = full if rows == self.slots else _map_rows(full, lambda x, axis: jax.lax.slice_in_dim(x, 0, rows,
+                                                                                                        axis=axis))
+            b = rows
             row_keys = seed_keys(state.seeds)
 
             def cond(c):
@@ -393,6 +406,12 @@ class SlotDecoder:
             carry = (jnp.int32(0), state, jnp.full((b, width), pad_id, jnp.int32), jnp.zeros((b, width), jnp.float32),
                      jnp.bool_(False))
             steps, state, out_t, out_l, _ = jax.lax.while_loop(cond, body, carry)
+            if rows < self.slots:
+                parts: list = []
+                _map_rows(state, lambda x, axis: parts.append(x) or x)  # the same visiting order below
+                done_rows, end = iter(parts), state.cache.end
+                state = _map_rows(full, lambda x, axis: update_slice(x, next(done_rows), (0,) * x.ndim))
+                state = state._replace(cache=state.cache._replace(end=end))
             return self._pin(state), out_t, out_l, steps
 
         return chunk
@@ -403,3 +422,16 @@ class SlotDecoder:
             return self._pin(state._replace(cache=shift_slots(state.cache, start, width)))
 
         return compact
+
+
+def _map_rows(state: SlotState, fn) -> SlotState:
+    """``fn(array, row_axis)`` over every per-row array of ``state`` (not ``end``): a stacked cache has its rows
+    on axis 1, everything else on axis 0."""
+    cache = state.cache
+    stacked = not isinstance(cache.keys, tuple)
+
+    def bufs(x):
+        return fn(x, 1) if stacked else tuple(fn(k, 0) for k in x)
+
+    cache = KVCache(bufs(cache.keys), bufs(cache.values), fn(cache.valid, 0), cache.end)
+    return SlotState(cache, *(fn(x, 0) for x in state[1:]))

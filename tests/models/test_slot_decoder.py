@@ -119,8 +119,8 @@ def test_many_admissions_compile_a_bounded_number_of_programs(model, prompts):
     wave(1)
     wave(2)
     warm = dec.traces
-    # admissions: rows buckets (1, 2, 4) x prompt buckets (16, 32); one chunk program; compactions: a few windows
-    assert warm <= 3 * 2 + 1 + 4
+    # admissions: rows buckets (1, 2, 4) x prompt buckets (16, 32); chunks of 1 or all 4 rows; a few windows
+    assert warm <= 3 * 2 + 2 + 4
     for seed in range(3, 6):
         wave(seed)
     assert dec.traces <= warm + 2  # later waves meet at most a leftover window or bucket
@@ -133,4 +133,16 @@ def test_a_layer_stack_and_the_xla_kernels_decode_the_same(tiny_llama_factory, p
     dec = SlotDecoder(model, pad_id=PAD, slots=2, cache_len=64, chunk=3)
     reqs = [SlotRequest(prompts[i], 6 + 5 * i, tag=i) for i in range(4)]
     got = drive(dec, reqs, arrivals=[0, 1, 1, 2])
+    check(dec, model, got, reqs)
+
+
+@pytest.mark.parametrize("scan", [False, True], ids=["layers", "scan-layers"])
+def test_light_load_decodes_a_smaller_batch_with_the_same_answers(tiny_llama_factory, prompts, scan):
+    model = load_llama(tiny_llama_factory("llama3"), progress=False, scan_layers=scan)
+    dec = SlotDecoder(model, pad_id=PAD, slots=8, cache_len=128, chunk=4)
+    reqs = [SlotRequest(prompts[i], 10 + i, tag=i) for i in range(6)]
+    got = drive(dec, reqs[:1], arrivals=[0])  # one row: chunks of the 1-row bucket
+    assert [k for k in dec._programs if k[0] == "chunk"] == [("chunk", 1)]
+    got.update(drive(dec, reqs[1:], arrivals=[0, 0, 0, 0, 3]))  # five rows: all 8 slots decode
+    assert ("chunk", 8) in dec._programs
     check(dec, model, got, reqs)
