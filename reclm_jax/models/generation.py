@@ -16,6 +16,7 @@ import numpy as np
 
 from reclm_jax.buckets import bucket  # noqa: F401  (re-exported: callers import it from here)
 from reclm_jax.errors import UserError
+from reclm_jax.models.kv_cache import constrain_cache, init_cache
 
 MAX_STOP_IDS = 8
 
@@ -181,6 +182,26 @@ def sample_tokens(logits: jnp.ndarray, key: jax.Array, cfg: SamplingConfig) -> j
     if cfg.top_p < 1.0:
         logits = _nucleus_of_vocab(logits, cfg.top_p)
     return draw(key, logits)
+
+
+def prefill(model, tokens, mask, size: int, cache_dtype, adapter):
+    """Runs left-padded prompts int32 [B, P] (mask bool [B, P]) into a fresh cache of ``size`` >= P slots ->
+    (the cache, slots [0, P) filled and ``end`` = P; the next token's logits [B, V] in the compute dtype).
+    The prompt attends within itself; the LM head runs on the last position only."""
+    cache = init_cache(model.config, tokens.shape[0], size, jnp.dtype(cache_dtype) if cache_dtype else None)
+    cache = constrain_cache(cache)  # batch over the data axes, KV heads over tp
+    out = model(tokens, attention_mask=mask, cache=cache, adapter=adapter, prefill=True, compute_logits=False)
+    return out.cache, model.head(out.hidden[:, -1:], adapter=adapter)[:, 0]
+
+
+def seed_keys(seeds: jnp.ndarray) -> jax.Array:
+    """uint32 [B, 2] (seed, stream) per row -> one JAX key per row, ``fold_in(key(seed), stream)``."""
+    return jax.vmap(lambda s, i: jax.random.fold_in(jax.random.key(s), i))(seeds[:, 0], seeds[:, 1])
+
+
+def step_keys(row_keys: jax.Array, step) -> jax.Array:
+    """Row keys [B] and the token index ``step`` (int32 scalar, or [B]: each row's own) -> the draw's keys [B]."""
+    return jax.vmap(jax.random.fold_in, in_axes=(0, None if jnp.ndim(step) == 0 else 0))(row_keys, step)
 
 
 def left_pad(prompts: Sequence[Sequence[int]], length: int, rows: int, pad_id: int) -> tuple[np.ndarray, np.ndarray]:

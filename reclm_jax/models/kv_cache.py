@@ -75,3 +75,52 @@ def update_slice(buf: jnp.ndarray, new: jnp.ndarray, index) -> jnp.ndarray:
     """``dynamic_update_slice(buf, new, index)`` in place for 16-bit floats too (through ``bits_view``)."""
     out = jax.lax.dynamic_update_slice(bits_view(buf), bits_view(new.astype(buf.dtype)), index)
     return jax.lax.bitcast_convert_type(out, buf.dtype) if out.dtype != buf.dtype else out
+
+
+def _layers(cache: KVCache) -> tuple[list, bool]:
+    """The cache's key and value buffers as one list, and whether they are stacked ([L, B, K, S, H])."""
+    if isinstance(cache.keys, tuple):
+        return [*cache.keys, *cache.values], False
+    return [cache.keys, cache.values], True
+
+
+def _rebuild(cache: KVCache, bufs: list, stacked: bool, valid, end) -> KVCache:
+    if stacked:
+        return KVCache(bufs[0], bufs[1], valid, end)
+    n = len(bufs) // 2
+    return KVCache(tuple(bufs[:n]), tuple(bufs[n:]), valid, end)
+
+
+def put_rows(cache: KVCache, new: KVCache, rows: jnp.ndarray, start) -> KVCache:
+    """Copies ``new``'s n rows (P slots each) into rows ``rows`` (int32 [n]) of ``cache``, at slots
+    [start, start + P); each such row's ``valid`` becomes ``new``'s placed there (False everywhere else).
+
+    Rows are written one after the other, in place (uint16 views for 16-bit floats, as ``update_slice``); a
+    row listed twice must carry the same data twice (the SlotDecoder pads its admissions so). ``end`` is kept.
+    """
+    bufs, stacked = _layers(cache)
+    small, _ = _layers(new)
+    placed = jax.lax.dynamic_update_slice(jnp.zeros((new.valid.shape[0], cache.size), bool), new.valid, (0, start))
+
+    def one(i, bufs):
+        r = rows[i]
+        if stacked:
+            return [update_slice(b, jax.lax.dynamic_slice_in_dim(s, i, 1, 1), (0, r, 0, start, 0))
+                    for b, s in zip(bufs, small)]
+        return [update_slice(b, jax.lax.dynamic_slice_in_dim(s, i, 1, 0), (r, 0, start, 0)) for b, s in zip(bufs, small)]
+
+    bufs = jax.lax.fori_loop(0, rows.shape[0], one, bufs)
+    return _rebuild(cache, bufs, stacked, cache.valid.at[rows].set(placed), cache.end)
+
+
+def shift_slots(cache: KVCache, start, width: int) -> KVCache:
+    """Moves slots [start, start + width) of every row to [0, width) and ``end`` down by ``start``; ``valid``
+    is False from the new ``end`` on. ``start + width`` must not pass the cache size (the SlotDecoder's
+    compaction: the slots before ``start`` are no live row's)."""
+    bufs, stacked = _layers(cache)
+    axis = 3 if stacked else 2
+    moved = [update_slice(b, jax.lax.dynamic_slice_in_dim(b, start, width, axis), (0,) * b.ndim) for b in bufs]
+    end = cache.end - start
+    slot = jnp.arange(cache.size)
+    valid = jnp.roll(cache.valid, -start, axis=1) & (slot < end)[None, :]
+    return _rebuild(cache, moved, stacked, valid, end)

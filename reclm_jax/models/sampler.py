@@ -42,9 +42,8 @@ from flax import nnx
 
 from reclm_jax.errors import UserError
 from reclm_jax.models.generation import (MAX_STOP_IDS, GenerationResult, LogitsProcessor, SamplingConfig, bucket,
-                                         chosen_logprobs, left_pad, sample_tokens)
+                                         chosen_logprobs, left_pad, prefill, sample_tokens, seed_keys, step_keys)
 from reclm_jax.models.kernels import packed_weights
-from reclm_jax.models.kv_cache import constrain_cache, init_cache
 from reclm_jax.models.linear import LoRAParam, pack_linears
 from reclm_jax.models.lora import mesh_of
 from reclm_jax.models.sharding import constrain
@@ -54,6 +53,11 @@ _TRACES = [0]  # every Sampler's traces together (generation.trace_count)
 
 def total_traces() -> int:
     return _TRACES[0]
+
+
+def note_trace() -> None:
+    """Counts one generation program's trace in ``total_traces`` (the SlotDecoder's programs call it too)."""
+    _TRACES[0] += 1
 
 
 def split_model(model) -> tuple[Any, nnx.State, nnx.State]:
@@ -210,7 +214,7 @@ class Sampler:
         self.min_prompt_bucket, self.min_length_bucket = min_prompt_bucket, min_length_bucket
         self.traces = 0  # how often this Sampler's programs were traced (= compiled)
         self._programs: dict[tuple, Any] = {}
-        self._packed: tuple[list, dict] | None = None  # packed_kernels()' cache: (weakrefs to its weights, packed)
+        self.packer = PackedKernels(self.graphdef)  # packed_kernels()' cache; a SlotDecoder may share it
 
     # -- weights ------------------------------------------------------------------------------------------
     def update_params(self, trainable: nnx.State) -> None:
@@ -237,25 +241,8 @@ class Sampler:
         self.trainable = jax.tree.unflatten(new_tree, placed)
 
     def packed_kernels(self) -> dict:
-        """{Linear uid: kernel packed for the native few-row product} (``linear.pack_linears``), computed once per
-        set of weights and kept, so a decoding call streams packed kernels without repacking them (one pass over
-        the weights, about 0.2 s for SmolLM2 on the 2-core dev machine). {} off the CPU kernels, without the native
-        library, and on a mesh of more than one device (the native calls there would gather sharded weights).
-        Costs one more copy of the packed kernels in memory while this Sampler holds its weights."""
-        rt = self.runtime
-        mesh = getattr(rt, "mesh", None)
-        if mesh is not None and mesh.size > 1:
-            return {}
-        # Kept while the weights are the same arrays (weak references: a kept packing never keeps old weights
-        # alive, and a freed array's id can never be mistaken for a live one); any swap repacks.
-        leaves = jax.tree.leaves((self.trainable, self.frozen))
-        if self._packed is not None:
-            refs, packed = self._packed
-            if len(refs) == len(leaves) and all(r() is x for r, x in zip(refs, leaves)):
-                return packed
-        packed = _pack_program(self.graphdef)(self.trainable, self.frozen)
-        self._packed = ([weakref.ref(x) for x in leaves], packed)
-        return packed
+        """This Sampler's weights' ``PackedKernels`` (computed once per set of weights, then kept)."""
+        return self.packer(self.trainable, self.frozen, self.runtime)
 
     # -- generation ---------------------------------------------------------------------------------------
     def __call__(self, prompts: Sequence[Sequence[int]], *, max_new_tokens: int | Sequence[int],
@@ -335,7 +322,7 @@ class Sampler:
 
             def program(trainable, frozen, packed, tokens, mask, limits, stops, seeds, per_row, shared):
                 self.traces += 1  # runs only while tracing
-                _TRACES[0] += 1
+                note_trace()
                 model = nnx.merge(graphdef, trainable, frozen)
                 data = {**shared, **per_row} if per_row else shared
                 return _decode(model, packed, tokens, mask, limits, stops, seeds, data, length=length, sampling=sampling,
@@ -344,6 +331,33 @@ class Sampler:
 
             self._programs[key] = jax.jit(program)
         return self._programs[key]
+
+
+class PackedKernels:
+    """{Linear uid: kernel packed for the native few-row product} (``linear.pack_linears``) of one model's weights,
+    computed once per set of weights and kept, so decoding calls stream packed kernels without repacking (one
+    pass over the weights, about 0.2 s for SmolLM2 on the 2-core dev machine). {} off the CPU kernels, without
+    the native library, and on a mesh of more than one device (the native calls there would gather sharded
+    weights). Costs one more copy of the packed kernels in memory while the weights are held."""
+
+    def __init__(self, graphdef):
+        self.graphdef = graphdef
+        self._kept: tuple[list, dict] | None = None  # (weak references to the weights packed, the packing)
+
+    def __call__(self, trainable, frozen, runtime=None) -> dict:
+        mesh = getattr(runtime, "mesh", None) or mesh_of((trainable, frozen))
+        if mesh is not None and mesh.size > 1:
+            return {}
+        # Kept while the weights are the same arrays (weak references: a kept packing never keeps old weights
+        # alive, and a freed array's id can never be mistaken for a live one); any swap repacks.
+        leaves = jax.tree.leaves((trainable, frozen))
+        if self._kept is not None:
+            refs, packed = self._kept
+            if len(refs) == len(leaves) and all(r() is x for r, x in zip(refs, leaves)):
+                return packed
+        packed = _pack_program(self.graphdef)(trainable, frozen)
+        self._kept = ([weakref.ref(x) for x in leaves], packed)
+        return packed
 
 
 @functools.lru_cache(maxsize=8)
@@ -375,16 +389,12 @@ def _decode(model, packed, tokens, mask, limits, stops, seeds, data, *, length, 
     """tokens int32 [B, P] (left-padded), mask bool [B, P], limits int32 [B] (0 = idle row), stops int32
     [B, 8], seeds uint32 [B, 2] -> (tokens int32 [B, length], logprobs f32 [B, length], lengths int32 [B],
     stopped bool [B]), then with top_logprobs = k > 0 (top ids int32 [B, length, k], their logprobs f32)."""
-    cfg = model.config
     b, p = tokens.shape
-    cache = init_cache(cfg, b, p + length, jnp.dtype(cache_dtype) if cache_dtype else None)
-    cache = constrain_cache(cache)  # batch over the data axes, KV heads over tp
     # ``packed``: Sampler.packed_kernels(), the kernels in the native few-row product's layout (or {}).
     with packed_weights(packed):
-        out = model(tokens, attention_mask=mask, cache=cache, adapter=adapter, prefill=True, compute_logits=False)
-        first_logits = model.head(out.hidden[:, -1:], adapter=adapter)[:, 0]
+        cache, first_logits = prefill(model, tokens, mask, p + length, cache_dtype, adapter)
     proc_state = processor.init(tokens, mask, data) if processor is not None else ()
-    row_keys = jax.vmap(lambda s, i: jax.random.fold_in(jax.random.key(s), i))(seeds[:, 0], seeds[:, 1])
+    row_keys = seed_keys(seeds)
 
     k = top_logprobs
 
@@ -392,8 +402,7 @@ def _decode(model, packed, tokens, mask, limits, stops, seeds, data, *, length, 
         raw = logits = logits.astype(jnp.float32)
         if processor is not None:
             logits = processor.process(proc_state, logits, step, data)
-        keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(row_keys, step)
-        tok = sample_tokens(logits, keys, sampling)
+        tok = sample_tokens(logits, step_keys(row_keys, step), sampling)
         # The full log-softmax only when alternatives are asked for (0.8 ms a step on XLA:CPU, chosen_logprobs);
         # then the chosen token's log-prob is read from it rather than normalised a second time.
         if not k:
@@ -446,7 +455,7 @@ def _decode(model, packed, tokens, mask, limits, stops, seeds, data, *, length, 
         done = done | hit | (lengths >= limits)
         return step + 1, out.cache, new, done, stopped | hit, lengths, out_tokens, out_logp, proc_state, out_top
 
-    carry = (jnp.int32(1), out.cache, tok, done, stopped, lengths, out_tokens, out_logp, proc_state, out_top)
+    carry = (jnp.int32(1), cache, tok, done, stopped, lengths, out_tokens, out_logp, proc_state, out_top)
     _, _, _, _, stopped, lengths, out_tokens, out_logp, _, out_top = jax.lax.while_loop(cond, body, carry)
     # The batch layout the inputs were placed with, so each process finds its own rows on its own devices.
     top = tuple(constrain(x, "batch", None, None) for x in out_top)

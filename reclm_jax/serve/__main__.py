@@ -3,11 +3,15 @@
     python -m reclm_jax.serve --model DIR [--adapter CKPT [--merge-adapter]] [--port 13579] [--host 127.0.0.1]
         [--served-model-name NAME] [--max-batch 16] [--max-wait-ms 5] [--max-queue 256] [--max-model-len N]
         [--dtype auto|float32|bfloat16] [--kernels auto|xla|cpu] [--constrain-data DIR [--item-index NAME]]
+        [--batching continuous|static] [--decode-chunk 8] [--cache-len N]
 
 Endpoints: ``GET /v1/models``, ``POST /v1/completions``, ``POST /v1/chat/completions`` (the model's chat
 template), ``GET /health``. Concurrent requests that can share a compiled program (same temperature, top_k,
-top_p, adapter) are decoded together, ``--max-batch`` rows per decode call, after waiting at most
-``--max-wait-ms`` for company; more than ``--max-queue`` waiting requests get 503. With ``--constrain-data``,
+top_p, adapter) are decoded together, ``--max-batch`` rows at a time. ``--batching continuous`` (the default):
+rows leave and join the running batch every ``--decode-chunk`` decoding steps (requests with a constraint or
+top logprobs, or too long for ``--cache-len``, take the static path); ``static``: a batch waits at most
+``--max-wait-ms`` for company and runs until its longest row ends. More than ``--max-queue`` waiting requests
+get 503. With ``--constrain-data``,
 a request's ``reclm_constraint`` key decodes it under a catalogue constraint (``reclm_jax.decoding``).
 """
 
@@ -49,6 +53,12 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="raw dataset folder: its catalogue serves requests with a 'reclm_constraint' key")
     p.add_argument("--item-index", "--item_index", dest="item_index", default="title",
                    help="the item index of --constrain-data (the one the prompts and the eval client use)")
+    p.add_argument("--batching", default="continuous", choices=("continuous", "static"),
+                   help="continuous: rows join and leave between decoding chunks; static: whole batches")
+    p.add_argument("--decode-chunk", type=int, default=8,
+                   help="continuous batching: decoding steps between admissions (latency to join vs overhead)")
+    p.add_argument("--cache-len", type=int, default=0,
+                   help="continuous batching: KV cache slots per row (default 2 x --max-model-len, within 2 GiB)")
     p.add_argument("--http", default="auto", choices=("auto", "h11", "httptools"), help="uvicorn's HTTP parser")
     return p.parse_args(argv)
 
@@ -66,7 +76,9 @@ def main(argv=None) -> int:
         raise UserError("--merge-adapter needs --adapter")
     cfg = ServeConfig(served_model_name=a.served_model_name or a.model, max_batch=a.max_batch,
                       max_wait_ms=a.max_wait_ms, max_queue=a.max_queue, max_n=a.max_n, max_rows=a.max_rows,
-                      max_model_len=a.max_model_len)
+                      max_model_len=a.max_model_len, batching=a.batching)
+    if a.decode_chunk < 1 or a.cache_len < 0:
+        raise UserError(f"--decode-chunk must be >= 1 and --cache-len >= 0, got {a.decode_chunk} and {a.cache_len}")
     check_port(a.host, a.port)  # before the model loads
 
     from reclm_jax.serve.app import create_app
@@ -74,12 +86,13 @@ def main(argv=None) -> int:
 
     engine = load_engine(a.model, adapter=a.adapter, merge_adapter=a.merge_adapter, dtype=a.dtype,
                          kernels=a.kernels, max_batch=a.max_batch, max_model_len=a.max_model_len,
-                         constrain_data=a.constrain_data, item_index=a.item_index)
+                         constrain_data=a.constrain_data, item_index=a.item_index, decode_chunk=a.decode_chunk,
+                         cache_len=a.cache_len)
     gc.collect()
     gc.freeze()  # the model's long-lived objects out of the collector's walks (pauses under load)
     adapter = f", adapter {a.adapter}{' (merged)' if a.merge_adapter else ''}" if a.adapter else ""
     print(f"reclm-jax serve: {cfg.served_model_name}{adapter}, context {engine.max_model_len}, "
-          f"http://{a.host}:{a.port}/v1", flush=True)
+          f"{a.batching} batching (cache {engine.cache_len} slots), http://{a.host}:{a.port}/v1", flush=True)
     run_server(create_app(engine, cfg), a.host, a.port, http=a.http)
     return 0
 

@@ -1,8 +1,9 @@
 """The FastAPI app: OpenAI's ``/v1/models``, ``/v1/completions``, ``/v1/chat/completions``, and ``/health``.
 
-Handlers only validate (``protocol.py``) and wait: the request becomes a ``Job`` for the shared
-``MicroBatcher``, whose worker thread decodes (``engine.py``) and builds the response (``outputs.py`` /
-``sse.py``), so the event loop never blocks on JAX. Every error is OpenAI's JSON
+Handlers only validate (``protocol.py``) and wait: the request becomes a ``Job`` for the engine's continuous
+scheduler (``continuous.py``, with ``batching="continuous"`` and a job it serves) or else the shared
+``MicroBatcher``, whose thread decodes (``engine.py``) and builds the response (``outputs.py`` / ``sse.py``), so
+the event loop never blocks on JAX. Every error is OpenAI's JSON
 ``{"error": {"message", "type", "param", "code"}}``: 400 for a bad request, 404 for an unknown model or path,
 503 when the queue is full, 500 for a bug or a failed decode (only the requests of that batch fail).
 """
@@ -23,6 +24,7 @@ from starlette.responses import StreamingResponse
 from reclm_jax.service.batcher import MicroBatcher
 from reclm_jax.service.http import HTTPError, guarded, json_response, read_json
 from reclm_jax.serve.config import ServeConfig
+from reclm_jax.serve.continuous import ContinuousQueue
 from reclm_jax.serve.engine import Engine, Row
 from reclm_jax.serve.outputs import make_choices, response
 from reclm_jax.serve.protocol import parse_request
@@ -44,6 +46,8 @@ def create_app(engine: Engine, cfg: ServeConfig) -> FastAPI:
     share one engine (its decodes are serialised)."""
     batcher = MicroBatcher(engine.run_batch, cfg.max_batch, cfg.max_wait_ms / 1000.0, cfg.max_queue,
                            thread_name="decode")
+    continuous = cfg.batching == "continuous"
+    slots = ContinuousQueue(engine.scheduler, cfg.max_queue, lambda: batcher.queued) if continuous else None
     started = int(time.time())
 
     @asynccontextmanager
@@ -76,7 +80,11 @@ def create_app(engine: Engine, cfg: ServeConfig) -> FastAPI:
                 return list(events(req, choices, tok, rid, created, req.model))
             return response(req, choices, tok, rid, created, req.model)
 
-        result = await batcher.submit(engine.make_job(req, finish))
+        job = engine.make_job(req, finish)
+        if slots is not None and engine.continuous_ok(job):
+            result = await slots.submit(job)
+        else:
+            result = await batcher.submit(job)
         if req.params.stream:
             return StreamingResponse(iter(result), media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache"})
@@ -98,12 +106,16 @@ def create_app(engine: Engine, cfg: ServeConfig) -> FastAPI:
 
     @app.get("/health")
     async def health():
+        stats = batcher.stats()
+        if slots is not None:  # engine-wide decoding figures; this app's queue
+            stats.update(engine.scheduler.stats(), queued=stats["queued"] + slots.queued)
         return json_response({"status": "ok", "pid": os.getpid(), "jax": jax.__version__,
                               "model": cfg.served_model_name,
                               "adapter": engine.adapter, "max_model_len": engine.max_model_len,
-                              "decode_calls": engine.decode_calls, "compiles": engine.sampler.traces,
-                              **batcher.stats(), "max_batch": cfg.max_batch, "max_wait_ms": cfg.max_wait_ms,
-                              "max_queue": cfg.max_queue})
+                              "decode_calls": engine.decode_calls, "compiles": engine.compiles,
+                              **stats, "batching": cfg.batching, "max_batch": cfg.max_batch,
+                              "max_wait_ms": cfg.max_wait_ms, "max_queue": cfg.max_queue,
+                              "decode_chunk": engine.decode_chunk, "cache_len": engine.cache_len})
 
     return app
 

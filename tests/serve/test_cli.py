@@ -43,7 +43,7 @@ def test_the_command_serves_on_its_port(tiny_llama_dir, server):
                 assert proc.poll() is None, proc.stderr.read()
                 assert time.time() < deadline, "the server did not come up"
                 time.sleep(0.3)
-        assert health["model"] == "tiny" and health["max_batch"] == 4
+        assert health["model"] == "tiny" and health["max_batch"] == 4 and health["batching"] == "continuous"
         body = {"model": "tiny", "prompt": "The quick brown fox", "max_tokens": 8, "temperature": 0}
         r = httpx.post(url + "/v1/completions", json=body, timeout=600)
         assert r.status_code == 200
@@ -64,7 +64,8 @@ def test_the_command_serves_on_its_port(tiny_llama_dir, server):
     (["--model", "{model}", "--merge-adapter"], "--merge-adapter needs --adapter"),
     (["--model", "{model}", "--max-batch", "0"], "--max-batch"),
     (["--model", "{model}", "--port", "70000"], "--port"),
-], ids=["no-model", "not-an-adapter", "merge-without-adapter", "max-batch", "port-range"])
+    (["--model", "{model}", "--decode-chunk", "0"], "--decode-chunk"),
+], ids=["no-model", "not-an-adapter", "merge-without-adapter", "max-batch", "port-range", "decode-chunk"])
 def test_argument_errors_are_user_errors_naming_the_flag(tiny_llama_dir, args, needle):
     from reclm_jax.errors import UserError
     from reclm_jax.serve.__main__ import main
