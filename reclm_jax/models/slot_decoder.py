@@ -13,9 +13,9 @@ warm: between chunks of a few decoding steps finished rows leave and new ones jo
   gap of invalid slots.
 - ``step`` runs one jitted chunk of up to ``chunk`` decoding steps for all B slots (a ``lax.while_loop`` that
   also stops once every slot is done, or, when rows are waiting, once some row finishes), and hands back the
-  rows that finished. Free slots decode pad tokens that nobody reads; at light load (every live row among the
-  first B / 4 slots, which admission fills first) a chunk decodes only a batch bucket of the first slots, copied
-  out of the shared state once per chunk and back, so one live row does not pay for B.
+  rows that finished. Free slots decode pad tokens that nobody reads; when the only live row is slot 0 (which
+  admission fills first) a chunk decodes that row alone, copied out of the shared state once per chunk and back,
+  so one client does not pay for B.
 - Space: each admission keeps ``end + (the most tokens any live row may still feed) <= S``, and a decoding
   step raises both sides by one, so live rows never run out of slots; rows that would break it wait (first
   come, first served: a row never overtakes an earlier one) until rows finish. A row fits at all if
@@ -29,8 +29,8 @@ warm: between chunks of a few decoding steps finished rows leave and new ones jo
 Exactness: a row's tokens and log-probs depend on its prompt, seed and limits only: the draw's key is
 ``fold_in(fold_in(key(seed), 0), t)`` for the row's token number t (the Sampler's with one int seed per
 prompt), and the attention sees the same keys and values at other slot numbers (sums over more masked slots
-round alike up to f32 summation order). One program per (admission rows bucket, prompt bucket), one chunk
-program per width (B and the buckets up to B / 4) and a few compaction programs: nothing recompiles once those are warm. One device only.
+round alike up to f32 summation order). One program per (admission rows bucket, prompt bucket; a server admits one
+row at a time, so per prompt bucket), two chunk programs (one row, B rows) and a few compaction programs: nothing recompiles once those are warm. One device only.
 """
 
 from __future__ import annotations
@@ -252,6 +252,11 @@ class SlotDecoder:
                             f"tokens do not fit {self.cache_len} cache slots")
 
     def _admit(self, take: list[SlotRequest]) -> None:
+        cap = max(self.batch_buckets)  # rows per admission program (a server admits one at a time, see engine.py)
+        for i in range(0, len(take), cap):
+            self._admit_rows(take[i:i + cap])
+
+    def _admit_rows(self, take: list[SlotRequest]) -> None:
         n = len(take)
         nb = bucket(n, self.batch_buckets)
         p = self._prompt_bucket(max(len(r.prompt) for r in take))
@@ -313,11 +318,11 @@ class SlotDecoder:
         return out
 
     def _width(self) -> int:
-        """The rows a chunk decodes: all B, or at light load (every live row among the first B / 4; admission
-        fills the lowest free slots) a smaller batch bucket, so one live row does not pay for B."""
+        """The rows a chunk decodes: one when the only live row is slot 0 (admission fills the lowest free slots),
+        so one client does not pay for B; else all B. Only these two: a width in between would compile the first
+        time a load passed through it, in the middle of serving (measured: 2-5 s per program for SmolLM2)."""
         top = max(i for i, s in enumerate(self._rows) if s is not None) + 1
-        w = bucket(top, self.batch_buckets)
-        return w if w <= self.slots // 4 else self.slots
+        return 1 if top == 1 else self.slots
 
     def _compact(self) -> None:
         dead = self._dead()

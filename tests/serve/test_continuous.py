@@ -37,7 +37,7 @@ async def _gather(url, bodies):
 
 def test_concurrent_clients_get_their_own_answers_and_health_shows_occupancy(server, engine, model):
     tok = engine.tokenizer
-    bodies = [{"prompt": PROMPTS[i % len(PROMPTS)], "max_tokens": 4 + 3 * i, "temperature": 0,
+    bodies = [{"prompt": PROMPTS[i % len(PROMPTS)], "max_tokens": 12 + 3 * i, "temperature": 0,
                "return_token_ids": True} for i in range(8)]
     bodies.append({"prompt": PROMPTS[0], "max_tokens": 9, "temperature": 1.0, "seed": 5, "n": 2,
                    "return_token_ids": True})
