@@ -204,6 +204,19 @@ def step_keys(row_keys: jax.Array, step) -> jax.Array:
     return jax.vmap(jax.random.fold_in, in_axes=(0, None if jnp.ndim(step) == 0 else 0))(row_keys, step)
 
 
+def advance(new, lp, done, lengths, limits, stops, pad_id: int):
+    """One generated token per row, booked: new int32 [B] (the chosen tokens), lp f32 [B] (their log-probs),
+    done bool [B] (rows already finished), lengths int32 [B] (tokens so far), limits int32 [B], stops int32
+    [B, 8] (-1 unused) -> (tokens: the pad id where done, log-probs: 0 where done, lengths, done, hit: the rows
+    this token stopped). The Sampler's and the SlotDecoder's loops, and their first tokens (done = idle rows,
+    lengths 0), book alike through this."""
+    new = jnp.where(done, pad_id, new)
+    lp = jnp.where(done, 0.0, lp)
+    lengths = lengths + (~done).astype(jnp.int32)
+    hit = ~done & jnp.any(new[:, None] == stops, axis=-1)
+    return new, lp, lengths, done | hit | (lengths >= limits), hit
+
+
 def left_pad(prompts: Sequence[Sequence[int]], length: int, rows: int, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
     """Left-pads token lists into int32 [rows, length] and a bool mask; extra rows hold one pad token."""
     tokens = np.full((rows, length), pad_id, np.int32)

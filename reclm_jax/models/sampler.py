@@ -42,7 +42,8 @@ from flax import nnx
 
 from reclm_jax.errors import UserError
 from reclm_jax.models.generation import (MAX_STOP_IDS, GenerationResult, LogitsProcessor, SamplingConfig, bucket,
-                                         chosen_logprobs, left_pad, prefill, sample_tokens, seed_keys, step_keys)
+                                         advance, chosen_logprobs, left_pad, prefill, sample_tokens, seed_keys,
+                                         step_keys)
 from reclm_jax.models.kernels import packed_weights
 from reclm_jax.models.linear import LoRAParam, pack_linears
 from reclm_jax.models.lora import mesh_of
@@ -345,9 +346,6 @@ class PackedKernels:
         self._kept: tuple[list, dict] | None = None  # (weak references to the weights packed, the packing)
 
     def __call__(self, trainable, frozen, runtime=None) -> dict:
-        mesh = getattr(runtime, "mesh", None) or mesh_of((trainable, frozen))
-        if mesh is not None and mesh.size > 1:
-            return {}
         # Kept while the weights are the same arrays (weak references: a kept packing never keeps old weights
         # alive, and a freed array's id can never be mistaken for a live one); any swap repacks.
         leaves = jax.tree.leaves((trainable, frozen))
@@ -355,7 +353,9 @@ class PackedKernels:
             refs, packed = self._kept
             if len(refs) == len(leaves) and all(r() is x for r, x in zip(refs, leaves)):
                 return packed
-        packed = _pack_program(self.graphdef)(trainable, frozen)
+        mesh = getattr(runtime, "mesh", None) or mesh_of((trainable, frozen))
+        multi = mesh is not None and mesh.size > 1
+        packed = {} if multi else _pack_program(self.graphdef)(trainable, frozen)
         self._kept = ([weakref.ref(x) for x in leaves], packed)
         return packed
 
@@ -410,9 +410,6 @@ def _decode(model, packed, tokens, mask, limits, stops, seeds, data, *, length, 
         full = jax.nn.log_softmax(raw, axis=-1)
         return tok, jnp.take_along_axis(full, tok[:, None], axis=-1)[:, 0], jax.lax.top_k(full, k)[::-1]
 
-    def is_stop(tok):
-        return jnp.any(tok[:, None] == stops, axis=-1)
-
     def put_top(out_top, top, step, done):
         """Writes step ``step``'s (ids [B, k], logprobs [B, k]) into the [B, length, k] outputs (finished rows:
         the pad id and 0, like the tokens)."""
@@ -422,18 +419,15 @@ def _decode(model, packed, tokens, mask, limits, stops, seeds, data, *, length, 
         return (jax.lax.dynamic_update_slice(out_top[0], ids[:, None], (0, step, 0)),
                 jax.lax.dynamic_update_slice(out_top[1], vals[:, None], (0, step, 0)))
 
-    active = limits > 0
+    idle = limits <= 0
     tok, lp, top = choose(first_logits, jnp.int32(0), proc_state)
-    tok = jnp.where(active, tok, pad_id)
+    tok, lp, lengths, done, stopped = advance(tok, lp, idle, jnp.zeros_like(limits), limits, stops, pad_id)
     if processor is not None:
         proc_state = processor.update(proc_state, tok, data)
     out_tokens = jnp.full((b, length), pad_id, jnp.int32).at[:, 0].set(tok)
-    out_logp = jnp.zeros((b, length), jnp.float32).at[:, 0].set(jnp.where(active, lp, 0.0))
+    out_logp = jnp.zeros((b, length), jnp.float32).at[:, 0].set(lp)
     out_top = (jnp.full((b, length, k), pad_id, jnp.int32), jnp.zeros((b, length, k), jnp.float32)) if k else ()
-    out_top = put_top(out_top, top, 0, ~active)
-    lengths = active.astype(jnp.int32)
-    stopped = active & is_stop(tok)
-    done = ~active | stopped | (lengths >= limits)
+    out_top = put_top(out_top, top, 0, idle)
 
     def cond(carry):
         step, _, _, done, *_ = carry
@@ -444,15 +438,12 @@ def _decode(model, packed, tokens, mask, limits, stops, seeds, data, *, length, 
         with packed_weights(packed):
             out = model(tok[:, None], cache=cache, adapter=adapter)
         new, lp, top = choose(out.logits[:, 0], step, proc_state)
-        new = jnp.where(done, pad_id, new)
+        out_top = put_top(out_top, top, step, done)
+        new, lp, lengths, done, hit = advance(new, lp, done, lengths, limits, stops, pad_id)
         if processor is not None:
             proc_state = processor.update(proc_state, new, data)
         out_tokens = jax.lax.dynamic_update_slice(out_tokens, new[:, None], (0, step))
-        out_logp = jax.lax.dynamic_update_slice(out_logp, jnp.where(done, 0.0, lp)[:, None], (0, step))
-        out_top = put_top(out_top, top, step, done)
-        lengths = lengths + (~done).astype(jnp.int32)
-        hit = ~done & is_stop(new)
-        done = done | hit | (lengths >= limits)
+        out_logp = jax.lax.dynamic_update_slice(out_logp, lp[:, None], (0, step))
         return step + 1, out.cache, new, done, stopped | hit, lengths, out_tokens, out_logp, proc_state, out_top
 
     carry = (jnp.int32(1), cache, tok, done, stopped, lengths, out_tokens, out_logp, proc_state, out_top)

@@ -45,8 +45,8 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
 from reclm_jax.errors import UserError
-from reclm_jax.models.generation import (MAX_STOP_IDS, SamplingConfig, bucket, chosen_logprobs, left_pad, prefill,
-                                         sample_tokens, seed_keys, step_keys)
+from reclm_jax.models.generation import (MAX_STOP_IDS, SamplingConfig, advance, bucket, chosen_logprobs, left_pad,
+                                         prefill, sample_tokens, seed_keys, step_keys)
 from reclm_jax.models.kv_cache import KVCache, init_cache, put_rows, shift_slots, update_slice
 from reclm_jax.models.lora import mesh_of
 from reclm_jax.models.kernels import packed_weights
@@ -372,11 +372,11 @@ class SlotDecoder:
             logits = logits.astype(jnp.float32)
             tok = sample_tokens(logits, step_keys(seed_keys(seeds), jnp.int32(0)), sampling)
             lp = chosen_logprobs(logits, tok)
-            stopped = jnp.any(tok[:, None] == stops, axis=-1)
-            done = stopped | (limits <= 1)
+            none = jnp.zeros_like(limits)
+            tok, lp, lengths, done, stopped = advance(tok, lp, none.astype(bool), none, limits, stops, self.pad_id)
             cache = put_rows(state.cache._replace(end=end), small, rows, end - p)
             state = SlotState(cache, state.tok.at[rows].set(tok), state.done.at[rows].set(done),
-                              state.stopped.at[rows].set(stopped), state.lengths.at[rows].set(1),
+                              state.stopped.at[rows].set(stopped), state.lengths.at[rows].set(lengths),
                               state.limits.at[rows].set(limits), state.stops.at[rows].set(stops),
                               state.seeds.at[rows].set(seeds))
             return self._pin(state), tok, lp, done, stopped
@@ -407,13 +407,10 @@ class SlotDecoder:
                     out = model(st.tok[:, None], cache=st.cache, adapter=adapter)
                 logits = out.logits[:, 0].astype(jnp.float32)
                 new = sample_tokens(logits, step_keys(row_keys, st.lengths), sampling)  # each row's own step
-                lp = jnp.where(st.done, 0.0, chosen_logprobs(logits, new))
-                new = jnp.where(st.done, pad_id, new)
+                new, lp, lengths, done, hit = advance(new, chosen_logprobs(logits, new), st.done, st.lengths,
+                                                      st.limits, st.stops, pad_id)
                 out_t = jax.lax.dynamic_update_slice(out_t, new[:, None], (0, i))
                 out_l = jax.lax.dynamic_update_slice(out_l, lp[:, None], (0, i))
-                lengths = st.lengths + (~st.done).astype(jnp.int32)
-                hit = ~st.done & jnp.any(new[:, None] == st.stops, axis=-1)
-                done = st.done | hit | (lengths >= st.limits)
                 st = st._replace(cache=out.cache, tok=new, done=done, stopped=st.stopped | hit, lengths=lengths)
                 return i + 1, st, out_t, out_l, finished | jnp.any(done & ~c[1].done)
 

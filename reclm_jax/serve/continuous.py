@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import dataclasses
+import itertools
 import logging
 import queue
 import threading
@@ -150,7 +151,7 @@ class ContinuousScheduler:
         try:
             with self.engine._lock:
                 if waiting:
-                    heads = list(waiting)[:dec.free]
+                    heads = list(itertools.islice(waiting, dec.free))  # not a copy of the whole queue per chunk
                     reqs = [SlotRequest(t.job.prompts[r], t.job.limits[r], t.job.seeds[r], t.job.stop_ids[r], (t, r))
                             for t, r in heads]
                     try:
