@@ -80,6 +80,13 @@ def packed_kernel(uid: int):
     return None if packed is None else packed.get(uid)
 
 
+# The key of the token embedding's uint16 bits in a packed dict (Linear uids are >= 0; one key type, so the dict
+# stays a sortable pytree). Inside a decoding loop XLA:CPU hoists the table's bitcast out of the loop as a full
+# copy of the table, once per program call (SmolLM2's 56 MB: 27-41 ms per call on a 2-core Skylake-SP, once per
+# chunk of a SlotDecoder); made once per set of weights, the bits are only gathered from.
+EMBED_BITS = -1
+
+
 def pack_for_decoding(kernel: jnp.ndarray, kernels: str):
     """A Linear's [in, out] kernel -> its packed form for the native few-row product, or None where that does not
     apply (``"xla"``, not bf16, no native library): the caller then keeps the plain kernel."""

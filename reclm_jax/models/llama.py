@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from reclm_jax.models.kernels import resolve_kernels, self_attention, step_attention
+from reclm_jax.models.kernels import EMBED_BITS, packed_kernel, resolve_kernels, self_attention, step_attention
 from reclm_jax.models.kv_cache import KVCache, bits_view, write_slots
 from reclm_jax.models.layer_stack import run_stack, stack_modules
 from reclm_jax.models.linear import Linear, normal_init
@@ -55,6 +55,11 @@ class Embedding(nnx.Module):
         self.dtype = dtype
 
     def __call__(self, tokens: jnp.ndarray) -> jnp.ndarray:
+        bits = packed_kernel(EMBED_BITS)  # a decoding program's table bits (kernels.EMBED_BITS), made once
+        if bits is not None and bits.shape == self.weight.shape:
+            nan = int(np.asarray(np.nan, self.weight.dtype).view(bits.dtype))
+            rows = jnp.take(bits, tokens, axis=0, mode="fill", fill_value=nan)
+            return jax.lax.bitcast_convert_type(rows, self.weight.dtype).astype(self.dtype)
         return take_rows(self.weight[...], tokens).astype(self.dtype)
 
 
@@ -85,6 +90,18 @@ def _take_rows_bwd(res, g):
 
 
 take_rows.defvjp(_take_rows_fwd, _take_rows_bwd)
+
+
+def decoding_tables(model: nnx.Module) -> dict:
+    """{kernels.EMBED_BITS: uint16 [V, D]}: a CPU decoding program's token-embedding bits, made once per set of
+    weights (outside the program's loop, see ``kernels.EMBED_BITS``); {} elsewhere (other backends, a 32-bit
+    table, a model without a token embedding)."""
+    embed = getattr(getattr(model, "model", None), "embed_tokens", None)
+    if not isinstance(embed, Embedding) or jax.default_backend() != "cpu":
+        return {}
+    table = embed.weight[...]
+    bits = bits_view(table)
+    return {} if bits.dtype == table.dtype else {EMBED_BITS: bits}
 
 
 class Attention(nnx.Module):

@@ -18,9 +18,15 @@ spinning worker threads (``native/pool.h``) so every core works on each product:
   and value into the cache in place; the XLA path's numbers to f32 rounding.
 
 The library is compiled with the system's C++ compiler the first time it is needed, into
-``$RECLM_JAX_CACHE/native/<hash>/`` (default ``~/.cache/reclm_jax``), and used only where it applies: on a
-CPU with AVX512-BF16, with a C++ compiler present, unless ``RECLM_JAX_NATIVE=0``. Everywhere else, and
-whenever it cannot be built (the reason is logged), the XLA path runs. ``RECLM_JAX_NATIVE_THREADS`` sets the
+``$RECLM_JAX_CACHE/native/<hash>/`` (default ``~/.cache/reclm_jax``), in one of two builds (``cpu_variant``):
+``bf16`` on a CPU with AVX512-BF16 (vdpbf16ps), ``avx512`` on one with plain AVX-512 (F, BW, VL: Skylake-SP,
+Cascade Lake, Ice Lake), where ``native/bf16_ops.h`` forms the same pair products with two FMAs each. There XLA:CPU
+has no fast bf16 product at all (a bf16 SmolLM2 decoding step took 51 ms at batch 1 and 215 ms at 16 on a 2-core
+Skylake-SP), so the kernels matter even more. Products of bf16 values are exact in f32, so both builds sum the
+same f32 terms in the same order: the tests' bit-identity with XLA's product holds on both (checked on Zen 4
+and on Skylake-SP). The kernels are used only
+where a build applies, with a C++ compiler present, unless ``RECLM_JAX_NATIVE=0``. Everywhere else (CPUs
+without AVX-512), and whenever the library cannot be built (the reason is logged), the XLA path runs. ``RECLM_JAX_NATIVE_THREADS`` sets the
 pool's threads (default: the cores this process may use).
 """
 
@@ -48,24 +54,40 @@ SOURCES = ("bf16_dot.cc", "packed_dot.cc", "decode_attention.cc")
 _TARGETS = ("reclm_dot_kn", "reclm_dot_nk", "reclm_dot_packed", "reclm_decode_attention")
 
 
-def _cpu_has_bf16() -> bool:
+HEADERS = ("pool.h", "bf16_ops.h")
+# The compiler flags of each build; the kernels need AVX512F/BW/VL either way (masked 16-bit loads, permutes).
+VARIANT_FLAGS = {"bf16": ("-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512bf16", "-mfma"),
+                 "avx512": ("-mavx512f", "-mavx512bw", "-mavx512vl", "-mfma")}
+
+
+def _cpu_flags() -> set[str]:
     try:
-        flags = Path("/proc/cpuinfo").read_text()
+        text = Path("/proc/cpuinfo").read_text()
     except OSError:
-        return False
-    return " avx512_bf16" in flags and " avx512bw" in flags
+        return set()
+    line = next((x for x in text.splitlines() if x.startswith("flags")), "")
+    return set(line.partition(":")[2].split())
 
 
-def _cache_dir() -> Path:
+def cpu_variant(flags: set[str] | None = None) -> str | None:
+    """The native build this CPU runs: "bf16" (AVX512-BF16), "avx512" (AVX512F/BW/VL and FMA, the pair products
+    emulated) or None (no build applies: the XLA path). ``flags``: /proc/cpuinfo's, by default this machine's."""
+    flags = _cpu_flags() if flags is None else flags
+    if not {"avx512f", "avx512bw", "avx512vl", "fma"} <= flags:
+        return None
+    return "bf16" if "avx512_bf16" in flags else "avx512"
+
+
+def _cache_dir(variant: str) -> Path:
     root = Path(os.environ.get("RECLM_JAX_CACHE", Path.home() / ".cache" / "reclm_jax"))
-    digest = hashlib.sha256(jax.__version__.encode())
-    for name in (*SOURCES, "pool.h"):
+    digest = hashlib.sha256(f"{jax.__version__} {variant}".encode())
+    for name in (*SOURCES, *HEADERS):
         digest.update((NATIVE_DIR / name).read_bytes())
     key = digest.hexdigest()[:16]
     return root / "native" / key
 
 
-def _build(out: Path) -> None:
+def _build(out: Path, variant: str) -> None:
     compiler = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++") or shutil.which("clang++")
     if compiler is None:
         raise RuntimeError("no C++ compiler (g++, c++ or clang++) on PATH")
@@ -73,8 +95,8 @@ def _build(out: Path) -> None:
     # Built next to its final place and renamed, so concurrent processes never load a half-written library.
     with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
         lib = Path(tmp) / out.name
-        cmd = [compiler, "-O3", "-std=c++17", "-shared", "-fPIC", "-mavx512f", "-mavx512bw", "-mavx512vl",
-               "-mavx512bf16", "-mfma", "-pthread", f"-I{jax.ffi.include_dir()}",
+        cmd = [compiler, "-O3", "-std=c++17", "-shared", "-fPIC", *VARIANT_FLAGS[variant], "-pthread",
+               f"-I{jax.ffi.include_dir()}",
                *(str(NATIVE_DIR / name) for name in SOURCES), "-o", str(lib)]
         done = subprocess.run(cmd, capture_output=True, text=True)
         if done.returncode != 0:
@@ -87,13 +109,14 @@ def library() -> ctypes.CDLL | None:
     """The loaded, registered library, or None where the native product does not apply (reason logged)."""
     if os.environ.get("RECLM_JAX_NATIVE", "1") == "0":
         return None
-    if not _cpu_has_bf16():
-        log.info("native kernels: this CPU has no AVX512-BF16; the XLA path is used")
+    variant = cpu_variant()
+    if variant is None:
+        log.info("native kernels: this CPU has no AVX-512; the XLA path is used")
         return None
-    path = _cache_dir() / "reclm_native.so"
+    path = _cache_dir(variant) / "reclm_native.so"
     try:
         if not path.exists():
-            _build(path)
+            _build(path, variant)
         lib = ctypes.CDLL(str(path))
     except (OSError, RuntimeError) as e:
         log.warning("native kernels unavailable (%s); the XLA path is used", e)

@@ -46,6 +46,7 @@ from reclm_jax.models.generation import (MAX_STOP_IDS, GenerationResult, LogitsP
                                          step_keys)
 from reclm_jax.models.kernels import packed_weights
 from reclm_jax.models.linear import LoRAParam, pack_linears
+from reclm_jax.models.llama import decoding_tables
 from reclm_jax.models.lora import mesh_of
 from reclm_jax.models.sharding import constrain
 
@@ -362,8 +363,14 @@ class PackedKernels:
 
 @functools.lru_cache(maxsize=8)
 def _pack_program(graphdef):
-    """The jitted ``pack_linears`` of one model structure (shared by every Sampler of it, compiled once)."""
-    return jax.jit(lambda trainable, frozen: pack_linears(nnx.merge(graphdef, trainable, frozen)))
+    """The jitted ``pack_linears`` (and ``llama.decoding_tables``) of one model structure (shared by every Sampler
+    of it, compiled once)."""
+
+    def pack(trainable, frozen):
+        model = nnx.merge(graphdef, trainable, frozen)
+        return {**pack_linears(model), **decoding_tables(model)}
+
+    return jax.jit(pack)
 
 
 def _split_processor_data(processor, data, n: int, rows: int) -> tuple[Any, dict]:

@@ -14,8 +14,10 @@ warm: between chunks of a few decoding steps finished rows leave and new ones jo
 - ``step`` runs one jitted chunk of up to ``chunk`` decoding steps for all B slots (a ``lax.while_loop`` that
   also stops once every slot is done, or, when rows are waiting, once some row finishes), and hands back the
   rows that finished. Free slots decode pad tokens that nobody reads; when the only live row is slot 0 (which
-  admission fills first) a chunk decodes that row alone, copied out of the shared state once per chunk and back,
-  so one client does not pay for B.
+  admission fills first) chunks decode that row alone, so one client does not pay for B: its state is copied
+  out of the shared one once and kept apart (``solo``) until a second row joins, a compaction needs the shared
+  state or the decoder empties, and copied back then. (Copying it out and back in every chunk moved 2 x S slots
+  of every layer per chunk: with a default cache of 5824 slots for SmolLM2, 270 MB per 8 tokens.)
 - Space: each admission keeps ``end + (the most tokens any live row may still feed) <= S``, and a decoding
   step raises both sides by one, so live rows never run out of slots; rows that would break it wait (first
   come, first served: a row never overtakes an earlier one) until rows finish. A row fits at all if
@@ -30,7 +32,8 @@ Exactness: a row's tokens and log-probs depend on its prompt, seed and limits on
 ``fold_in(fold_in(key(seed), 0), t)`` for the row's token number t (the Sampler's with one int seed per
 prompt), and the attention sees the same keys and values at other slot numbers (sums over more masked slots
 round alike up to f32 summation order). One program per (admission rows bucket, prompt bucket; a server admits one
-row at a time, so per prompt bucket), two chunk programs (one row, B rows) and a few compaction programs: nothing recompiles once those are warm. One device only.
+row at a time, so per prompt bucket), two chunk programs (one row, B rows), the two copies of slot 0's state and a
+few compaction programs: nothing recompiles once those are warm. One device only.
 """
 
 from __future__ import annotations
@@ -145,6 +148,7 @@ class SlotDecoder:
         self.slot_steps = 0  # sum over steps of the slots live at the step (occupancy = slot_steps / steps)
         self.chunks = 0
         self.compactions = 0
+        self.solo_copies = 0  # copies of slot 0's state out of the shared state and back (see step)
         self._programs: dict[tuple, Any] = {}
         # The native few-row products' packed kernels, kept per set of weights; a server shares its Sampler's.
         self._packer = packer if packer is not None else PackedKernels(self.graphdef)
@@ -164,6 +168,7 @@ class SlotDecoder:
                                 jnp.full((b, MAX_STOP_IDS), -1, jnp.int32), jnp.zeros((b, 2), jnp.uint32))
         if self._pinned is not None:
             self._state = jax.device_put(self._state, self._pinned)
+        self._solo: SlotState | None = None  # slot 0's state alone while it is the only live row (see step)
         self._rows: list[_Slot | None] = [None] * b
         self._finished: list[FinishedRow] = []
         self._end = 0
@@ -174,7 +179,7 @@ class SlotDecoder:
         new cache); returns whether it was idle."""
         if self.live or self._finished:
             return False
-        self._state = None
+        self._state = self._solo = None
         return True
 
     @property
@@ -252,6 +257,7 @@ class SlotDecoder:
                             f"tokens do not fit {self.cache_len} cache slots")
 
     def _admit(self, take: list[SlotRequest]) -> None:
+        self._unsolo()  # admission writes into the shared state
         cap = max(self.batch_buckets)  # rows per admission program (a server admits one at a time, see engine.py)
         for i in range(0, len(take), cap):
             self._admit_rows(take[i:i + cap])
@@ -294,12 +300,21 @@ class SlotDecoder:
             budget = min(self.chunk, self.cache_len - self._end)
             if budget < 1:  # admission keeps room for every live row: reaching this is a bug, not a state to wait in
                 raise RuntimeError(f"SlotDecoder: no cache room for {self.live} live rows at end {self._end}")
-            out = self._program("chunk", self._width())(self.trainable, self.frozen, self._state, np.int32(budget),
-                                                         np.bool_(waiting), self._packed())
-            self._state, toks, lps, steps = out
+            width = self._width()
+            if width == 1 and self._solo is None:
+                self._solo = self._program("solo_out")(self._state)
+                self.solo_copies += 1
+            elif width > 1:
+                self._unsolo()
+            out = self._program("chunk", width)(self.trainable, self.frozen, self._solo if width == 1 else self._state,
+                                                np.int32(budget), np.bool_(waiting), self._packed())
+            st, toks, lps, steps = out
+            if width == 1:
+                self._solo = st
+            else:
+                self._state = st
             toks, lps, steps = np.asarray(toks), np.asarray(lps), int(steps)
-            lengths, done, stopped = (np.asarray(x) for x in (self._state.lengths, self._state.done,
-                                                                self._state.stopped))
+            lengths, done, stopped = (np.asarray(x) for x in (st.lengths, st.done, st.stopped))
             self._end += steps
             self.chunks += 1
             self.steps += steps
@@ -324,7 +339,15 @@ class SlotDecoder:
         top = max(i for i, s in enumerate(self._rows) if s is not None) + 1
         return 1 if top == 1 else self.slots
 
+    def _unsolo(self) -> None:
+        """Copies slot 0's separate state (if any) back into the shared one."""
+        if self._solo is not None:
+            self._state = self._program("solo_in")(self._state, self._solo)
+            self._solo = None
+            self.solo_copies += 1
+
     def _compact(self) -> None:
+        self._unsolo()
         dead = self._dead()
         width = min(bucket(self._end - dead), self.cache_len)
         start = min(dead, self.cache_len - width)  # the window must stay inside the cache
@@ -341,9 +364,12 @@ class SlotDecoder:
     def _program(self, kind: str, *shape: int):
         key = (kind, *shape)
         if key not in self._programs:
-            build = {"admit": self._admit_fn, "chunk": self._chunk_fn, "compact": self._compact_fn}[kind]
+            build = {"admit": self._admit_fn, "chunk": self._chunk_fn, "compact": self._compact_fn,
+                     "solo_out": self._solo_out_fn, "solo_in": self._solo_in_fn}[kind]
             fn = build(*shape)
-            self._programs[key] = jax.jit(fn, donate_argnums=0 if kind == "compact" else 2)
+            # solo_out keeps the shared state (it is copied back into later), so it donates nothing.
+            donate = {"compact": (0,), "solo_in": (0,), "solo_out": ()}.get(kind, (2,))
+            self._programs[key] = jax.jit(fn, donate_argnums=donate)
         return self._programs[key]
 
     def _packed(self) -> dict:
@@ -386,14 +412,12 @@ class SlotDecoder:
     def _chunk_fn(self, rows: int):
         graphdef, sampling, adapter, pad_id, width = self.graphdef, self.sampling, self.adapter, self.pad_id, self.chunk
 
-        def chunk(trainable, frozen, full, budget, stop_early, packed):
-            """budget int32 (steps at most, <= chunk), stop_early bool -> (state, tokens int32 [rows, chunk] and
-            logprobs f32 [rows, chunk] of each step (pad and 0 for done rows), steps taken int32). With rows < B
-            only the first ``rows`` slots decode: copied out of the state once and back after the loop."""
+        def chunk(trainable, frozen, state, budget, stop_early, packed):
+            """state: ``rows`` slots (all B, or slot 0's ``solo`` state); budget int32 (steps at most, <= chunk),
+            stop_early bool -> (state, tokens int32 [rows, chunk] and logprobs f32 [rows, chunk] of each step (pad
+            and 0 for done rows), steps taken int32)."""
             self._traced()
             model = nnx.merge(graphdef, trainable, frozen)
-            state = full if rows == self.slots else _map_rows(full, lambda x, axis: jax.lax.slice_in_dim(x, 0, rows,
-                                                                                                        axis=axis))
             b = rows
             row_keys = seed_keys(state.seeds)
 
@@ -417,15 +441,29 @@ class SlotDecoder:
             carry = (jnp.int32(0), state, jnp.full((b, width), pad_id, jnp.int32), jnp.zeros((b, width), jnp.float32),
                      jnp.bool_(False))
             steps, state, out_t, out_l, _ = jax.lax.while_loop(cond, body, carry)
-            if rows < self.slots:
-                parts: list = []
-                _map_rows(state, lambda x, axis: parts.append(x) or x)  # the same visiting order below
-                done_rows, end = iter(parts), state.cache.end
-                state = _map_rows(full, lambda x, axis: update_slice(x, next(done_rows), (0,) * x.ndim))
-                state = state._replace(cache=state.cache._replace(end=end))
             return self._pin(state), out_t, out_l, steps
 
         return chunk
+
+    def _solo_out_fn(self):
+        def solo_out(full):
+            """The B-slot state -> slot 0's state alone (1 row of S slots; ``end`` the shared one)."""
+            self._traced()
+            return self._pin(_map_rows(full, lambda x, axis: jax.lax.slice_in_dim(x, 0, 1, axis=axis)))
+
+        return solo_out
+
+    def _solo_in_fn(self):
+        def solo_in(full, solo):
+            """Writes slot 0's state back into the B-slot state (in place: ``full`` is donated), with its ``end``."""
+            self._traced()
+            parts: list = []
+            _map_rows(solo, lambda x, axis: parts.append(x) or x)  # the same visiting order below
+            rows = iter(parts)
+            state = _map_rows(full, lambda x, axis: update_slice(x, next(rows), (0,) * x.ndim))
+            return self._pin(state._replace(cache=state.cache._replace(end=solo.cache.end)))
+
+        return solo_in
 
     def _compact_fn(self, width: int):
         def compact(state, start):

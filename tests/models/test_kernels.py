@@ -117,3 +117,13 @@ def test_both_choices_agree_in_float32():
     a, b = (np.asarray(nnx.jit(lambda m, t: m(t).logits)(tiny_model(k, "float32"), tokens)) for k in ("xla", "cpu"))
     assert np.abs(a).max() > 0.1
     np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_the_native_build_follows_the_cpu_flags():
+    from reclm_jax.models.native_kernels import cpu_variant
+
+    avx512 = {"avx512f", "avx512bw", "avx512vl", "fma", "avx2"}
+    assert cpu_variant(avx512 | {"avx512_bf16"}) == "bf16"  # Zen 4, Sapphire Rapids: vdpbf16ps
+    assert cpu_variant(avx512) == "avx512"  # Skylake-SP, Cascade Lake: the two-FMA form
+    assert cpu_variant({"avx2", "fma", "avx512_bf16"}) is None  # no AVX-512: the XLA path
+    assert cpu_variant(avx512 - {"avx512bw"}) is None  # the kernels' 16-bit loads and permutes need BW

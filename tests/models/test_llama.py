@@ -79,3 +79,40 @@ def test_take_rows_is_jnp_take_with_its_gradient(dtype):
     g_got = jax.grad(loss(lambda t: take_rows(t, ids)))(table)
     g_want = jax.grad(loss(lambda t: jnp.take(t, ids, axis=0)))(table)
     np.testing.assert_allclose(np.asarray(g_got, np.float32), np.asarray(g_want, np.float32), rtol=1e-2, atol=1e-2)
+
+
+def test_decoding_reads_the_embedding_bits_made_once_not_a_copy_per_call(tiny_llama_factory):
+    # Inside a while_loop XLA:CPU hoisted the bf16 table's bitcast out of the loop as a copy of the whole table,
+    # once per call; the decoding programs gather from bits made once per set of weights instead
+    # (llama.decoding_tables): same rows, and no [vocab, hidden] array is formed inside the program.
+    from flax import nnx
+
+    from reclm_jax.models.kernels import EMBED_BITS, packed_weights
+    from reclm_jax.models.llama import decoding_tables
+
+    model = load_llama(tiny_llama_factory("llama3"), param_dtype="bfloat16", dtype="bfloat16", progress=False)
+    assert decoding_tables(load_llama(tiny_llama_factory("llama3"), progress=False)) == {}  # f32: nothing to do
+    tables = decoding_tables(model)
+    assert list(tables) == [EMBED_BITS] and tables[EMBED_BITS].dtype == jnp.uint16
+    graphdef, state = nnx.split(model.model.embed_tokens)
+    vocab, hidden = model.config.vocab_size, model.config.hidden_size
+    ids = jnp.asarray([[0, 5, vocab - 1, vocab]], jnp.int32)  # the last one out of range: a NaN row
+
+    def looped(state, bits, ids):
+        embed = nnx.merge(graphdef, state)
+
+        def body(i, acc):
+            with packed_weights({EMBED_BITS: bits} if bits is not None else None):
+                return acc + embed(ids + i * 0).astype(jnp.float32)
+
+        return jax.lax.fori_loop(0, 3, body, jnp.zeros((1, 4, hidden), jnp.float32))
+
+    got = jax.jit(looped)(state, tables[EMBED_BITS], ids)
+    want = jax.jit(looped)(state, None, ids)
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+    assert np.isnan(np.asarray(got)[0, 3]).all() and not np.isnan(np.asarray(got)[0, :3]).any()
+    import re
+
+    made = re.compile(rf"= \w+\[{vocab},{hidden}\]\S* (?!parameter)\S+")  # an instruction forming a table-sized array
+    hlo = jax.jit(looped).lower(state, tables[EMBED_BITS], ids).compile().as_text()
+    assert not made.findall(hlo)

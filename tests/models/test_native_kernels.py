@@ -17,7 +17,7 @@ from reclm_jax.models.kv_cache import write_slots
 BF16, F32 = jnp.bfloat16, jnp.float32
 
 pytestmark = pytest.mark.skipif(native_kernels.library() is None,
-                                reason="native kernels not built here (no AVX512-BF16 CPU or no C++ compiler)")
+                                reason="native kernels not built here (no AVX-512 CPU or no C++ compiler)")
 
 
 def _xla_dot(x, w, transposed):

@@ -143,6 +143,9 @@ def test_light_load_decodes_a_smaller_batch_with_the_same_answers(tiny_llama_fac
     reqs = [SlotRequest(prompts[i], 10 + i, tag=i) for i in range(6)]
     got = drive(dec, reqs[:1], arrivals=[0])  # one row: chunks of the 1-row bucket
     assert [k for k in dec._programs if k[0] == "chunk"] == [("chunk", 1)]
+    # 10 tokens in chunks of 4: the row's state left the shared one once, not once per chunk
+    assert dec.chunks == 3 and dec.solo_copies == 1
     got.update(drive(dec, reqs[1:], arrivals=[0, 0, 0, 0, 3]))  # five rows: all 8 slots decode
     assert ("chunk", 8) in dec._programs
+    assert dec.solo_copies >= 2  # copied back before the next admission
     check(dec, model, got, reqs)

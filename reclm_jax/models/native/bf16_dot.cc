@@ -1,4 +1,5 @@
-// Few-row bf16 x bf16 -> f32 products for decoding on CPUs with AVX512-BF16 (an XLA FFI custom call).
+// Few-row bf16 x bf16 -> f32 products for decoding on AVX-512 CPUs (an XLA FFI custom call; vdpbf16ps where the
+// CPU has AVX512-BF16, its two-FMA form elsewhere: bf16_ops.h).
 //
 // Why it exists: a decoding step multiplies a handful of rows (one per sequence) by every weight matrix.
 // XLA:CPU's library kernel streams the weights at 5-7 GB/s there and keeps the second core idle; this kernel
@@ -11,6 +12,7 @@
 //   reclm_dot_nk:  out[M, N] = x[M, K] @ w[N, K]^T   (a tied LM head's [vocab, hidden] embedding)
 //
 // Both take bf16 operands, return f32, and accept any M, K, N (tails are masked).
+#include "bf16_ops.h"
 #include "pool.h"
 #include "xla/ffi/api/ffi.h"
 
@@ -53,16 +55,16 @@ inline void KnBlock(const Dot& d, int64_t col, __mmask32 lo_cols, __mmask32 hi_c
     return _mm512_maskz_loadu_epi16(mask, p);
   };
   auto step = [&](const __m512i a0, const __m512i a1, const __m512i b0, const __m512i b1, const int32_t* pairs) {
-    const __m512bh v0 = (__m512bh)_mm512_permutex2var_epi16(a0, lo_idx, b0);
-    const __m512bh v1 = (__m512bh)_mm512_permutex2var_epi16(a0, hi_idx, b0);
-    const __m512bh v2 = (__m512bh)_mm512_permutex2var_epi16(a1, lo_idx, b1);
-    const __m512bh v3 = (__m512bh)_mm512_permutex2var_epi16(a1, hi_idx, b1);
+    const reclm::Bf16x32 v0 = (reclm::Bf16x32)_mm512_permutex2var_epi16(a0, lo_idx, b0);
+    const reclm::Bf16x32 v1 = (reclm::Bf16x32)_mm512_permutex2var_epi16(a0, hi_idx, b0);
+    const reclm::Bf16x32 v2 = (reclm::Bf16x32)_mm512_permutex2var_epi16(a1, lo_idx, b1);
+    const reclm::Bf16x32 v3 = (reclm::Bf16x32)_mm512_permutex2var_epi16(a1, hi_idx, b1);
     for (int i = 0; i < MB; ++i) {
-      const __m512bh xb = (__m512bh)_mm512_set1_epi32(pairs[i]);
-      acc[i][0] = _mm512_dpbf16_ps(acc[i][0], v0, xb);
-      acc[i][1] = _mm512_dpbf16_ps(acc[i][1], v1, xb);
-      acc[i][2] = _mm512_dpbf16_ps(acc[i][2], v2, xb);
-      acc[i][3] = _mm512_dpbf16_ps(acc[i][3], v3, xb);
+      const reclm::Bf16x32 xb = (reclm::Bf16x32)_mm512_set1_epi32(pairs[i]);
+      acc[i][0] = reclm::Dp(acc[i][0], v0, xb);
+      acc[i][1] = reclm::Dp(acc[i][1], v1, xb);
+      acc[i][2] = reclm::Dp(acc[i][2], v2, xb);
+      acc[i][3] = reclm::Dp(acc[i][3], v3, xb);
     }
   };
   int64_t k = 0;
@@ -94,7 +96,7 @@ inline void KnBlock(const Dot& d, int64_t col, __mmask32 lo_cols, __mmask32 hi_c
 template <bool kFull>
 inline void KnRowBlocks(const Dot& d, int64_t col, __mmask32 lo, __mmask32 hi);
 
-constexpr int kMaxRows = 6;  // 24 accumulators + 4 weight vectors + 2 permute indices + 1 broadcast
+constexpr int kMaxRows = reclm::kMaxRowBlock;  // bf16_ops.h: 6 rows with AVX512-BF16, 4 without
 
 inline __mmask32 Cols(int64_t width) {  // the first `width` (0..32) of 32 lanes
   return width >= 32 ? ~__mmask32(0) : width <= 0 ? __mmask32(0) : static_cast<__mmask32>((uint64_t(1) << width) - 1);
@@ -119,14 +121,14 @@ inline void KnRowBlocks(const Dot& d, int64_t col, __mmask32 lo, __mmask32 hi) {
 
 // One masked step of at most 32 columns of KnOneRow: out[0, 32) += the (a, b) row pair times xb, b zero when
 // absent (odd K).
-inline void OneRowMasked(const uint16_t* a_row, const uint16_t* b_row, float* out, __mmask32 cols, __m512bh xb,
+inline void OneRowMasked(const uint16_t* a_row, const uint16_t* b_row, float* out, __mmask32 cols, reclm::Bf16x32 xb,
                          __m512i lo_idx, __m512i hi_idx) {
   const __m512i a = _mm512_maskz_loadu_epi16(cols, a_row);
   const __m512i b = b_row ? _mm512_maskz_loadu_epi16(cols, b_row) : _mm512_setzero_si512();
   const __mmask16 ml = static_cast<__mmask16>(cols), mh = static_cast<__mmask16>(cols >> 16);
   __m512 lo = _mm512_maskz_loadu_ps(ml, out), hi = _mm512_maskz_loadu_ps(mh, out + 16);
-  lo = _mm512_dpbf16_ps(lo, (__m512bh)_mm512_permutex2var_epi16(a, lo_idx, b), xb);
-  hi = _mm512_dpbf16_ps(hi, (__m512bh)_mm512_permutex2var_epi16(a, hi_idx, b), xb);
+  lo = reclm::Dp(lo, (reclm::Bf16x32)_mm512_permutex2var_epi16(a, lo_idx, b), xb);
+  hi = reclm::Dp(hi, (reclm::Bf16x32)_mm512_permutex2var_epi16(a, hi_idx, b), xb);
   _mm512_mask_storeu_ps(out, ml, lo);
   _mm512_mask_storeu_ps(out + 16, mh, hi);
 }
@@ -156,7 +158,7 @@ void KnOneRow(const void* ctx, int64_t begin, int64_t end) {
     for (; k + 1 < k1; k += 2) {
       int32_t pair;
       __builtin_memcpy(&pair, d.x + k, sizeof(pair));
-      const __m512bh xb = (__m512bh)_mm512_set1_epi32(pair);
+      const reclm::Bf16x32 xb = (reclm::Bf16x32)_mm512_set1_epi32(pair);
       const uint16_t* r0 = d.w + k * N;
       const uint16_t* r1 = r0 + N;
       int64_t c = 0;
@@ -165,15 +167,15 @@ void KnOneRow(const void* ctx, int64_t begin, int64_t end) {
         _mm_prefetch(reinterpret_cast<const char*>(r1 + c) + kPrefetchBytes, _MM_HINT_T0);
         const __m512i a = _mm512_loadu_si512(r0 + c), b = _mm512_loadu_si512(r1 + c);
         __m512 lo = _mm512_loadu_ps(out + c), hi = _mm512_loadu_ps(out + c + 16);
-        lo = _mm512_dpbf16_ps(lo, (__m512bh)_mm512_permutex2var_epi16(a, lo_idx, b), xb);
-        hi = _mm512_dpbf16_ps(hi, (__m512bh)_mm512_permutex2var_epi16(a, hi_idx, b), xb);
+        lo = reclm::Dp(lo, (reclm::Bf16x32)_mm512_permutex2var_epi16(a, lo_idx, b), xb);
+        hi = reclm::Dp(hi, (reclm::Bf16x32)_mm512_permutex2var_epi16(a, hi_idx, b), xb);
         _mm512_storeu_ps(out + c, lo);
         _mm512_storeu_ps(out + c + 16, hi);
       }
       if (c < N) OneRowMasked(r0 + c, r1 + c, out + c, Cols(N - c), xb, lo_idx, hi_idx);
     }
     if (k < k1) {  // odd K: the last row pairs with zeros
-      const __m512bh xb = (__m512bh)_mm512_set1_epi32(static_cast<int32_t>(d.x[k]));
+      const reclm::Bf16x32 xb = (reclm::Bf16x32)_mm512_set1_epi32(static_cast<int32_t>(d.x[k]));
       const uint16_t* r0 = d.w + k * N;
       for (int64_t c = 0; c < N; c += 32) OneRowMasked(r0 + c, nullptr, out + c, Cols(N - c), xb, lo_idx, hi_idx);
     }
@@ -227,24 +229,24 @@ inline void NkBlock(const Dot& d, int64_t n0, int cols, int64_t m0) {
   const uint16_t* xr = d.x + m0 * K;
   int64_t k = 0;
   for (; k + 32 <= K; k += 32) {  // plain loads: masked ones halved the rate on AMD Zen 4
-    __m512bh wv[kNkCols];
+    reclm::Bf16x32 wv[kNkCols];
     for (int j = 0; j < kNkCols; ++j) {
       // A row or two of x is bound by streaming w (a tied LM head at batch 1): keep the prefetchers ahead.
       if constexpr (MB <= 2) _mm_prefetch(reinterpret_cast<const char*>(wr[j] + k) + kPrefetchBytes, _MM_HINT_T0);
-      wv[j] = (__m512bh)_mm512_loadu_si512(wr[j] + k);
+      wv[j] = (reclm::Bf16x32)_mm512_loadu_si512(wr[j] + k);
     }
     for (int i = 0; i < MB; ++i) {
-      const __m512bh xv = (__m512bh)_mm512_loadu_si512(xr + i * K + k);
-      for (int j = 0; j < kNkCols; ++j) acc[i][j] = _mm512_dpbf16_ps(acc[i][j], wv[j], xv);
+      const reclm::Bf16x32 xv = (reclm::Bf16x32)_mm512_loadu_si512(xr + i * K + k);
+      for (int j = 0; j < kNkCols; ++j) acc[i][j] = reclm::Dp(acc[i][j], wv[j], xv);
     }
   }
   if (k < K) {
     const __mmask32 mask = static_cast<__mmask32>((uint64_t(1) << (K - k)) - 1);
-    __m512bh wv[kNkCols];
-    for (int j = 0; j < kNkCols; ++j) wv[j] = (__m512bh)_mm512_maskz_loadu_epi16(mask, wr[j] + k);
+    reclm::Bf16x32 wv[kNkCols];
+    for (int j = 0; j < kNkCols; ++j) wv[j] = (reclm::Bf16x32)_mm512_maskz_loadu_epi16(mask, wr[j] + k);
     for (int i = 0; i < MB; ++i) {
-      const __m512bh xv = (__m512bh)_mm512_maskz_loadu_epi16(mask, xr + i * K + k);
-      for (int j = 0; j < kNkCols; ++j) acc[i][j] = _mm512_dpbf16_ps(acc[i][j], wv[j], xv);
+      const reclm::Bf16x32 xv = (reclm::Bf16x32)_mm512_maskz_loadu_epi16(mask, xr + i * K + k);
+      for (int j = 0; j < kNkCols; ++j) acc[i][j] = reclm::Dp(acc[i][j], wv[j], xv);
     }
   }
   for (int i = 0; i < MB; ++i) {

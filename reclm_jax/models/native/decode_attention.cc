@@ -16,6 +16,7 @@
 #include <cmath>
 #include <cstring>
 
+#include "bf16_ops.h"
 #include "pool.h"
 #include "xla/ffi/api/ffi.h"
 
@@ -85,8 +86,8 @@ void Unit(const Step& st, int64_t unit, std::vector<float>& scores) {
   // Scores: 4 slots at a time per query head, the 16 partial sums of each reduced together.
   for (int64_t g = 0; g < G; ++g) {
     const uint16_t* qg = st.q + ((b * st.kv + kh) * G + g) * H;
-    __m512bh qv[kMaxChunks];
-    for (int c = 0; c < chunks; ++c) qv[c] = (__m512bh)_mm512_loadu_si512(qg + 32 * c);
+    reclm::Bf16x32 qv[kMaxChunks];
+    for (int c = 0; c < chunks; ++c) qv[c] = (reclm::Bf16x32)_mm512_loadu_si512(qg + 32 * c);
     float* sg = scores.data() + g * stride;
     for (int64_t s0 = 0; s0 < slots; s0 += 4) {
       __m512 acc[4];
@@ -95,7 +96,7 @@ void Unit(const Step& st, int64_t unit, std::vector<float>& scores) {
         const int64_t s = std::min(s0 + j, slots - 1);  // past the end: a repeat, never used
         const uint16_t* kr = keys + s * H;
         for (int c = 0; c < chunks; ++c)
-          acc[j] = _mm512_dpbf16_ps(acc[j], (__m512bh)_mm512_loadu_si512(kr + 32 * c), qv[c]);
+          acc[j] = reclm::Dp(acc[j], (reclm::Bf16x32)_mm512_loadu_si512(kr + 32 * c), qv[c]);
       }
       _mm_storeu_ps(sg + s0, _mm_mul_ps(Sum4(acc[0], acc[1], acc[2], acc[3]), _mm_set1_ps(st.scale)));
     }
@@ -137,7 +138,7 @@ void Unit(const Step& st, int64_t unit, std::vector<float>& scores) {
       for (int i = 0; i < gn; ++i) {
         uint16_t* o = st.out + ((b * st.kv + kh) * G + g0 + i) * H + h0;
         for (int j = 0; j < vn; ++j)
-          _mm256_storeu_si256((__m256i*)(o + 16 * j), (__m256i)_mm512_cvtneps_pbh(acc[i][j]));
+          _mm256_storeu_si256((__m256i*)(o + 16 * j), reclm::ToBf16(acc[i][j]));
       }
     }
   }

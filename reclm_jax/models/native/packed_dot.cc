@@ -12,6 +12,7 @@
 //
 // The sums are the strip kernel's: the same vdpbf16ps pairs in the same order along K, so the result is
 // bit-identical to XLA:CPU's bf16 product (checked by the tests), at every row count, one row included.
+#include "bf16_ops.h"
 #include "pool.h"
 #include "xla/ffi/api/ffi.h"
 
@@ -26,9 +27,10 @@ struct Packed {
   const uint16_t* wp;  // [S, K2, 64, 2]
   float* out;          // [M, N]
   int64_t m, k, n, k2;
+  const float* xf = nullptr;  // without AVX512-BF16: x widened to f32, [M, 2 * K2] (a zero after an odd K)
 };
 
-constexpr int kRowsPerBlock = 6;  // 24 accumulators + 4 weight vectors + 1 broadcast of 32 registers
+constexpr int kRowsPerBlock = reclm::kMaxRowBlock;  // bf16_ops.h: 6 rows with AVX512-BF16, 4 without
 
 // Rows [m0, m0 + MB) of strip `s`: acc[i][j] lane l holds out(m0 + i, 64 s + 16 j + l).
 template <int MB>
@@ -41,8 +43,8 @@ inline void PackedBlock(const Packed& d, int64_t s, int64_t m0) {
     for (int j = 0; j < 4; ++j) acc[i][j] = _mm512_setzero_ps();
   for (int64_t j = 0; j < d.k2; ++j) {
     const uint16_t* p = strip + j * 128;
-    const __m512bh v0 = (__m512bh)_mm512_loadu_si512(p), v1 = (__m512bh)_mm512_loadu_si512(p + 32),
-                   v2 = (__m512bh)_mm512_loadu_si512(p + 64), v3 = (__m512bh)_mm512_loadu_si512(p + 96);
+    const reclm::Bf16x32 v0 = (reclm::Bf16x32)_mm512_loadu_si512(p), v1 = (reclm::Bf16x32)_mm512_loadu_si512(p + 32),
+                   v2 = (reclm::Bf16x32)_mm512_loadu_si512(p + 64), v3 = (reclm::Bf16x32)_mm512_loadu_si512(p + 96);
     const int64_t k = 2 * j;
     for (int i = 0; i < MB; ++i) {
       int32_t pair;
@@ -51,11 +53,11 @@ inline void PackedBlock(const Packed& d, int64_t s, int64_t m0) {
       } else {  // odd K: the last x value pairs with zero, as its packed row does
         pair = static_cast<int32_t>(x[i * K + k]);
       }
-      const __m512bh xb = (__m512bh)_mm512_set1_epi32(pair);
-      acc[i][0] = _mm512_dpbf16_ps(acc[i][0], v0, xb);
-      acc[i][1] = _mm512_dpbf16_ps(acc[i][1], v1, xb);
-      acc[i][2] = _mm512_dpbf16_ps(acc[i][2], v2, xb);
-      acc[i][3] = _mm512_dpbf16_ps(acc[i][3], v3, xb);
+      const reclm::Bf16x32 xb = (reclm::Bf16x32)_mm512_set1_epi32(pair);
+      acc[i][0] = reclm::Dp(acc[i][0], v0, xb);
+      acc[i][1] = reclm::Dp(acc[i][1], v1, xb);
+      acc[i][2] = reclm::Dp(acc[i][2], v2, xb);
+      acc[i][3] = reclm::Dp(acc[i][3], v3, xb);
     }
   }
   const int64_t col = s * 64, width = std::min<int64_t>(64, N - col);
@@ -72,6 +74,55 @@ inline void PackedBlock(const Packed& d, int64_t s, int64_t m0) {
   }
 }
 
+// Without AVX512-BF16 (bf16_ops.h): the same sums from x widened to f32 once per product, so each row's values
+// are broadcast straight from memory into the FMAs, and each weight vector is widened once per row block: 2 FMAs
+// per pair and row plus 2 widenings per pair and block, where Dp would also widen every broadcast.
+template <int MB>
+inline void PackedBlockWide(const Packed& d, int64_t s, int64_t m0) {
+  const int64_t N = d.n, kp = 2 * d.k2;
+  const uint16_t* strip = d.wp + s * d.k2 * 128;
+  const float* x = d.xf + m0 * kp;
+  __m512 acc[MB][4];
+  for (int i = 0; i < MB; ++i)
+    for (int j = 0; j < 4; ++j) acc[i][j] = _mm512_setzero_ps();
+  const __m512i high = _mm512_set1_epi32(static_cast<int>(0xFFFF0000u));
+  for (int64_t j = 0; j < d.k2; ++j) {
+    const uint16_t* p = strip + j * 128;
+    __m512 hi[4], lo[4];
+    for (int q = 0; q < 4; ++q) {
+      const __m512i v = _mm512_loadu_si512(p + 32 * q);
+      hi[q] = _mm512_castsi512_ps(_mm512_and_si512(v, high));
+      lo[q] = _mm512_castsi512_ps(_mm512_slli_epi32(v, 16));
+    }
+    for (int i = 0; i < MB; ++i) {
+      const __m512 xo = _mm512_set1_ps(x[i * kp + 2 * j + 1]), xe = _mm512_set1_ps(x[i * kp + 2 * j]);
+      for (int q = 0; q < 4; ++q) acc[i][q] = _mm512_fmadd_ps(hi[q], xo, acc[i][q]);  // odd first, as Dp
+      for (int q = 0; q < 4; ++q) acc[i][q] = _mm512_fmadd_ps(lo[q], xe, acc[i][q]);
+    }
+  }
+  const int64_t col = s * 64, width = std::min<int64_t>(64, N - col);
+  for (int i = 0; i < MB; ++i) {
+    float* o = d.out + (m0 + i) * N + col;
+    for (int j = 0; j < 4; ++j) {
+      const int64_t left = width - 16 * j;
+      if (left >= 16) {
+        _mm512_storeu_ps(o + 16 * j, acc[i][j]);
+      } else if (left > 0) {
+        _mm512_mask_storeu_ps(o + 16 * j, static_cast<__mmask16>((1u << left) - 1), acc[i][j]);
+      }
+    }
+  }
+}
+
+template <int MB>
+inline void Block(const Packed& d, int64_t s, int64_t m0) {
+  if constexpr (reclm::kNativeBf16) {
+    PackedBlock<MB>(d, s, m0);
+  } else {
+    PackedBlockWide<MB>(d, s, m0);
+  }
+}
+
 void PackedStrips(const void* ctx, int64_t begin, int64_t end) {
   const Packed& d = *static_cast<const Packed*>(ctx);
   // Row blocks of equal size (16 rows -> 6 + 5 + 5); each block re-reads the strip, from cache after the first.
@@ -80,12 +131,12 @@ void PackedStrips(const void* ctx, int64_t begin, int64_t end) {
     for (int64_t b = 0; b < blocks; ++b) {
       const int64_t m0 = d.m * b / blocks, rows = d.m * (b + 1) / blocks - m0;
       switch (rows) {
-        case 6: PackedBlock<6>(d, s, m0); break;
-        case 5: PackedBlock<5>(d, s, m0); break;
-        case 4: PackedBlock<4>(d, s, m0); break;
-        case 3: PackedBlock<3>(d, s, m0); break;
-        case 2: PackedBlock<2>(d, s, m0); break;
-        default: PackedBlock<1>(d, s, m0); break;
+        case 6: Block<6>(d, s, m0); break;
+        case 5: Block<5>(d, s, m0); break;
+        case 4: Block<4>(d, s, m0); break;
+        case 3: Block<3>(d, s, m0); break;
+        case 2: Block<2>(d, s, m0); break;
+        default: Block<1>(d, s, m0); break;
       }
     }
   }
@@ -96,9 +147,22 @@ ffi::Error DotPackedImpl(ffi::Buffer<ffi::BF16> x, ffi::Buffer<ffi::BF16> wp, ff
   if (xd.size() != 2 || wd.size() != 4 || od.size() != 2 || wd[2] != 64 || wd[3] != 2 || od[0] != xd[0] ||
       wd[1] != (xd[1] + 1) / 2 || wd[0] != (od[1] + 63) / 64)
     return ffi::Error::InvalidArgument("dot_packed: shapes");
-  const Packed d{reinterpret_cast<const uint16_t*>(x.untyped_data()),
-                 reinterpret_cast<const uint16_t*>(wp.untyped_data()), out->typed_data(), xd[0], xd[1], od[1], wd[1]};
-  if (d.m && d.n) Pool::Get().Run(PackedStrips, &d, wd[0]);
+  Packed d{reinterpret_cast<const uint16_t*>(x.untyped_data()),
+           reinterpret_cast<const uint16_t*>(wp.untyped_data()), out->typed_data(), xd[0], xd[1], od[1], wd[1]};
+  if (!d.m || !d.n) return ffi::Error::Success();
+  if constexpr (!reclm::kNativeBf16) {
+    // Lives with the calling thread (XLA may run two products at once from two threads); M x K is small.
+    thread_local std::vector<float> xf;
+    const int64_t kp = 2 * d.k2;
+    xf.assign(d.m * kp, 0.0f);
+    for (int64_t i = 0; i < d.m; ++i)
+      for (int64_t k = 0; k < d.k; ++k) {
+        const uint32_t bits = static_cast<uint32_t>(d.x[i * d.k + k]) << 16;
+        __builtin_memcpy(&xf[i * kp + k], &bits, sizeof(bits));
+      }
+    d.xf = xf.data();
+  }
+  Pool::Get().Run(PackedStrips, &d, wd[0]);
   return ffi::Error::Success();
 }
 
