@@ -8,6 +8,12 @@ already accumulate bf16 dots in f32, run ``kernels="xla"``'s plain dot.
 
 Few-row forward products (decoding: one row per sequence) go to the native kernel of ``native_kernels.py``
 where it applies: it uses every core for them, which XLA:CPU's kernel does not.
+
+On a CPU without AVX512-BF16 (``native_kernels.cpu_variant()`` is not "bf16") XLA:CPU has no bf16 dot
+instruction to use, and its bf16 -> f32 dot ran at about two thirds of its f32 dot's rate (measured on a
+2-core Skylake-SP: see docs/performance.md); there the other products widen both operands to f32 first. The
+sums are the same f32 sums of exact products (a bf16 x bf16 product is exact in f32), in XLA's f32 order.
+``RECLM_JAX_WIDEN_BF16=0`` keeps the bf16 dots (for A/B measurements).
 """
 
 from __future__ import annotations
@@ -25,10 +31,20 @@ def _dims(transposed: bool):
     return ((1,), (1 if transposed else 0,)), ((), ())
 
 
+def _f32_dot(a: jnp.ndarray, b: jnp.ndarray, dims) -> jnp.ndarray:
+    """a . b contracted by ``dims`` with f32 sums: bf16 operands widened to f32 first where the CPU has no bf16
+    dot instruction (see the module docstring), else XLA's bf16 -> f32 dot."""
+    if not native_kernels.has_bf16_dot():
+        a, b = a.astype(jnp.float32), b.astype(jnp.float32)
+    return jax.lax.dot_general(a, b, dims, preferred_element_type=jnp.float32)
+
+
 @partial(jax.custom_vjp, nondiff_argnums=(2,))
 def _dot_f32acc(x: jnp.ndarray, w: jnp.ndarray, transposed: bool) -> jnp.ndarray:
     if native_kernels.dot_applies(x, w):
         return native_kernels.native_dot(x, w, transposed).astype(x.dtype)
+    if not native_kernels.has_bf16_dot():
+        return _f32_dot(x, w, _dims(transposed)).astype(x.dtype)
     if x.shape[0] == 1:
         # A one-row bf16 product (decoding one sequence) leaves XLA:CPU's library kernel for a generic loop
         # that ran 9x slower than the same product with two rows (0.9 against 7.8 GB/s of weights streamed,
@@ -46,13 +62,12 @@ def _dot_f32acc_bwd(transposed, res, g):
     # Written by hand so the gradient dots are bf16 x bf16 -> f32 as well (autodiff of the forward would
     # feed an f32 cotangent into them). The kernel's gradient is dead code for a frozen kernel; XLA drops it.
     x, w = res
-    f32 = jnp.float32
     if transposed:  # w [N, K]
-        dx = jax.lax.dot_general(g, w, (((1,), (0,)), ((), ())), preferred_element_type=f32)
-        dw = jax.lax.dot_general(g, x, (((0,), (0,)), ((), ())), preferred_element_type=f32)
+        dx = _f32_dot(g, w, (((1,), (0,)), ((), ())))
+        dw = _f32_dot(g, x, (((0,), (0,)), ((), ())))
     else:  # w [K, N]
-        dx = jax.lax.dot_general(g, w, (((1,), (1,)), ((), ())), preferred_element_type=f32)
-        dw = jax.lax.dot_general(x, g, (((0,), (0,)), ((), ())), preferred_element_type=f32)
+        dx = _f32_dot(g, w, (((1,), (1,)), ((), ())))
+        dw = _f32_dot(x, g, (((0,), (0,)), ((), ())))
     return dx.astype(x.dtype), dw.astype(w.dtype)
 
 

@@ -78,6 +78,14 @@ def cpu_variant(flags: set[str] | None = None) -> str | None:
     return "bf16" if "avx512_bf16" in flags else "avx512"
 
 
+@functools.cache
+def has_bf16_dot() -> bool:
+    """Whether XLA:CPU's bf16 products run on a bf16 dot instruction here (AVX512-BF16, or not a CPU backend:
+    GPUs and TPUs never take the ``cpu`` kernels' path). Without it ``matmul.py`` widens large products to f32."""
+    return jax.default_backend() != "cpu" or "avx512_bf16" in _cpu_flags() or os.environ.get(
+        "RECLM_JAX_WIDEN_BF16", "auto") == "0"
+
+
 def _cache_dir(variant: str) -> Path:
     root = Path(os.environ.get("RECLM_JAX_CACHE", Path.home() / ".cache" / "reclm_jax"))
     digest = hashlib.sha256(f"{jax.__version__} {variant}".encode())

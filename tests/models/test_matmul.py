@@ -44,9 +44,13 @@ def test_bf16_matmul_and_its_gradients_match_f32_math(transposed):
     np.testing.assert_allclose(np.asarray(dw, np.float32), np.asarray(rw), rtol=2 ** -7, atol=5e-2)
 
 
-def test_every_bf16_dot_of_forward_and_backward_accumulates_in_f32():
-    # The point of matmul on CPU: XLA:CPU only uses the bf16 dot instructions for bf16 x bf16 -> f32 dots.
+@pytest.mark.parametrize("bf16_dot", [True, False], ids=["avx512-bf16", "no-bf16-dot"])
+def test_every_bf16_dot_of_forward_and_backward_accumulates_in_f32(bf16_dot, monkeypatch):
+    # The point of matmul on CPU: XLA:CPU only uses the bf16 dot instructions for bf16 x bf16 -> f32 dots; on a
+    # CPU without them the operands are widened to f32 first (native_kernels.has_bf16_dot), the sums f32 either way.
     # More rows than the native few-row kernel takes (native_kernels.MAX_ROWS), so every product is XLA's.
+    monkeypatch.setattr(native_kernels, "has_bf16_dot", lambda: bf16_dot)
+    operand = "bf16" if bf16_dot else "f32"
     x, w, g = _operands(False)
     x = jnp.tile(x, (3, 1))
     assert x.shape[0] > native_kernels.MAX_ROWS
@@ -55,7 +59,7 @@ def test_every_bf16_dot_of_forward_and_backward_accumulates_in_f32():
     dots = re.findall(r"stablehlo\.dot_general.*", text)
     assert len(dots) == 3  # forward, input gradient, kernel gradient
     for line in dots:
-        assert re.search(r"\(tensor<[\dx]+xbf16>, tensor<[\dx]+xbf16>\) -> tensor<[\dx]+xf32>", line), line
+        assert re.search(rf"\(tensor<[\dx]+x{operand}>, tensor<[\dx]+x{operand}>\) -> tensor<[\dx]+xf32>", line), line
 
 
 @pytest.mark.parametrize("transposed", [False, True])
