@@ -32,10 +32,27 @@ struct Packed {
 
 constexpr int kRowsPerBlock = reclm::kMaxRowBlock;  // bf16_ops.h: 6 rows with AVX512-BF16, 4 without
 
+// Rows [m0, m0 + MB) of strip `s` into out: acc[i][j] lane l is out(m0 + i, 64 s + 16 j + l), masked past N.
+template <int MB>
+inline void StoreRows(const Packed& d, const __m512 (&acc)[MB][4], int64_t s, int64_t m0) {
+  const int64_t N = d.n, col = s * 64, width = std::min<int64_t>(64, N - col);
+  for (int i = 0; i < MB; ++i) {
+    float* o = d.out + (m0 + i) * N + col;
+    for (int j = 0; j < 4; ++j) {
+      const int64_t left = width - 16 * j;
+      if (left >= 16) {
+        _mm512_storeu_ps(o + 16 * j, acc[i][j]);
+      } else if (left > 0) {
+        _mm512_mask_storeu_ps(o + 16 * j, static_cast<__mmask16>((1u << left) - 1), acc[i][j]);
+      }
+    }
+  }
+}
+
 // Rows [m0, m0 + MB) of strip `s`: acc[i][j] lane l holds out(m0 + i, 64 s + 16 j + l).
 template <int MB>
 inline void PackedBlock(const Packed& d, int64_t s, int64_t m0) {
-  const int64_t K = d.k, N = d.n;
+  const int64_t K = d.k;
   const uint16_t* strip = d.wp + s * d.k2 * 128;
   const uint16_t* x = d.x + m0 * K;
   __m512 acc[MB][4];
@@ -60,18 +77,7 @@ inline void PackedBlock(const Packed& d, int64_t s, int64_t m0) {
       acc[i][3] = reclm::Dp(acc[i][3], v3, xb);
     }
   }
-  const int64_t col = s * 64, width = std::min<int64_t>(64, N - col);
-  for (int i = 0; i < MB; ++i) {
-    float* o = d.out + (m0 + i) * N + col;
-    for (int j = 0; j < 4; ++j) {
-      const int64_t left = width - 16 * j;
-      if (left >= 16) {
-        _mm512_storeu_ps(o + 16 * j, acc[i][j]);
-      } else if (left > 0) {
-        _mm512_mask_storeu_ps(o + 16 * j, static_cast<__mmask16>((1u << left) - 1), acc[i][j]);
-      }
-    }
-  }
+  StoreRows<MB>(d, acc, s, m0);
 }
 
 // Without AVX512-BF16 (bf16_ops.h): the same sums from x widened to f32 once per product, so each row's values
@@ -79,7 +85,7 @@ inline void PackedBlock(const Packed& d, int64_t s, int64_t m0) {
 // per pair and row plus 2 widenings per pair and block, where Dp would also widen every broadcast.
 template <int MB>
 inline void PackedBlockWide(const Packed& d, int64_t s, int64_t m0) {
-  const int64_t N = d.n, kp = 2 * d.k2;
+  const int64_t kp = 2 * d.k2;
   const uint16_t* strip = d.wp + s * d.k2 * 128;
   const float* x = d.xf + m0 * kp;
   __m512 acc[MB][4];
@@ -100,18 +106,7 @@ inline void PackedBlockWide(const Packed& d, int64_t s, int64_t m0) {
       for (int q = 0; q < 4; ++q) acc[i][q] = _mm512_fmadd_ps(lo[q], xe, acc[i][q]);
     }
   }
-  const int64_t col = s * 64, width = std::min<int64_t>(64, N - col);
-  for (int i = 0; i < MB; ++i) {
-    float* o = d.out + (m0 + i) * N + col;
-    for (int j = 0; j < 4; ++j) {
-      const int64_t left = width - 16 * j;
-      if (left >= 16) {
-        _mm512_storeu_ps(o + 16 * j, acc[i][j]);
-      } else if (left > 0) {
-        _mm512_mask_storeu_ps(o + 16 * j, static_cast<__mmask16>((1u << left) - 1), acc[i][j]);
-      }
-    }
-  }
+  StoreRows<MB>(d, acc, s, m0);
 }
 
 template <int MB>
