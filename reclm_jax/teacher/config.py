@@ -24,10 +24,14 @@ class SASRecConfig:
     layer_norm_eps: float = 1e-12
     init_std: float = 0.02
     # Products of the dense layers and the item scores: float32, or bfloat16 accumulated in float32 (about twice
-    # the matmul rate on CPUs with AVX512-BF16; parameters, activations and the optimiser stay float32).
-    matmul_dtype: Literal["float32", "bfloat16"] = "float32"
+    # the matmul rate on CPUs with AVX512-BF16; parameters, activations and the optimiser stay float32), or auto:
+    # bfloat16 where the products have a bf16 dot instruction (GPUs, TPUs, AVX512-BF16 CPUs), else float32 (on
+    # other CPUs XLA emulates bf16 dots, more slowly than its f32 ones). A run records the one it used.
+    matmul_dtype: Literal["auto", "float32", "bfloat16"] = "float32"
 
     def __post_init__(self) -> None:
+        if self.matmul_dtype not in ("auto", "float32", "bfloat16"):
+            raise UserError(f"model.matmul_dtype must be auto, float32 or bfloat16, got {self.matmul_dtype!r}")
         if self.dim % self.num_heads:
             raise UserError(f"model.dim ({self.dim}) must be divisible by model.num_heads ({self.num_heads})")
         if not 0.0 <= self.dropout < 1.0:
@@ -57,3 +61,12 @@ class TeacherConfig:
     output_dir: str = ""  # run folder: config.yaml, items.json, best/ checkpoint, metrics.json, log.jsonl, tensorboard/
     model: SASRecConfig = dataclasses.field(default_factory=SASRecConfig)
     train: TeacherTrainConfig = dataclasses.field(default_factory=TeacherTrainConfig)
+
+
+def resolve_matmul_dtype(value: str) -> str:
+    """``SASRecConfig.matmul_dtype`` -> "float32" or "bfloat16" ("auto" by the machine, see the field)."""
+    if value != "auto":
+        return value
+    from reclm_jax.models.native_kernels import has_bf16_dot
+
+    return "bfloat16" if has_bf16_dot() else "float32"

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from reclm_jax.teacher.config import SASRecConfig
+from reclm_jax.teacher.config import SASRecConfig, resolve_matmul_dtype
 
 F32, BF16 = jnp.float32, jnp.bfloat16
 
@@ -193,7 +193,7 @@ class SelfAttention(nnx.Module):
     def __init__(self, cfg: SASRecConfig, rngs: nnx.Rngs):
         init = nnx.initializers.normal(cfg.init_std)
         self.num_heads = cfg.num_heads
-        self.matmul_dtype = cfg.matmul_dtype
+        self.matmul_dtype = resolve_matmul_dtype(cfg.matmul_dtype)
         self.qkv = nnx.Linear(cfg.dim, 3 * cfg.dim, kernel_init=init, rngs=rngs)
         self.out = nnx.Linear(cfg.dim, cfg.dim, kernel_init=init, rngs=rngs)
         self.attn_drop = Dropout(cfg.dropout)
@@ -226,7 +226,7 @@ class Block(nnx.Module):
 
     def __init__(self, cfg: SASRecConfig, rngs: nnx.Rngs):
         init = nnx.initializers.normal(cfg.init_std)
-        self.matmul_dtype = cfg.matmul_dtype
+        self.matmul_dtype = resolve_matmul_dtype(cfg.matmul_dtype)
         self.attn = SelfAttention(cfg, rngs)
         self.ln1 = nnx.LayerNorm(cfg.dim, epsilon=cfg.layer_norm_eps, rngs=rngs)
         self.fc1 = nnx.Linear(cfg.dim, cfg.inner_dim, kernel_init=init, rngs=rngs)
@@ -250,7 +250,7 @@ class SASRec(nnx.Module):
         init = nnx.initializers.normal(cfg.init_std)
         self.n_items = n_items
         self.window = cfg.window
-        self.matmul_dtype = cfg.matmul_dtype
+        self.matmul_dtype = resolve_matmul_dtype(cfg.matmul_dtype)
         self.item_emb = nnx.Embed(n_items + 1, cfg.dim, embedding_init=init, rngs=rngs)
         self.item_emb.embedding[...] = self.item_emb.embedding[...].at[PAD].set(0.0)
         # window + 1 rows as in the original (one row is never used) so parameter counts match it exactly.

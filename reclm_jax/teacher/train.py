@@ -16,6 +16,7 @@ the best model next to the popularity baseline under the same protocol.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import time
 from functools import partial
@@ -35,7 +36,7 @@ from reclm_jax.cli import run_main
 from reclm_jax.datasets.raw import load_raw
 from reclm_jax.errors import UserError
 from reclm_jax.teacher.checkpoint import ITEMS_FILE, METRICS_FILE, save_params
-from reclm_jax.teacher.config import TeacherConfig
+from reclm_jax.teacher.config import TeacherConfig, resolve_matmul_dtype
 from reclm_jax.teacher.metrics import evaluate, popularity_score_fn
 from reclm_jax.teacher.sasrec import SASRec
 from reclm_jax.teacher.splits import build_splits
@@ -131,6 +132,9 @@ def train(cfg: TeacherConfig) -> dict:
     if n_train == 0:
         raise UserError(f"{cfg.data_path}: no training examples (every sequence has fewer than 4 items)")
 
+    # The run records the products it used (a later load on another machine rebuilds the same model).
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(
+        cfg.model, matmul_dtype=resolve_matmul_dtype(cfg.model.matmul_dtype)))
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / METRICS_FILE).unlink(missing_ok=True)  # a stale report must not make a new, unfinished run look done

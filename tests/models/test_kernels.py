@@ -14,6 +14,7 @@ from flax import nnx
 
 from reclm_jax.errors import UserError
 from reclm_jax.models import kernels as kernels_mod
+from reclm_jax.models import native_kernels
 from reclm_jax.models.kernels import resolve_kernels
 from reclm_jax.models.linear import Linear
 from reclm_jax.models.llama import Attention, LlamaForCausalLM
@@ -100,6 +101,8 @@ def test_each_choice_emits_its_own_dots_and_attention(kernels, monkeypatch):
 
     monkeypatch.setattr(kernels_mod, "causal_attention", count("blocked", blocked))
     monkeypatch.setattr(jax.nn, "dot_product_attention", count("dpa", dpa))
+    # As on a CPU with a bf16 dot instruction (elsewhere "cpu" widens the operands: tests/models/test_matmul.py).
+    monkeypatch.setattr(native_kernels, "has_bf16_dot", lambda: True)
     dots = _bf16_dots(_lowered_step(tiny_model(kernels)))
     linear = [dt for rank, dt in dots if rank == 2]  # Linear's products are 2-D (inputs flattened)
     # 7 projections + lm_head, each with a LoRA pair: forward dots alone are 8 * 3.

@@ -160,3 +160,20 @@ def test_bf16_products_learn_the_successor_too(cycle_dataset, tmp_path):
     assert report["teacher"]["test"]["hr@10"] == 1.0
     records = [json.loads(x) for x in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert all(r["train_seconds"] > 0 and r["valid_seconds"] > 0 for r in records if r["kind"] == "train")
+
+
+@pytest.mark.parametrize("bf16_dot", [True, False], ids=["bf16-dot", "no-bf16-dot"])
+def test_auto_products_follow_the_machine_and_the_run_records_them(cycle_dataset, tmp_path, monkeypatch, bf16_dot):
+    import yaml
+
+    from reclm_jax.models import native_kernels
+    from reclm_jax.teacher.config import resolve_matmul_dtype
+    from reclm_jax.teacher.train import train
+
+    monkeypatch.setattr(native_kernels, "has_bf16_dot", lambda: bf16_dot)
+    want = "bfloat16" if bf16_dot else "float32"
+    assert resolve_matmul_dtype("auto") == want
+    assert resolve_matmul_dtype("float32") == "float32" and resolve_matmul_dtype("bfloat16") == "bfloat16"
+    train(_tiny(cycle_dataset[0], tmp_path / "run", epochs=1, model={"matmul_dtype": "auto"}))
+    saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert saved["model"]["matmul_dtype"] == want  # a later load rebuilds the model it trained
