@@ -57,9 +57,7 @@ class Embedding(nnx.Module):
     def __call__(self, tokens: jnp.ndarray) -> jnp.ndarray:
         bits = packed_kernel(EMBED_BITS)  # a decoding program's table bits (kernels.EMBED_BITS), made once
         if bits is not None and bits.shape == self.weight.shape:
-            nan = int(np.asarray(np.nan, self.weight.dtype).view(bits.dtype))
-            rows = jnp.take(bits, tokens, axis=0, mode="fill", fill_value=nan)
-            return jax.lax.bitcast_convert_type(rows, self.weight.dtype).astype(self.dtype)
+            return gather_bits(bits, tokens, self.weight.dtype).astype(self.dtype)
         return take_rows(self.weight[...], tokens).astype(self.dtype)
 
 
@@ -74,9 +72,15 @@ def take_rows(table: jnp.ndarray, ids: jnp.ndarray) -> jnp.ndarray:
     bits = bits_view(table)
     if bits.dtype == table.dtype:
         return jnp.take(table, ids, axis=0)
-    nan = int(np.asarray(np.nan, table.dtype).view(bits.dtype))  # a static fill value: the dtype's NaN bits
+    return gather_bits(bits, ids, table.dtype)
+
+
+def gather_bits(bits: jnp.ndarray, ids: jnp.ndarray, dtype) -> jnp.ndarray:
+    """Rows ``ids`` (int [...]) of a 16-bit float table given as its uint16 bits [V, D] -> [..., D] in ``dtype``;
+    out-of-range ids give NaN rows (jnp.take's default)."""
+    nan = int(np.asarray(np.nan, dtype).view(bits.dtype))  # a static fill value: the dtype's NaN bits
     rows = jnp.take(bits, ids, axis=0, mode="fill", fill_value=nan)
-    return jax.lax.bitcast_convert_type(rows, table.dtype)
+    return jax.lax.bitcast_convert_type(rows, dtype)
 
 
 def _take_rows_fwd(table, ids):
