@@ -15,8 +15,9 @@ warm: between chunks of a few decoding steps finished rows leave and new ones jo
   also stops once every slot is done, or, when rows are waiting, once some row finishes), and hands back the
   rows that finished. Free slots decode pad tokens that nobody reads; when the only live row is slot 0 (which
   admission fills first) chunks decode that row alone, so one client does not pay for B: its state is copied
-  out of the shared one once and kept apart (``solo``) until a second row joins, a compaction needs the shared
-  state or the decoder empties, and copied back then. (Copying it out and back in every chunk moved 2 x S slots
+  out of the shared one once and kept apart (``solo``) until a second row joins or a compaction needs the
+  shared state, and copied back then; once the decoder is empty it is dropped instead (the next admission
+  rewrites slot 0 whole). Both copy programs compile together, with the first solo chunk. (Copying it out and back in every chunk moved 2 x S slots
   of every layer per chunk: with a default cache of 5824 slots for SmolLM2, 270 MB per 8 tokens.)
 - Space: each admission keeps ``end + (the most tokens any live row may still feed) <= S``, and a decoding
   step raises both sides by one, so live rows never run out of slots; rows that would break it wait (first
@@ -257,6 +258,9 @@ class SlotDecoder:
                             f"tokens do not fit {self.cache_len} cache slots")
 
     def _admit(self, take: list[SlotRequest]) -> None:
+        if self.live == 0:
+            # Slot 0 is the first free slot and is rewritten whole (its ``valid`` row included): no copy back.
+            self._solo = None
         self._unsolo()  # admission writes into the shared state
         cap = max(self.batch_buckets)  # rows per admission program (a server admits one at a time, see engine.py)
         for i in range(0, len(take), cap):
@@ -302,6 +306,10 @@ class SlotDecoder:
                 raise RuntimeError(f"SlotDecoder: no cache room for {self.live} live rows at end {self._end}")
             width = self._width()
             if width == 1 and self._solo is None:
+                if ("solo_in",) not in self._programs:
+                    # Compiled with solo_out, not when a second row first joins in the middle of serving.
+                    solo = jax.eval_shape(self._program("solo_out"), self._state)
+                    self._program("solo_in").lower(self._state, solo).compile()
                 self._solo = self._program("solo_out")(self._state)
                 self.solo_copies += 1
             elif width > 1:

@@ -145,7 +145,13 @@ def test_light_load_decodes_a_smaller_batch_with_the_same_answers(tiny_llama_fac
     assert [k for k in dec._programs if k[0] == "chunk"] == [("chunk", 1)]
     # 10 tokens in chunks of 4: the row's state left the shared one once, not once per chunk
     assert dec.chunks == 3 and dec.solo_copies == 1
-    got.update(drive(dec, reqs[1:], arrivals=[0, 0, 0, 0, 3]))  # five rows: all 8 slots decode
+    assert ("solo_in",) in dec._programs  # compiled with the first solo chunk, before any row joins
+    traced = dec.traces
+    # the decoder is empty: its solo state is dropped, not copied back (admission rewrites slot 0 whole)
+    got.update(drive(dec, reqs[1:2], arrivals=[0]))
+    assert dec.solo_copies == 2 and dec.traces == traced
+    # rows joining while slot 0 decodes alone: its state goes back into the shared one, all 8 slots decode
+    got.update(drive(dec, reqs[2:], arrivals=[0, 1, 1, 1]))
     assert ("chunk", 8) in dec._programs
-    assert dec.solo_copies >= 2  # copied back before the next admission
+    assert dec.solo_copies == 4  # out, back in when the second row joined
     check(dec, model, got, reqs)
