@@ -18,16 +18,18 @@ spinning worker threads (``native/pool.h``) so every core works on each product:
   and value into the cache in place; the XLA path's numbers to f32 rounding.
 
 The library is compiled with the system's C++ compiler the first time it is needed, into
-``$RECLM_JAX_CACHE/native/<hash>/`` (default ``~/.cache/reclm_jax``), in one of two builds (``cpu_variant``):
+``$RECLM_JAX_CACHE/native/<hash>/`` (default ``~/.cache/reclm_jax``), in one of three builds (``cpu_variant``):
 ``bf16`` on a CPU with AVX512-BF16 (vdpbf16ps), ``avx512`` on one with plain AVX-512 (F, BW, VL: Skylake-SP,
-Cascade Lake, Ice Lake), where ``native/bf16_ops.h`` forms the same pair products with two FMAs each. There XLA:CPU
-has no fast bf16 product at all (a bf16 SmolLM2 decoding step took 51 ms at batch 1 and 215 ms at 16 on a 2-core
-Skylake-SP), so the kernels matter even more. Products of bf16 values are exact in f32, so both builds sum the
-same f32 terms in the same order: the tests' bit-identity with XLA's product holds on both (checked on Zen 4
-and on Skylake-SP). The kernels are used only
-where a build applies, with a C++ compiler present, unless ``RECLM_JAX_NATIVE=0``. Everywhere else (CPUs
-without AVX-512), and whenever the library cannot be built (the reason is logged), the XLA path runs. ``RECLM_JAX_NATIVE_THREADS`` sets the
-pool's threads (default: the cores this process may use).
+Cascade Lake, Ice Lake), where ``native/bf16_ops.h`` forms the same pair products with two FMAs each, and
+``avx2`` on one with AVX2 and FMA only (AMD Zen 1-3, Intel Haswell to Comet Lake): ``native/avx2_*.cc``, the same
+four targets in 256-bit registers (``avx2_ops.h``). Without AVX512-BF16 XLA:CPU has no fast bf16 product at all
+(a bf16 SmolLM2 decoding step took 51 ms at batch 1 and 215 ms at 16 on a 2-core Skylake-SP), so the kernels
+matter even more there. Products of bf16 values are exact in f32, so every build sums the same f32 terms in the
+same order: the tests' bit-identity with XLA's product holds on all three (checked on Zen 4, Skylake-SP and
+Zen 2). The kernels are used only where a build applies, with a C++ compiler present, unless
+``RECLM_JAX_NATIVE=0``. Everywhere else (x86 CPUs without AVX2 and FMA, other architectures), and whenever the
+library cannot be built (the reason is logged), the XLA path runs. ``RECLM_JAX_NATIVE_THREADS`` sets the pool's
+threads (default: the cores this process may use).
 """
 
 from __future__ import annotations
@@ -50,14 +52,20 @@ log = logging.getLogger(__name__)
 
 MAX_ROWS = 128  # above this XLA's kernel is as fast (measured: 64 rows still 1.2x faster natively)
 NATIVE_DIR = Path(__file__).parent / "native"
-SOURCES = ("bf16_dot.cc", "packed_dot.cc", "decode_attention.cc")
 _TARGETS = ("reclm_dot_kn", "reclm_dot_nk", "reclm_dot_packed", "reclm_decode_attention")
 
-
-HEADERS = ("pool.h", "bf16_ops.h")
-# The compiler flags of each build; the kernels need AVX512F/BW/VL either way (masked 16-bit loads, permutes).
+# The sources of each build: the AVX-512 kernels (both AVX-512 builds), or their 256-bit AVX2 forms, which export
+# the same four targets.
+AVX512_SOURCES = ("bf16_dot.cc", "packed_dot.cc", "decode_attention.cc")
+AVX2_SOURCES = ("avx2_dot.cc", "avx2_attention.cc")
+VARIANT_SOURCES = {"bf16": AVX512_SOURCES, "avx512": AVX512_SOURCES, "avx2": AVX2_SOURCES}
+SOURCES = tuple(dict.fromkeys(AVX512_SOURCES + AVX2_SOURCES))
+HEADERS = ("pool.h", "bf16_ops.h", "avx2_ops.h")
+# The compiler flags of each build; the AVX-512 kernels need AVX512F/BW/VL either way (masked 16-bit loads,
+# permutes).
 VARIANT_FLAGS = {"bf16": ("-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512bf16", "-mfma"),
-                 "avx512": ("-mavx512f", "-mavx512bw", "-mavx512vl", "-mfma")}
+                 "avx512": ("-mavx512f", "-mavx512bw", "-mavx512vl", "-mfma"),
+                 "avx2": ("-mavx2", "-mfma", "-mf16c")}
 
 
 def _cpu_flags() -> set[str]:
@@ -71,11 +79,14 @@ def _cpu_flags() -> set[str]:
 
 def cpu_variant(flags: set[str] | None = None) -> str | None:
     """The native build this CPU runs: "bf16" (AVX512-BF16), "avx512" (AVX512F/BW/VL and FMA, the pair products
-    emulated) or None (no build applies: the XLA path). ``flags``: /proc/cpuinfo's, by default this machine's."""
+    emulated), "avx2" (AVX2 and FMA: 256-bit forms of the same products) or None (no build applies: the XLA
+    path). ``flags``: /proc/cpuinfo's, by default this machine's."""
     flags = _cpu_flags() if flags is None else flags
-    if not {"avx512f", "avx512bw", "avx512vl", "fma"} <= flags:
-        return None
-    return "bf16" if "avx512_bf16" in flags else "avx512"
+    if {"avx512f", "avx512bw", "avx512vl", "fma"} <= flags:
+        return "bf16" if "avx512_bf16" in flags else "avx512"
+    if {"avx2", "fma", "f16c"} <= flags:
+        return "avx2"
+    return None
 
 
 @functools.cache
@@ -105,10 +116,11 @@ def _build(out: Path, variant: str) -> None:
         lib = Path(tmp) / out.name
         cmd = [compiler, "-O3", "-std=c++17", "-shared", "-fPIC", *VARIANT_FLAGS[variant], "-pthread",
                f"-I{jax.ffi.include_dir()}",
-               *(str(NATIVE_DIR / name) for name in SOURCES), "-o", str(lib)]
+               *(str(NATIVE_DIR / name) for name in VARIANT_SOURCES[variant]), "-o", str(lib)]
         done = subprocess.run(cmd, capture_output=True, text=True)
         if done.returncode != 0:
-            raise RuntimeError(f"compiling {', '.join(SOURCES)} failed: {done.stderr.strip()[-2000:]}")
+            raise RuntimeError(f"compiling {', '.join(VARIANT_SOURCES[variant])} failed: "
+                               f"{done.stderr.strip()[-2000:]}")
         os.replace(lib, out)
 
 
@@ -119,7 +131,7 @@ def library() -> ctypes.CDLL | None:
         return None
     variant = cpu_variant()
     if variant is None:
-        log.info("native kernels: this CPU has no AVX-512; the XLA path is used")
+        log.info("native kernels: this CPU has neither AVX-512 nor AVX2 with FMA; the XLA path is used")
         return None
     path = _cache_dir(variant) / "reclm_native.so"
     try:

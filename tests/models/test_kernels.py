@@ -125,8 +125,11 @@ def test_both_choices_agree_in_float32():
 def test_the_native_build_follows_the_cpu_flags():
     from reclm_jax.models.native_kernels import cpu_variant
 
-    avx512 = {"avx512f", "avx512bw", "avx512vl", "fma", "avx2"}
+    avx512 = {"avx512f", "avx512bw", "avx512vl", "fma", "avx2", "f16c"}
     assert cpu_variant(avx512 | {"avx512_bf16"}) == "bf16"  # Zen 4, Sapphire Rapids: vdpbf16ps
     assert cpu_variant(avx512) == "avx512"  # Skylake-SP, Cascade Lake: the two-FMA form
-    assert cpu_variant({"avx2", "fma", "avx512_bf16"}) is None  # no AVX-512: the XLA path
-    assert cpu_variant(avx512 - {"avx512bw"}) is None  # the kernels' 16-bit loads and permutes need BW
+    assert cpu_variant({"avx2", "fma", "f16c"}) == "avx2"  # Zen 2, Haswell: the 256-bit kernels
+    # AVX-512 without BW (the kernels' 16-bit loads and permutes) falls back to the AVX2 build
+    assert cpu_variant(avx512 - {"avx512bw"}) == "avx2"
+    assert cpu_variant({"avx2", "f16c"}) is None  # no FMA: the XLA path
+    assert cpu_variant({"sse4_2", "avx"}) is None

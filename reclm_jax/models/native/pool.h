@@ -136,6 +136,7 @@ class Pool {
   int64_t chunk_ = 1;
 };
 
+#if defined(__AVX512F__)
 // -> [sum(a), sum(b), sum(c), sum(e)]: four horizontal sums at once.
 inline __m128 Sum4(__m512 a, __m512 b, __m512 c, __m512 e) {
   const __m512 ab = _mm512_add_ps(_mm512_unpacklo_ps(a, b), _mm512_unpackhi_ps(a, b));
@@ -145,5 +146,6 @@ inline __m128 Sum4(__m512 a, __m512 b, __m512 c, __m512 e) {
                                  _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(s), 1)));
   return _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
 }
+#endif
 
 }  // namespace reclm

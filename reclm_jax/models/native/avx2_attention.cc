@@ -1,0 +1,173 @@
+// decode_attention.cc for CPUs with AVX2 and FMA only (avx2_ops.h): the same XLA FFI target, arguments and
+// numbers (scores accumulated in f32 and scaled, softmax in f32, probabilities rounded to bf16, values summed in
+// f32 and rounded to bf16), in 256-bit registers. Summation orders differ from XLA's: results agree to f32
+// rounding.
+//
+//   q [B, 1, N, H], k_new / v_new [B, 1, K, H], caches [B, K, S, H]: bf16; mask [B, 1, 1, S] bool; end: int32
+//   scalar, the slot written now. N = K * G, H a multiple of 32 (at most 256), G at most 16.
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#include "avx2_ops.h"
+#include "pool.h"
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+using reclm::Pool;
+using namespace reclm::avx2;
+
+constexpr int kMaxGroup = 16;
+constexpr int kMaxHead = 256;
+
+struct Step {
+  const uint16_t* q;
+  const uint16_t* k_new;
+  const uint16_t* v_new;
+  uint16_t* keys;
+  uint16_t* values;
+  const bool* mask;
+  uint16_t* out;
+  int64_t b, kv, g, s, h, end;
+  float scale;
+};
+
+inline float RoundBf16(float v) {  // round to nearest even bf16, back to f32 (finite inputs)
+  uint32_t bits;
+  std::memcpy(&bits, &v, 4);
+  bits = (bits + 0x7FFFu + ((bits >> 16) & 1u)) & 0xFFFF0000u;
+  std::memcpy(&v, &bits, 4);
+  return v;
+}
+
+// Lanes [s0, s0 + 8) of the softmax numerators: exp(score - top) where the mask allows the slot, else 0.
+inline __m256 Numerators(const float* scores, const bool* mask, float top) {
+  int64_t m;
+  std::memcpy(&m, mask, 8);
+  const __m256i allowed = _mm256_cmpgt_epi32(_mm256_cvtepu8_epi32(_mm_cvtsi64_si128(m)), _mm256_setzero_si256());
+  const __m256 e = Exp(_mm256_sub_ps(_mm256_loadu_ps(scores), _mm256_set1_ps(top)));
+  return _mm256_and_ps(e, _mm256_castsi256_ps(allowed));
+}
+
+void Unit(const Step& st, int64_t unit, std::vector<float>& scores) {
+  const int64_t b = unit / st.kv, kh = unit % st.kv;
+  const int64_t H = st.h, S = st.s, G = st.g, slots = st.end + 1;
+  uint16_t* keys = st.keys + (b * st.kv + kh) * S * H;
+  uint16_t* values = st.values + (b * st.kv + kh) * S * H;
+  std::memcpy(keys + st.end * H, st.k_new + (b * st.kv + kh) * H, H * 2);
+  std::memcpy(values + st.end * H, st.v_new + (b * st.kv + kh) * H, H * 2);
+  const bool* mask = st.mask + b * S;
+  const int64_t stride = (slots + 7) / 8 * 8;  // whole groups of 8 lanes, the tail padded
+  scores.resize(G * stride);
+
+  alignas(32) float qf[kMaxHead];
+  for (int64_t g = 0; g < G; ++g) {
+    const uint16_t* qg = st.q + ((b * st.kv + kh) * G + g) * H;
+    for (int64_t c = 0; c < H; c += 8) _mm256_store_ps(qf + c, Widen8(qg + c));
+    float* sg = scores.data() + g * stride;
+    // Scores, 4 slots at a time, each slot's 8 partial sums reduced together.
+    for (int64_t s0 = 0; s0 < slots; s0 += 4) {
+      __m256 acc[4];
+      for (int j = 0; j < 4; ++j) {
+        acc[j] = _mm256_setzero_ps();
+        const uint16_t* kr = keys + std::min(s0 + j, slots - 1) * H;  // past the end: a repeat, never used
+        for (int64_t c = 0; c < H; c += 8) acc[j] = _mm256_fmadd_ps(Widen8(kr + c), _mm256_load_ps(qf + c), acc[j]);
+      }
+      alignas(16) float four[4];
+      _mm_store_ps(four, _mm_mul_ps(Sum4(acc[0], acc[1], acc[2], acc[3]), _mm_set1_ps(st.scale)));
+      for (int j = 0; j < 4 && s0 + j < stride; ++j) sg[s0 + j] = four[j];
+    }
+    // Softmax over the allowed slots, in f32; probabilities rounded to bf16 as the XLA path does.
+    float top = -INFINITY;
+    for (int64_t s = 0; s < slots; ++s)
+      if (mask[s]) top = std::max(top, sg[s]);
+    __m256 total = _mm256_setzero_ps();
+    int64_t s0 = 0;
+    for (; s0 + 8 <= slots; s0 += 8) {
+      const __m256 e = Numerators(sg + s0, mask + s0, top);
+      total = _mm256_add_ps(total, e);
+      _mm256_storeu_ps(sg + s0, e);
+    }
+    if (s0 < slots) {  // the tail through zero-padded copies (the mask's bytes past `slots` are not read)
+      alignas(32) float tail[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+      bool allowed[8] = {false, false, false, false, false, false, false, false};
+      for (int64_t s = s0; s < slots; ++s) {
+        tail[s - s0] = sg[s];
+        allowed[s - s0] = mask[s];
+      }
+      const __m256 e = Numerators(tail, allowed, top);
+      total = _mm256_add_ps(total, e);
+      _mm256_store_ps(tail, e);
+      for (int64_t s = s0; s < slots; ++s) sg[s] = tail[s - s0];
+    }
+    const float sum = Sum8(total);
+    for (int64_t s = 0; s < slots; ++s) sg[s] = RoundBf16(sg[s] / sum);
+  }
+
+  // Values: out[g, :] = sum_s p[g, s] v[s, :], 32 columns and up to 2 query heads at a time.
+  for (int64_t g0 = 0; g0 < G; g0 += 2) {
+    const int gn = static_cast<int>(std::min<int64_t>(2, G - g0));
+    for (int64_t h0 = 0; h0 < H; h0 += 32) {
+      __m256 acc[2][4];
+      for (int i = 0; i < 2; ++i)
+        for (int j = 0; j < 4; ++j) acc[i][j] = _mm256_setzero_ps();
+      for (int64_t s = 0; s < slots; ++s) {
+        __m256 v[4];
+        for (int j = 0; j < 4; ++j) v[j] = Widen8(values + s * H + h0 + 8 * j);
+        for (int i = 0; i < gn; ++i) {
+          const __m256 p = _mm256_broadcast_ss(&scores[(g0 + i) * stride + s]);
+          for (int j = 0; j < 4; ++j) acc[i][j] = _mm256_fmadd_ps(p, v[j], acc[i][j]);
+        }
+      }
+      for (int i = 0; i < gn; ++i) {
+        uint16_t* o = st.out + ((b * st.kv + kh) * G + g0 + i) * H + h0;
+        for (int j = 0; j < 4; ++j) StoreBf16(o + 8 * j, acc[i][j]);
+      }
+    }
+  }
+}
+
+void Units(const void* ctx, int64_t begin, int64_t end) {
+  thread_local std::vector<float> scores;
+  const Step& st = *static_cast<const Step*>(ctx);
+  for (int64_t u = begin; u < end; ++u) Unit(st, u, scores);
+}
+
+ffi::Error DecodeAttentionImpl(ffi::Buffer<ffi::BF16> q, ffi::Buffer<ffi::BF16> k_new, ffi::Buffer<ffi::BF16> v_new,
+                               ffi::Buffer<ffi::BF16>, ffi::Buffer<ffi::BF16>, ffi::Buffer<ffi::PRED> mask,
+                               ffi::Buffer<ffi::S32> end, float scale, ffi::ResultBuffer<ffi::BF16> out,
+                               ffi::ResultBuffer<ffi::BF16> keys, ffi::ResultBuffer<ffi::BF16> values) {
+  const auto qd = q.dimensions(), cd = keys->dimensions(), md = mask.dimensions();
+  if (qd.size() != 4 || cd.size() != 4 || md.size() != 4 || qd[1] != 1) {
+    return ffi::Error::InvalidArgument("decode_attention: expects q [B, 1, N, H], caches [B, K, S, H]");
+  }
+  Step st{reinterpret_cast<const uint16_t*>(q.untyped_data()), reinterpret_cast<const uint16_t*>(k_new.untyped_data()),
+          reinterpret_cast<const uint16_t*>(v_new.untyped_data()), reinterpret_cast<uint16_t*>(keys->untyped_data()),
+          reinterpret_cast<uint16_t*>(values->untyped_data()), mask.typed_data(),
+          reinterpret_cast<uint16_t*>(out->untyped_data()), qd[0], cd[1], qd[2] / cd[1], cd[2], qd[3],
+          static_cast<int64_t>(end.typed_data()[0]), scale};
+  if (st.h % 32 || st.h > kMaxHead || st.g > kMaxGroup || qd[2] % cd[1] || st.end < 0 || st.end >= st.s) {
+    return ffi::Error::InvalidArgument("decode_attention: unsupported shape or slot");
+  }
+  Pool::Get().Run(Units, &st, st.b * st.kv);
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(reclm_decode_attention, DecodeAttentionImpl,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::BF16>>()  // q
+                                  .Arg<ffi::Buffer<ffi::BF16>>()  // k_new
+                                  .Arg<ffi::Buffer<ffi::BF16>>()  // v_new
+                                  .Arg<ffi::Buffer<ffi::BF16>>()  // keys (aliased by the result `keys`)
+                                  .Arg<ffi::Buffer<ffi::BF16>>()  // values (aliased by the result `values`)
+                                  .Arg<ffi::Buffer<ffi::PRED>>()  // mask
+                                  .Arg<ffi::Buffer<ffi::S32>>()   // end
+                                  .Attr<float>("scale")
+                                  .Ret<ffi::Buffer<ffi::BF16>>()  // out
+                                  .Ret<ffi::Buffer<ffi::BF16>>()  // keys
+                                  .Ret<ffi::Buffer<ffi::BF16>>());  // values
