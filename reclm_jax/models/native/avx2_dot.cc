@@ -37,11 +37,56 @@ const float* WidenRows(const uint16_t* x, int64_t m, int64_t k, int64_t kp) {
   return xf.data();
 }
 
+// x [M, K] bf16 -> f32 [kp, M], the transpose (kp >= K, zeros after K), kept per calling thread: a pair's 2 MB
+// broadcasts of a row block then come from two base addresses at constant offsets (row by row, they took a
+// general register each, and the spilled registers cost more than the broadcasts).
+const float* WidenColumns(const uint16_t* x, int64_t m, int64_t k, int64_t kp) {
+  thread_local std::vector<float> xt;
+  xt.assign(kp * m, 0.0f);
+  for (int64_t i = 0; i < m; ++i)
+    for (int64_t j = 0; j < k; ++j) xt[j * m + i] = Bf16ToF32(x[i * k + j]);
+  return xt.data();
+}
+
 // 8 bf16 values from p, of which only the first n (0..8) are read (zeros after), as f32.
 inline __m256 Widen8Tail(const uint16_t* p, int64_t n) {
   alignas(16) uint16_t tmp[8] = {0, 0, 0, 0, 0, 0, 0, 0};
   for (int64_t i = 0; i < n; ++i) tmp[i] = p[i];
   return Widen8(tmp);
+}
+
+// One (k, k+1) pair of G 8-column weight registers (hi: the k+1 terms, lo: the k terms) times MB rows' x values
+// (x(i, k + 1) at odd[i], x(i, k) at even[i]) into acc, the odd term first as vdpbf16ps. Up to two rows the
+// broadcasts are hoisted and the weights widened one register at a time; from three rows on, each row's two
+// broadcasts are made once and the G widened registers kept (GCC hoisted the 2 MB broadcasts of the other order
+// into registers, and the accumulators went to the stack: a store and a load in every FMA chain).
+template <int MB, int G, typename W>
+inline void PairStep(__m256 (&acc)[MB][G], const W& weights, const float* odd, const float* even) {
+  if constexpr (MB <= 2) {
+    __m256 xo[MB], xe[MB];
+    for (int i = 0; i < MB; ++i) {
+      xo[i] = _mm256_broadcast_ss(odd + i);
+      xe[i] = _mm256_broadcast_ss(even + i);
+    }
+    for (int q = 0; q < G; ++q) {
+      __m256 hi, lo;
+      weights(q, hi, lo);
+      for (int i = 0; i < MB; ++i) {
+        acc[i][q] = _mm256_fmadd_ps(hi, xo[i], acc[i][q]);
+        acc[i][q] = _mm256_fmadd_ps(lo, xe[i], acc[i][q]);
+      }
+    }
+  } else {
+    __m256 hi[G], lo[G];
+    for (int q = 0; q < G; ++q) weights(q, hi[q], lo[q]);
+    for (int i = 0; i < MB; ++i) {
+      const __m256 xo = _mm256_broadcast_ss(odd + i), xe = _mm256_broadcast_ss(even + i);
+      for (int q = 0; q < G; ++q) {
+        acc[i][q] = _mm256_fmadd_ps(hi[q], xo, acc[i][q]);
+        acc[i][q] = _mm256_fmadd_ps(lo[q], xe, acc[i][q]);
+      }
+    }
+  }
 }
 
 // acc[i][q] (8 lanes each) -> out(m0 + i, col + 8 q + l), masked past N.
@@ -61,12 +106,13 @@ inline void Store(float* out, int64_t n, int64_t col, int64_t m0, const __m256 (
 }
 
 // Rows per block, and 8-column registers per row of a block (G). Each accumulator is one chain of dependent FMAs
-// (the sums keep XLA's order), so a block needs about 10 of them (FMA latency x 2 pipes) to keep both FMA pipes
-// busy, and at most 12: with the two widened halves of a weight register and a broadcast they fill AVX2's 16
-// registers. The broadcasts are loaded where they are used (a load port is free for each).
-constexpr int kMaxRows = 6;
+// (the sums keep XLA's order), so a block wants about 10 of them (FMA latency x 2 pipes) to keep both FMA pipes
+// busy; with PairStep's registers (2 G widened weights and two broadcasts from three rows on, 2 MB broadcasts
+// and one widened register below) they must fit AVX2's 16: 5 rows x 2 registers at most. (Blocks of up to 12 rows
+// of one register each were no faster on a 2-core Zen 2 at 16 rows; that machine was too noisy to rank finer.)
+constexpr int kMaxRows = 5;
 template <int MB>
-constexpr int Cols8() { return MB == 1 ? 8 : MB == 2 ? 6 : MB == 3 ? 4 : MB == 4 ? 3 : 2; }
+constexpr int Cols8() { return MB == 1 ? 8 : MB == 2 ? 4 : 2; }
 
 // Calls f.template operator()<G'>(q0) over a 64-column strip's 8 registers: passes of G, the last one shorter.
 template <int G, typename F>
@@ -83,7 +129,6 @@ inline void RowBlocks(int64_t m, const F& f) {
   for (int64_t b = 0; b < blocks; ++b) {
     const int64_t m0 = m * b / blocks, rows = m * (b + 1) / blocks - m0;
     switch (rows) {
-      case 6: f.template operator()<6>(m0); break;
       case 5: f.template operator()<5>(m0); break;
       case 4: f.template operator()<4>(m0); break;
       case 3: f.template operator()<3>(m0); break;
@@ -98,31 +143,27 @@ inline void RowBlocks(int64_t m, const F& f) {
 
 struct Packed {
   const uint16_t* wp;
-  const float* xf;  // [M, 2 * K2]
+  const float* xt;  // [2 * K2, M]
   float* out;
   int64_t m, n, k2;
 };
 
 template <int MB, int G>
 inline void PackedPass(const Packed& d, int64_t s, int64_t m0, int q0) {
-  const int64_t kp = 2 * d.k2;
+  const int64_t M = d.m;
   const uint16_t* strip = d.wp + s * d.k2 * 128 + 16 * q0;
-  const float* x = d.xf + m0 * kp;
   __m256 acc[MB][G];
   for (int i = 0; i < MB; ++i)
     for (int q = 0; q < G; ++q) acc[i][q] = _mm256_setzero_ps();
   for (int64_t j = 0; j < d.k2; ++j) {
     const uint16_t* p = strip + j * 128;
     if constexpr (G == 8) _mm_prefetch(reinterpret_cast<const char*>(p) + kPrefetchBytes, _MM_HINT_T0);
-    const float* xj = x + 2 * j;
-    for (int q = 0; q < G; ++q) {
+    const float* even = d.xt + 2 * j * M + m0;
+    PairStep<MB, G>(acc, [p](int q, __m256& hi, __m256& lo) {
       const __m256i v = Load256(p + 16 * q);
-      const __m256 hi = HighF32(v), lo = LowF32(v);
-      for (int i = 0; i < MB; ++i) {
-        acc[i][q] = _mm256_fmadd_ps(hi, _mm256_broadcast_ss(xj + i * kp + 1), acc[i][q]);  // odd first, as vdpbf16ps
-        acc[i][q] = _mm256_fmadd_ps(lo, _mm256_broadcast_ss(xj + i * kp), acc[i][q]);
-      }
-    }
+      hi = HighF32(v);
+      lo = LowF32(v);
+    }, even + M, even);
   }
   Store<MB, G>(d.out, d.n, s * 64 + 8 * q0, m0, acc);
 }
@@ -158,7 +199,7 @@ ffi::Error DotPackedImpl(ffi::Buffer<ffi::BF16> x, ffi::Buffer<ffi::BF16> wp, ff
   const int64_t m = xd[0], k = xd[1], n = od[1], k2 = wd[1];
   if (!m || !n) return ffi::Error::Success();
   const Packed d{reinterpret_cast<const uint16_t*>(wp.untyped_data()),
-                 WidenRows(reinterpret_cast<const uint16_t*>(x.untyped_data()), m, k, 2 * k2), out->typed_data(), m,
+                 WidenColumns(reinterpret_cast<const uint16_t*>(x.untyped_data()), m, k, 2 * k2), out->typed_data(), m,
                  n, k2};
   Pool::Get().Run(PackedStrips, &d, wd[0]);
   return ffi::Error::Success();
@@ -169,7 +210,7 @@ ffi::Error DotPackedImpl(ffi::Buffer<ffi::BF16> x, ffi::Buffer<ffi::BF16> wp, ff
 
 struct Dot {
   const uint16_t* w;
-  const float* xf;  // [M, K]
+  const float* xf;  // kn: [K, M] (WidenColumns; one row: [K]); nk: [M, K] (WidenRows)
   float* out;
   int64_t m, k, n;
   float* partial = nullptr;  // one-row products: units partial rows of N floats
@@ -178,8 +219,8 @@ struct Dot {
 
 template <int MB, int G>
 inline void KnPass(const Dot& d, int64_t col, int64_t m0) {
-  const int64_t K = d.k, N = d.n, width = N - col;
-  const float* x = d.xf + m0 * K;
+  const int64_t K = d.k, N = d.n, M = d.m, width = N - col;
+  const float* x = d.xf + m0;  // x(m0 + i, k) at x[k * M + i]
   __m256 acc[MB][G];
   for (int i = 0; i < MB; ++i)
     for (int q = 0; q < G; ++q) acc[i][q] = _mm256_setzero_ps();
@@ -189,13 +230,10 @@ inline void KnPass(const Dot& d, int64_t col, int64_t m0) {
   int64_t k = 0;
   for (; k + 1 < K; k += 2) {
     const uint16_t* r0 = d.w + k * N + col;
-    for (int q = 0; q < G; ++q) {
-      const __m256 hi = row(r0 + N, q), lo = row(r0, q);
-      for (int i = 0; i < MB; ++i) {
-        acc[i][q] = _mm256_fmadd_ps(hi, _mm256_broadcast_ss(x + i * K + k + 1), acc[i][q]);
-        acc[i][q] = _mm256_fmadd_ps(lo, _mm256_broadcast_ss(x + i * K + k), acc[i][q]);
-      }
-    }
+    PairStep<MB, G>(acc, [&](int q, __m256& hi, __m256& lo) {
+      hi = row(r0 + N, q);
+      lo = row(r0, q);
+    }, x + (k + 1) * M, x + k * M);
   }
   if (k < K) {  // odd K: the last row (its pair's high element is a zero, adding +0 first as the pair kernel)
     const uint16_t* r0 = d.w + k * N + col;
@@ -203,7 +241,7 @@ inline void KnPass(const Dot& d, int64_t col, int64_t m0) {
       const __m256 lo = row(r0, q);
       for (int i = 0; i < MB; ++i) {
         acc[i][q] = _mm256_add_ps(acc[i][q], _mm256_setzero_ps());
-        acc[i][q] = _mm256_fmadd_ps(lo, _mm256_broadcast_ss(x + i * K + k), acc[i][q]);
+        acc[i][q] = _mm256_fmadd_ps(lo, _mm256_broadcast_ss(x + k * M + i), acc[i][q]);
       }
     }
   }
@@ -274,7 +312,7 @@ ffi::Error DotKnImpl(ffi::Buffer<ffi::BF16> x, ffi::Buffer<ffi::BF16> w, ffi::Re
   const int64_t m = xd[0], k = xd[1], n = wd[1];
   if (!m || !n) return ffi::Error::Success();
   Dot d{reinterpret_cast<const uint16_t*>(w.untyped_data()),
-        WidenRows(reinterpret_cast<const uint16_t*>(x.untyped_data()), m, k, k), out->typed_data(), m, k, n};
+        WidenColumns(reinterpret_cast<const uint16_t*>(x.untyped_data()), m, k, k), out->typed_data(), m, k, n};
   if (m == 1 && k > 0) {
     thread_local std::vector<float> partial;
     const int64_t kchunk = ((k + kOneRowUnits - 1) / kOneRowUnits + 1) & ~int64_t(1);
