@@ -60,7 +60,7 @@ AVX512_SOURCES = ("bf16_dot.cc", "packed_dot.cc", "decode_attention.cc")
 AVX2_SOURCES = ("avx2_dot.cc", "avx2_attention.cc")
 VARIANT_SOURCES = {"bf16": AVX512_SOURCES, "avx512": AVX512_SOURCES, "avx2": AVX2_SOURCES}
 SOURCES = tuple(dict.fromkeys(AVX512_SOURCES + AVX2_SOURCES))
-HEADERS = ("pool.h", "bf16_ops.h", "avx2_ops.h")
+HEADERS = ("pool.h", "bf16_ops.h", "avx2_ops.h", "attention_entry.h")
 # The compiler flags of each build; the AVX-512 kernels need AVX512F/BW/VL either way (masked 16-bit loads,
 # permutes).
 VARIANT_FLAGS = {"bf16": ("-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512bf16", "-mfma"),
@@ -124,6 +124,24 @@ def _build(out: Path, variant: str) -> None:
         os.replace(lib, out)
 
 
+def _open(variant: str, suffix: str) -> ctypes.CDLL | None:
+    """Builds (once per source version) and loads the ``variant`` build, registers its targets as
+    ``<target><suffix>`` and sizes its worker pool; None (reason logged) where it cannot be built or loaded."""
+    path = _cache_dir(variant) / "reclm_native.so"
+    try:
+        if not path.exists():
+            _build(path, variant)
+        lib = ctypes.CDLL(str(path))
+    except (OSError, RuntimeError) as e:
+        log.warning("native kernels (%s build) unavailable (%s); the XLA path is used", variant, e)
+        return None
+    for name in _TARGETS:
+        jax.ffi.register_ffi_target(name + suffix, jax.ffi.pycapsule(getattr(lib, name)), platform="cpu")
+    threads = int(os.environ.get("RECLM_JAX_NATIVE_THREADS", 0)) or len(os.sched_getaffinity(0))
+    lib.reclm_set_threads(ctypes.c_int(threads))
+    return lib
+
+
 @functools.cache
 def library() -> ctypes.CDLL | None:
     """The loaded, registered library, or None where the native product does not apply (reason logged)."""
@@ -133,19 +151,27 @@ def library() -> ctypes.CDLL | None:
     if variant is None:
         log.info("native kernels: this CPU has neither AVX-512 nor AVX2 with FMA; the XLA path is used")
         return None
-    path = _cache_dir(variant) / "reclm_native.so"
-    try:
-        if not path.exists():
-            _build(path, variant)
-        lib = ctypes.CDLL(str(path))
-    except (OSError, RuntimeError) as e:
-        log.warning("native kernels unavailable (%s); the XLA path is used", e)
-        return None
-    for name in _TARGETS:
-        jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(lib, name)), platform="cpu")
-    threads = int(os.environ.get("RECLM_JAX_NATIVE_THREADS", 0)) or len(os.sched_getaffinity(0))
-    lib.reclm_set_threads(ctypes.c_int(threads))
-    return lib
+    return _open(variant, "")
+
+
+def other_builds(flags: set[str] | None = None) -> tuple[str, ...]:
+    """Builds this CPU can run besides its own (``cpu_variant``): the AVX2 build on an AVX-512 CPU. Never used by
+    the model; the tests check them against XLA too, so an AVX-512 test machine also covers the AVX2 kernels.
+    ``flags``: as ``cpu_variant``'s."""
+    flags = _cpu_flags() if flags is None else flags
+    own = cpu_variant(flags)
+    return ("avx2",) if own not in (None, "avx2") and cpu_variant(flags - {"avx512f"}) == "avx2" else ()
+
+
+@functools.cache
+def load_build(variant: str) -> bool:
+    """Loads one of ``other_builds()``, its targets registered with the suffix ``_<variant>`` (the ``build``
+    argument of ``native_dot``, ``packed_dot`` and ``decode_attention``); whether that worked."""
+    return variant in other_builds() and _open(variant, f"_{variant}") is not None
+
+
+def _target(name: str, build: str | None) -> str:
+    return name if build is None else f"{name}_{build}"
 
 
 def dot_applies(x: jnp.ndarray, w: jnp.ndarray) -> bool:
@@ -154,10 +180,11 @@ def dot_applies(x: jnp.ndarray, w: jnp.ndarray) -> bool:
             and library() is not None)
 
 
-def native_dot(x: jnp.ndarray, w: jnp.ndarray, transposed: bool = False) -> jnp.ndarray:
-    """bf16 x [M, K] @ w [K, N] (w [N, K] when ``transposed``) -> float32 [M, N]. Needs ``dot_applies``."""
+def native_dot(x: jnp.ndarray, w: jnp.ndarray, transposed: bool = False, build: str | None = None) -> jnp.ndarray:
+    """bf16 x [M, K] @ w [K, N] (w [N, K] when ``transposed``) -> float32 [M, N]. Needs ``dot_applies``.
+    ``build``: this machine's build (None) or one loaded by ``load_build``."""
     n = w.shape[0] if transposed else w.shape[1]
-    target = "reclm_dot_nk" if transposed else "reclm_dot_kn"
+    target = _target("reclm_dot_nk" if transposed else "reclm_dot_kn", build)
     return jax.ffi.ffi_call(target, jax.ShapeDtypeStruct((x.shape[0], n), jnp.float32),
                             vmap_method="sequential")(x, w)
 
@@ -179,10 +206,10 @@ def pack_kernel(w: jnp.ndarray) -> jnp.ndarray:
     return w.reshape(pairs, 2, strips, STRIP).transpose(2, 0, 3, 1)
 
 
-def packed_dot(x: jnp.ndarray, wp: jnp.ndarray, n: int) -> jnp.ndarray:
+def packed_dot(x: jnp.ndarray, wp: jnp.ndarray, n: int, build: str | None = None) -> jnp.ndarray:
     """bf16 x [M, K] @ w [K, n] from its ``pack_kernel`` form -> float32 [M, n], bit-identical to XLA's bf16 dot.
-    Needs ``dot_applies``-sized x (at most ``MAX_ROWS`` rows)."""
-    return jax.ffi.ffi_call("reclm_dot_packed", jax.ShapeDtypeStruct((x.shape[0], n), jnp.float32),
+    Needs ``dot_applies``-sized x (at most ``MAX_ROWS`` rows). ``build``: as ``native_dot``'s."""
+    return jax.ffi.ffi_call(_target("reclm_dot_packed", build), jax.ShapeDtypeStruct((x.shape[0], n), jnp.float32),
                             vmap_method="sequential")(x, wp)
 
 
@@ -195,15 +222,16 @@ def attention_applies(q: jnp.ndarray, keys: jnp.ndarray) -> bool:
             and n % kv == 0 and n // kv <= 16 and library() is not None)
 
 
-def decode_attention(q, k_new, v_new, keys, values, mask, end, scale: float):
+def decode_attention(q, k_new, v_new, keys, values, mask, end, scale: float, build: str | None = None):
     """One decoding step's attention, writing the new key/value into the caches in place.
 
     q [B, 1, N, H], k_new / v_new [B, 1, K, H], keys / values [B, K, S, H], all bf16; mask bool [B, 1, 1, S]
     (the slots the new token may attend to, its own included; none beyond ``end``); end int32 scalar, the slot
     the new token is written to. Returns (out [B, 1, N, H] bf16, keys, values) with slot ``end`` filled.
+    ``build``: as ``native_dot``'s.
     """
     out = jax.ShapeDtypeStruct(q.shape, q.dtype)
     cache = jax.ShapeDtypeStruct(keys.shape, keys.dtype)
-    call = jax.ffi.ffi_call("reclm_decode_attention", (out, cache, cache), input_output_aliases={3: 1, 4: 2},
-                            vmap_method="sequential")
+    call = jax.ffi.ffi_call(_target("reclm_decode_attention", build), (out, cache, cache),
+                            input_output_aliases={3: 1, 4: 2}, vmap_method="sequential")
     return call(q, k_new, v_new, keys, values, mask, jnp.asarray(end, jnp.int32), scale=np.float32(scale))

@@ -123,7 +123,7 @@ def test_both_choices_agree_in_float32():
 
 
 def test_the_native_build_follows_the_cpu_flags():
-    from reclm_jax.models.native_kernels import cpu_variant
+    from reclm_jax.models.native_kernels import cpu_variant, other_builds
 
     avx512 = {"avx512f", "avx512bw", "avx512vl", "fma", "avx2", "f16c"}
     assert cpu_variant(avx512 | {"avx512_bf16"}) == "bf16"  # Zen 4, Sapphire Rapids: vdpbf16ps
@@ -133,3 +133,6 @@ def test_the_native_build_follows_the_cpu_flags():
     assert cpu_variant(avx512 - {"avx512bw"}) == "avx2"
     assert cpu_variant({"avx2", "f16c"}) is None  # no FMA: the XLA path
     assert cpu_variant({"sse4_2", "avx"}) is None
+    # the tests also check the AVX2 build on an AVX-512 machine (the model never uses it there)
+    assert other_builds(avx512) == other_builds(avx512 | {"avx512_bf16"}) == ("avx2",)
+    assert other_builds({"avx2", "fma", "f16c"}) == other_builds(avx512 - {"f16c"}) == ()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import threading
 
 import jax
@@ -20,6 +21,15 @@ pytestmark = pytest.mark.skipif(native_kernels.library() is None,
                                 reason="native kernels not built here (no AVX-512 CPU or no C++ compiler)")
 
 
+@pytest.fixture(params=[None, *native_kernels.other_builds()], ids=lambda b: b or "own-build")
+def build(request):
+    """This machine's build (None), then each other build its CPU runs (the AVX2 one on an AVX-512 CPU): every
+    kernel checked against XLA where it can run, not only where the model would pick it."""
+    if request.param is not None and not native_kernels.load_build(request.param):
+        pytest.fail(f"the {request.param} build of the native kernels did not build or load here")
+    return request.param
+
+
 def _xla_dot(x, w, transposed):
     dims = (((1,), (1 if transposed else 0,)), ((), ()))
     return jax.lax.dot_general(x, w, dims, preferred_element_type=F32)
@@ -34,21 +44,21 @@ SHAPES = [(2, 576, 1536), (3, 577, 100), (16, 576, 192), (13, 64, 33), (7, 31, 7
 
 
 @pytest.mark.parametrize("m,k,n", SHAPES)
-def test_product_is_bit_identical_to_xla(m, k, n):
+def test_product_is_bit_identical_to_xla(m, k, n, build):
     rng = np.random.default_rng(m * 1000 + k)
     x, w = _bf16(rng, (m, k)), _bf16(rng, (k, n), 0.05)
-    ours = np.asarray(jax.jit(native_kernels.native_dot)(x, w))
+    ours = np.asarray(jax.jit(lambda x, w: native_kernels.native_dot(x, w, build=build))(x, w))
     np.testing.assert_array_equal(ours, np.asarray(jax.jit(_xla_dot, static_argnums=2)(x, w, False)))
 
 
 @pytest.mark.parametrize("k,n", [(576, 1536), (1536, 576), (577, 100), (64, 33), (3, 40), (1, 17)])
-def test_one_row_product_within_f32_rounding(k, n):
+def test_one_row_product_within_f32_rounding(k, n, build):
     # One row is split along K into a fixed number of blocks whose f32 partial sums are added in order: not
     # XLA's order along K, so the reference is the exact product (bf16 products are exact in f64), and the
     # result must not change from call to call (the split does not depend on the threads).
     rng = np.random.default_rng(k + n)
     x, w = _bf16(rng, (1, k)), _bf16(rng, (k, n), 0.05)
-    fn = jax.jit(native_kernels.native_dot)
+    fn = jax.jit(lambda x, w: native_kernels.native_dot(x, w, build=build))
     ours = np.asarray(fn(x, w), np.float64)
     exact = np.asarray(x, np.float64) @ np.asarray(w, np.float64)
     scale = np.abs(np.asarray(x, np.float64)) @ np.abs(np.asarray(w, np.float64))
@@ -58,10 +68,10 @@ def test_one_row_product_within_f32_rounding(k, n):
 
 
 @pytest.mark.parametrize("m,k,n", [(1, 576, 1000), (5, 31, 7), (16, 576, 4099), (64, 96, 130)])
-def test_transposed_product_within_f32_rounding(m, k, n):
+def test_transposed_product_within_f32_rounding(m, k, n, build):
     rng = np.random.default_rng(n)
     x, w = _bf16(rng, (m, k)), _bf16(rng, (n, k), 0.05)
-    ours = np.asarray(jax.jit(lambda x, w: native_kernels.native_dot(x, w, True))(x, w), np.float64)
+    ours = np.asarray(jax.jit(lambda x, w: native_kernels.native_dot(x, w, True, build))(x, w), np.float64)
     exact = np.asarray(x, np.float64) @ np.asarray(w, np.float64).T  # bf16 products are exact in f64
     scale = np.abs(np.asarray(x, np.float64)) @ np.abs(np.asarray(w, np.float64)).T
     assert np.all(np.abs(ours - exact) <= 4 * k * 2.0 ** -24 * scale + 1e-30)
@@ -123,12 +133,13 @@ def _xla_step(q, k, v, keys, values, mask, end, scale):
 
 @pytest.mark.parametrize("b,n,kv,h,s,end", [(2, 9, 3, 64, 40, 17), (16, 9, 3, 64, 384, 300), (1, 4, 1, 32, 7, 0),
                                             (3, 8, 2, 128, 50, 49), (2, 32, 2, 64, 20, 5)])
-def test_decode_attention_matches_the_xla_step(b, n, kv, h, s, end):
+def test_decode_attention_matches_the_xla_step(b, n, kv, h, s, end, build):
     rng = np.random.default_rng(s + end)
     args = _attention_case(rng, b, n, kv, h, s, end)
     scale = 1.0 / np.sqrt(h)
     want = jax.jit(_xla_step, static_argnums=7)(*args, end, scale)
-    got = jax.jit(native_kernels.decode_attention, static_argnums=7)(*args, jnp.int32(end), scale)
+    step = functools.partial(native_kernels.decode_attention, build=build)
+    got = jax.jit(step, static_argnums=7)(*args, jnp.int32(end), scale)
     # The caches: the new slot written, nothing else touched.
     np.testing.assert_array_equal(np.asarray(got[1]), np.asarray(want[1]))
     np.testing.assert_array_equal(np.asarray(got[2]), np.asarray(want[2]))
@@ -138,10 +149,10 @@ def test_decode_attention_matches_the_xla_step(b, n, kv, h, s, end):
     assert np.mean(a != w) < 0.01
 
 
-def test_decode_attention_ignores_masked_and_future_slots():
+def test_decode_attention_ignores_masked_and_future_slots(build):
     rng = np.random.default_rng(1)
     q, k, v, keys, values, mask = _attention_case(rng, 2, 6, 2, 64, 48, 30)
-    step = jax.jit(native_kernels.decode_attention, static_argnums=7)
+    step = jax.jit(functools.partial(native_kernels.decode_attention, build=build), static_argnums=7)
     base = np.asarray(step(q, k, v, keys, values, mask, jnp.int32(30), 0.125)[0])
     hidden = ~np.asarray(mask[:, 0, 0])  # masked-out slots, and every slot after 30
     noise = jnp.asarray(np.where(hidden[:, None, :, None], 50.0, 0.0), BF16)
@@ -181,13 +192,13 @@ def test_greedy_decoding_is_unchanged_by_the_native_kernels(monkeypatch):
 
 @pytest.mark.parametrize("m,k,n", [(1, 576, 1536), (2, 577, 100), (3, 64, 33), (16, 576, 192), (16, 1536, 576),
                                    (64, 31, 7), (128, 96, 130)])
-def test_packed_product_is_bit_identical_to_xla(m, k, n):
+def test_packed_product_is_bit_identical_to_xla(m, k, n, build):
     # The packed kernel sums the strip kernel's pairs in its order: XLA's bits at every row count, one row too.
     rng = np.random.default_rng(m + k + n)
     x, w = _bf16(rng, (m, k)), _bf16(rng, (k, n), 0.05)
     wp = native_kernels.pack_kernel(w)
     assert wp.shape == (-(-n // 64), -(-k // 2), 64, 2)
-    ours = np.asarray(jax.jit(native_kernels.packed_dot, static_argnums=2)(x, wp, n))
+    ours = np.asarray(jax.jit(functools.partial(native_kernels.packed_dot, build=build), static_argnums=2)(x, wp, n))
     ref_x = jnp.concatenate([x, jnp.zeros_like(x)]) if m == 1 else x  # XLA's one-row dot is another kernel
     want = np.asarray(jax.jit(_xla_dot, static_argnums=2)(ref_x, w, False))[:m]
     np.testing.assert_array_equal(ours, want)

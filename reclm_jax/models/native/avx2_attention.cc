@@ -9,39 +9,12 @@
 #include <cstring>
 #include <vector>
 
+#include "attention_entry.h"
 #include "avx2_ops.h"
-#include "pool.h"
-#include "xla/ffi/api/ffi.h"
 
-namespace ffi = xla::ffi;
+namespace reclm::attention {
 
-namespace {
-
-using reclm::Pool;
 using namespace reclm::avx2;
-
-constexpr int kMaxGroup = 16;
-constexpr int kMaxHead = 256;
-
-struct Step {
-  const uint16_t* q;
-  const uint16_t* k_new;
-  const uint16_t* v_new;
-  uint16_t* keys;
-  uint16_t* values;
-  const bool* mask;
-  uint16_t* out;
-  int64_t b, kv, g, s, h, end;
-  float scale;
-};
-
-inline float RoundBf16(float v) {  // round to nearest even bf16, back to f32 (finite inputs)
-  uint32_t bits;
-  std::memcpy(&bits, &v, 4);
-  bits = (bits + 0x7FFFu + ((bits >> 16) & 1u)) & 0xFFFF0000u;
-  std::memcpy(&v, &bits, 4);
-  return v;
-}
 
 // Lanes [s0, s0 + 8) of the softmax numerators: exp(score - top) where the mask allows the slot, else 0.
 inline __m256 Numerators(const float* scores, const bool* mask, float top) {
@@ -130,44 +103,4 @@ void Unit(const Step& st, int64_t unit, std::vector<float>& scores) {
   }
 }
 
-void Units(const void* ctx, int64_t begin, int64_t end) {
-  thread_local std::vector<float> scores;
-  const Step& st = *static_cast<const Step*>(ctx);
-  for (int64_t u = begin; u < end; ++u) Unit(st, u, scores);
-}
-
-ffi::Error DecodeAttentionImpl(ffi::Buffer<ffi::BF16> q, ffi::Buffer<ffi::BF16> k_new, ffi::Buffer<ffi::BF16> v_new,
-                               ffi::Buffer<ffi::BF16>, ffi::Buffer<ffi::BF16>, ffi::Buffer<ffi::PRED> mask,
-                               ffi::Buffer<ffi::S32> end, float scale, ffi::ResultBuffer<ffi::BF16> out,
-                               ffi::ResultBuffer<ffi::BF16> keys, ffi::ResultBuffer<ffi::BF16> values) {
-  const auto qd = q.dimensions(), cd = keys->dimensions(), md = mask.dimensions();
-  if (qd.size() != 4 || cd.size() != 4 || md.size() != 4 || qd[1] != 1) {
-    return ffi::Error::InvalidArgument("decode_attention: expects q [B, 1, N, H], caches [B, K, S, H]");
-  }
-  Step st{reinterpret_cast<const uint16_t*>(q.untyped_data()), reinterpret_cast<const uint16_t*>(k_new.untyped_data()),
-          reinterpret_cast<const uint16_t*>(v_new.untyped_data()), reinterpret_cast<uint16_t*>(keys->untyped_data()),
-          reinterpret_cast<uint16_t*>(values->untyped_data()), mask.typed_data(),
-          reinterpret_cast<uint16_t*>(out->untyped_data()), qd[0], cd[1], qd[2] / cd[1], cd[2], qd[3],
-          static_cast<int64_t>(end.typed_data()[0]), scale};
-  if (st.h % 32 || st.h > kMaxHead || st.g > kMaxGroup || qd[2] % cd[1] || st.end < 0 || st.end >= st.s) {
-    return ffi::Error::InvalidArgument("decode_attention: unsupported shape or slot");
-  }
-  Pool::Get().Run(Units, &st, st.b * st.kv);
-  return ffi::Error::Success();
-}
-
-}  // namespace
-
-XLA_FFI_DEFINE_HANDLER_SYMBOL(reclm_decode_attention, DecodeAttentionImpl,
-                              ffi::Ffi::Bind()
-                                  .Arg<ffi::Buffer<ffi::BF16>>()  // q
-                                  .Arg<ffi::Buffer<ffi::BF16>>()  // k_new
-                                  .Arg<ffi::Buffer<ffi::BF16>>()  // v_new
-                                  .Arg<ffi::Buffer<ffi::BF16>>()  // keys (aliased by the result `keys`)
-                                  .Arg<ffi::Buffer<ffi::BF16>>()  // values (aliased by the result `values`)
-                                  .Arg<ffi::Buffer<ffi::PRED>>()  // mask
-                                  .Arg<ffi::Buffer<ffi::S32>>()   // end
-                                  .Attr<float>("scale")
-                                  .Ret<ffi::Buffer<ffi::BF16>>()  // out
-                                  .Ret<ffi::Buffer<ffi::BF16>>()  // keys
-                                  .Ret<ffi::Buffer<ffi::BF16>>());  // values
+}  // namespace reclm::attention

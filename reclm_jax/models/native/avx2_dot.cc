@@ -138,6 +138,27 @@ inline void RowBlocks(int64_t m, const F& f) {
   }
 }
 
+// RowBlocks' functor for the 64-column strip s: each row block in Passes of Cols8 registers, by Kernel::Run<MB, G>
+// (columns past N skipped).
+template <typename Kernel>
+struct StripRows {
+  const typename Kernel::Data& d;
+  int64_t s;
+  template <int MB>
+  void operator()(int64_t m0) const {
+    Passes<Cols8<MB>()>(Pass<MB>{*this, m0});
+  }
+  template <int MB>
+  struct Pass {
+    const StripRows& r;
+    int64_t m0;
+    template <int G>
+    void operator()(int q0) const {
+      if (r.s * 64 + 8 * q0 < r.d.n) Kernel::template Run<MB, G>(r.d, r.s, m0, q0);
+    }
+  };
+};
+
 // ---------------------------------------------------------------------------------------------------------
 // Packed: wp[s, j, c, t] = w[2j + t, 64 s + c]; 16 uint16 of a strip row are 8 columns' (k, k+1) pairs.
 
@@ -168,27 +189,15 @@ inline void PackedPass(const Packed& d, int64_t s, int64_t m0, int q0) {
   Store<MB, G>(d.out, d.n, s * 64 + 8 * q0, m0, acc);
 }
 
-struct PackedRows {  // RowBlocks' functor: one row block of strip s, in passes
-  const Packed& d;
-  int64_t s;
-  template <int MB>
-  void operator()(int64_t m0) const {
-    Passes<Cols8<MB>()>(Pass<MB>{*this, m0});
-  }
-  template <int MB>
-  struct Pass {
-    const PackedRows& r;
-    int64_t m0;
-    template <int G>
-    void operator()(int q0) const {
-      if (r.s * 64 + 8 * q0 < r.d.n) PackedPass<MB, G>(r.d, r.s, m0, q0);
-    }
-  };
+struct PackedKernel {  // StripRows' kernel
+  using Data = Packed;
+  template <int MB, int G>
+  static void Run(const Packed& d, int64_t s, int64_t m0, int q0) { PackedPass<MB, G>(d, s, m0, q0); }
 };
 
 void PackedStrips(const void* ctx, int64_t begin, int64_t end) {
   const Packed& d = *static_cast<const Packed*>(ctx);
-  for (int64_t s = begin; s < end; ++s) RowBlocks(d.m, PackedRows{d, s});
+  for (int64_t s = begin; s < end; ++s) RowBlocks(d.m, StripRows<PackedKernel>{d, s});
 }
 
 ffi::Error DotPackedImpl(ffi::Buffer<ffi::BF16> x, ffi::Buffer<ffi::BF16> wp, ffi::ResultBuffer<ffi::F32> out) {
@@ -248,27 +257,15 @@ inline void KnPass(const Dot& d, int64_t col, int64_t m0) {
   Store<MB, G>(d.out, N, col, m0, acc);
 }
 
-struct KnRows {  // RowBlocks' functor: one row block of the 64-column strip s, in passes
-  const Dot& d;
-  int64_t s;
-  template <int MB>
-  void operator()(int64_t m0) const {
-    Passes<Cols8<MB>()>(Pass<MB>{*this, m0});
-  }
-  template <int MB>
-  struct Pass {
-    const KnRows& r;
-    int64_t m0;
-    template <int G>
-    void operator()(int q0) const {
-      if (r.s * 64 + 8 * q0 < r.d.n) KnPass<MB, G>(r.d, r.s * 64 + 8 * q0, m0);
-    }
-  };
+struct KnKernel {  // StripRows' kernel
+  using Data = Dot;
+  template <int MB, int G>
+  static void Run(const Dot& d, int64_t s, int64_t m0, int q0) { KnPass<MB, G>(d, s * 64 + 8 * q0, m0); }
 };
 
 void KnStrips(const void* ctx, int64_t begin, int64_t end) {
   const Dot& d = *static_cast<const Dot*>(ctx);
-  for (int64_t s = begin; s < end; ++s) RowBlocks(d.m, KnRows{d, s});
+  for (int64_t s = begin; s < end; ++s) RowBlocks(d.m, StripRows<KnKernel>{d, s});
 }
 
 // One row: split along K into a fixed number of units (bf16_dot.cc's KnOneRow: one sequential stream each,

@@ -16,15 +16,12 @@
 #include <cmath>
 #include <cstring>
 
+#include "attention_entry.h"
 #include "bf16_ops.h"
 #include "pool.h"
-#include "xla/ffi/api/ffi.h"
 
-namespace ffi = xla::ffi;
+namespace reclm::attention {
 
-namespace {
-
-using reclm::Pool;
 using reclm::Sum4;
 
 // exp(x) for f32 lanes, Cephes' single-precision range reduction and polynomial (about 1 ulp).
@@ -48,28 +45,7 @@ inline __m512 Bf16ToF32(const uint16_t* p) {  // 16 values
   return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)p)), 16));
 }
 
-inline float RoundBf16(float v) {  // round to nearest even bf16, back to f32 (finite inputs)
-  uint32_t bits;
-  std::memcpy(&bits, &v, 4);
-  bits = (bits + 0x7FFFu + ((bits >> 16) & 1u)) & 0xFFFF0000u;
-  std::memcpy(&v, &bits, 4);
-  return v;
-}
-
-constexpr int kMaxGroup = 16;  // query heads per KV head this kernel serves
-constexpr int kMaxChunks = 8;  // head_dim / 32, i.e. head_dim <= 256
-
-struct Step {
-  const uint16_t* q;
-  const uint16_t* k_new;
-  const uint16_t* v_new;
-  uint16_t* keys;
-  uint16_t* values;
-  const bool* mask;
-  uint16_t* out;
-  int64_t b, kv, g, s, h, end;
-  float scale;
-};
+constexpr int kMaxChunks = kMaxHead / 32;  // 32-value registers per head
 
 void Unit(const Step& st, int64_t unit, std::vector<float>& scores) {
   const int64_t b = unit / st.kv, kh = unit % st.kv;
@@ -144,44 +120,4 @@ void Unit(const Step& st, int64_t unit, std::vector<float>& scores) {
   }
 }
 
-void Units(const void* ctx, int64_t begin, int64_t end) {
-  thread_local std::vector<float> scores;
-  const Step& st = *static_cast<const Step*>(ctx);
-  for (int64_t u = begin; u < end; ++u) Unit(st, u, scores);
-}
-
-ffi::Error DecodeAttentionImpl(ffi::Buffer<ffi::BF16> q, ffi::Buffer<ffi::BF16> k_new, ffi::Buffer<ffi::BF16> v_new,
-                               ffi::Buffer<ffi::BF16>, ffi::Buffer<ffi::BF16>, ffi::Buffer<ffi::PRED> mask,
-                               ffi::Buffer<ffi::S32> end, float scale, ffi::ResultBuffer<ffi::BF16> out,
-                               ffi::ResultBuffer<ffi::BF16> keys, ffi::ResultBuffer<ffi::BF16> values) {
-  const auto qd = q.dimensions(), cd = keys->dimensions(), md = mask.dimensions();
-  if (qd.size() != 4 || cd.size() != 4 || md.size() != 4 || qd[1] != 1) {
-    return ffi::Error::InvalidArgument("decode_attention: expects q [B, 1, N, H], caches [B, K, S, H]");
-  }
-  Step st{reinterpret_cast<const uint16_t*>(q.untyped_data()), reinterpret_cast<const uint16_t*>(k_new.untyped_data()),
-          reinterpret_cast<const uint16_t*>(v_new.untyped_data()), reinterpret_cast<uint16_t*>(keys->untyped_data()),
-          reinterpret_cast<uint16_t*>(values->untyped_data()), mask.typed_data(),
-          reinterpret_cast<uint16_t*>(out->untyped_data()), qd[0], cd[1], qd[2] / cd[1], cd[2], qd[3],
-          static_cast<int64_t>(end.typed_data()[0]), scale};
-  if (st.h % 32 || st.h > 32 * kMaxChunks || st.g > kMaxGroup || qd[2] % cd[1] || st.end < 0 || st.end >= st.s) {
-    return ffi::Error::InvalidArgument("decode_attention: unsupported shape or slot");
-  }
-  Pool::Get().Run(Units, &st, st.b * st.kv);
-  return ffi::Error::Success();
-}
-
-}  // namespace
-
-XLA_FFI_DEFINE_HANDLER_SYMBOL(reclm_decode_attention, DecodeAttentionImpl,
-                              ffi::Ffi::Bind()
-                                  .Arg<ffi::Buffer<ffi::BF16>>()  // q
-                                  .Arg<ffi::Buffer<ffi::BF16>>()  // k_new
-                                  .Arg<ffi::Buffer<ffi::BF16>>()  // v_new
-                                  .Arg<ffi::Buffer<ffi::BF16>>()  // keys (aliased by the result `keys`)
-                                  .Arg<ffi::Buffer<ffi::BF16>>()  // values (aliased by the result `values`)
-                                  .Arg<ffi::Buffer<ffi::PRED>>()  // mask
-                                  .Arg<ffi::Buffer<ffi::S32>>()   // end
-                                  .Attr<float>("scale")
-                                  .Ret<ffi::Buffer<ffi::BF16>>()  // out
-                                  .Ret<ffi::Buffer<ffi::BF16>>()  // keys
-                                  .Ret<ffi::Buffer<ffi::BF16>>());  // values
+}  // namespace reclm::attention
