@@ -42,14 +42,31 @@ inline float RoundBf16(float v) {  // round to nearest even bf16, back to f32 (f
   return v;
 }
 
-// One (sequence, KV head): writes the new slot, scores the group's queries against slots [0, end], softmax,
-// sums the values. `scores`: a scratch buffer of the calling thread. Defined by the build's kernel source.
-void Unit(const Step& st, int64_t unit, std::vector<float>& scores);
+// One (sequence, KV head) unit, its new slot already written: the group's G query heads and outputs ([G, H]),
+// its key and value cache rows ([S, H]) and the sequence's mask ([S]).
+struct Head {
+  const uint16_t* q;
+  uint16_t* out;
+  const uint16_t* keys;
+  const uint16_t* values;
+  const bool* mask;
+};
+
+// Scores a unit's queries against slots [0, end], softmax, sums the values. `scores`: a scratch buffer of the
+// calling thread. Defined by the build's kernel source.
+void Unit(const Step& st, const Head& head, std::vector<float>& scores);
 
 inline void Units(const void* ctx, int64_t begin, int64_t end) {
   thread_local std::vector<float> scores;
   const Step& st = *static_cast<const Step*>(ctx);
-  for (int64_t u = begin; u < end; ++u) Unit(st, u, scores);
+  const int64_t H = st.h, S = st.s;
+  for (int64_t u = begin; u < end; ++u) {  // u = b * K + kh
+    uint16_t* keys = st.keys + u * S * H;
+    uint16_t* values = st.values + u * S * H;
+    std::memcpy(keys + st.end * H, st.k_new + u * H, H * 2);
+    std::memcpy(values + st.end * H, st.v_new + u * H, H * 2);
+    Unit(st, Head{st.q + u * st.g * H, st.out + u * st.g * H, keys, values, st.mask + (u / st.kv) * S}, scores);
+  }
 }
 
 inline ffi::Error DecodeAttentionImpl(ffi::Buffer<ffi::BF16> q, ffi::Buffer<ffi::BF16> k_new,

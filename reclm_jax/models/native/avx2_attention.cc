@@ -25,20 +25,17 @@ inline __m256 Numerators(const float* scores, const bool* mask, float top) {
   return _mm256_and_ps(e, _mm256_castsi256_ps(allowed));
 }
 
-void Unit(const Step& st, int64_t unit, std::vector<float>& scores) {
-  const int64_t b = unit / st.kv, kh = unit % st.kv;
-  const int64_t H = st.h, S = st.s, G = st.g, slots = st.end + 1;
-  uint16_t* keys = st.keys + (b * st.kv + kh) * S * H;
-  uint16_t* values = st.values + (b * st.kv + kh) * S * H;
-  std::memcpy(keys + st.end * H, st.k_new + (b * st.kv + kh) * H, H * 2);
-  std::memcpy(values + st.end * H, st.v_new + (b * st.kv + kh) * H, H * 2);
-  const bool* mask = st.mask + b * S;
+void Unit(const Step& st, const Head& u, std::vector<float>& scores) {
+  const int64_t H = st.h, G = st.g, slots = st.end + 1;
+  const uint16_t* keys = u.keys;
+  const uint16_t* values = u.values;
+  const bool* mask = u.mask;
   const int64_t stride = (slots + 7) / 8 * 8;  // whole groups of 8 lanes, the tail padded
   scores.resize(G * stride);
 
   alignas(32) float qf[kMaxHead];
   for (int64_t g = 0; g < G; ++g) {
-    const uint16_t* qg = st.q + ((b * st.kv + kh) * G + g) * H;
+    const uint16_t* qg = u.q + g * H;
     for (int64_t c = 0; c < H; c += 8) _mm256_store_ps(qf + c, Widen8(qg + c));
     float* sg = scores.data() + g * stride;
     // Scores, 4 slots at a time, each slot's 8 partial sums reduced together.
@@ -96,7 +93,7 @@ void Unit(const Step& st, int64_t unit, std::vector<float>& scores) {
         }
       }
       for (int i = 0; i < gn; ++i) {
-        uint16_t* o = st.out + ((b * st.kv + kh) * G + g0 + i) * H + h0;
+        uint16_t* o = u.out + (g0 + i) * H + h0;
         for (int j = 0; j < 4; ++j) StoreBf16(o + 8 * j, acc[i][j]);
       }
     }

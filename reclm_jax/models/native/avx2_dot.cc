@@ -27,26 +27,23 @@ using namespace reclm::avx2;
 
 constexpr int64_t kPrefetchBytes = 4096;  // how far ahead of the loads a streamed row is prefetched
 
-// x [M, K] bf16 -> f32 [M, kp] (kp >= K, zeros after K), kept per calling thread (XLA may run two products at
-// once from two threads); M x K is small.
-const float* WidenRows(const uint16_t* x, int64_t m, int64_t k, int64_t kp) {
+// x [M, K] bf16 -> f32 with x(i, j) at [i * row + j * col] of a zeroed buffer of `size` floats, kept per
+// calling thread (XLA may run two products at once from two threads); M x K is small.
+const float* Widen(const uint16_t* x, int64_t m, int64_t k, int64_t row, int64_t col, int64_t size) {
   thread_local std::vector<float> xf;
-  xf.assign(m * kp, 0.0f);
+  xf.assign(size, 0.0f);
   for (int64_t i = 0; i < m; ++i)
-    for (int64_t j = 0; j < k; ++j) xf[i * kp + j] = Bf16ToF32(x[i * k + j]);
+    for (int64_t j = 0; j < k; ++j) xf[i * row + j * col] = Bf16ToF32(x[i * k + j]);
   return xf.data();
 }
 
-// x [M, K] bf16 -> f32 [kp, M], the transpose (kp >= K, zeros after K), kept per calling thread: a pair's 2 MB
-// broadcasts of a row block then come from two base addresses at constant offsets (row by row, they took a
-// general register each, and the spilled registers cost more than the broadcasts).
-const float* WidenColumns(const uint16_t* x, int64_t m, int64_t k, int64_t kp) {
-  thread_local std::vector<float> xt;
-  xt.assign(kp * m, 0.0f);
-  for (int64_t i = 0; i < m; ++i)
-    for (int64_t j = 0; j < k; ++j) xt[j * m + i] = Bf16ToF32(x[i * k + j]);
-  return xt.data();
-}
+// x [M, K] -> f32 [M, K] (nk's rows, loaded as vectors along K).
+const float* WidenRows(const uint16_t* x, int64_t m, int64_t k) { return Widen(x, m, k, k, 1, m * k); }
+
+// x [M, K] -> f32 [kp, M], the transpose (kp >= K, zeros after K): a pair's 2 MB broadcasts of a row block then
+// come from two base addresses at constant offsets (row by row, they took a general register each, and the
+// spilled registers cost more than the broadcasts).
+const float* WidenColumns(const uint16_t* x, int64_t m, int64_t k, int64_t kp) { return Widen(x, m, k, 1, m, kp * m); }
 
 // 8 bf16 values from p, of which only the first n (0..8) are read (zeros after), as f32.
 inline __m256 Widen8Tail(const uint16_t* p, int64_t n) {
@@ -403,7 +400,7 @@ ffi::Error DotNkImpl(ffi::Buffer<ffi::BF16> x, ffi::Buffer<ffi::BF16> w, ffi::Re
   const int64_t m = xd[0], k = xd[1], n = wd[0];
   if (!m || !n) return ffi::Error::Success();
   const Dot d{reinterpret_cast<const uint16_t*>(w.untyped_data()),
-              WidenRows(reinterpret_cast<const uint16_t*>(x.untyped_data()), m, k, k), out->typed_data(), m, k, n};
+              WidenRows(reinterpret_cast<const uint16_t*>(x.untyped_data()), m, k), out->typed_data(), m, k, n};
   Pool::Get().Run(NkBlocks, &d, (n + kNkCols - 1) / kNkCols);
   return ffi::Error::Success();
 }

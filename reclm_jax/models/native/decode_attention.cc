@@ -47,21 +47,18 @@ inline __m512 Bf16ToF32(const uint16_t* p) {  // 16 values
 
 constexpr int kMaxChunks = kMaxHead / 32;  // 32-value registers per head
 
-void Unit(const Step& st, int64_t unit, std::vector<float>& scores) {
-  const int64_t b = unit / st.kv, kh = unit % st.kv;
-  const int64_t H = st.h, S = st.s, G = st.g, slots = st.end + 1;
-  uint16_t* keys = st.keys + (b * st.kv + kh) * S * H;
-  uint16_t* values = st.values + (b * st.kv + kh) * S * H;
-  std::memcpy(keys + st.end * H, st.k_new + (b * st.kv + kh) * H, H * 2);
-  std::memcpy(values + st.end * H, st.v_new + (b * st.kv + kh) * H, H * 2);
-  const bool* mask = st.mask + b * S;
+void Unit(const Step& st, const Head& u, std::vector<float>& scores) {
+  const int64_t H = st.h, G = st.g, slots = st.end + 1;
+  const uint16_t* keys = u.keys;
+  const uint16_t* values = u.values;
+  const bool* mask = u.mask;
   const int chunks = static_cast<int>(H / 32);
   const int64_t stride = (slots + 3) / 4 * 4;
   scores.resize(G * stride);
 
   // Scores: 4 slots at a time per query head, the 16 partial sums of each reduced together.
   for (int64_t g = 0; g < G; ++g) {
-    const uint16_t* qg = st.q + ((b * st.kv + kh) * G + g) * H;
+    const uint16_t* qg = u.q + g * H;
     reclm::Bf16x32 qv[kMaxChunks];
     for (int c = 0; c < chunks; ++c) qv[c] = (reclm::Bf16x32)_mm512_loadu_si512(qg + 32 * c);
     float* sg = scores.data() + g * stride;
@@ -112,7 +109,7 @@ void Unit(const Step& st, int64_t unit, std::vector<float>& scores) {
         }
       }
       for (int i = 0; i < gn; ++i) {
-        uint16_t* o = st.out + ((b * st.kv + kh) * G + g0 + i) * H + h0;
+        uint16_t* o = u.out + (g0 + i) * H + h0;
         for (int j = 0; j < vn; ++j)
           _mm256_storeu_si256((__m256i*)(o + 16 * j), reclm::ToBf16(acc[i][j]));
       }
