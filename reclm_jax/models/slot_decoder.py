@@ -192,6 +192,11 @@ class SlotDecoder:
         """Slots holding a row that is still decoding."""
         return sum(s is not None for s in self._rows)
 
+    def progress(self) -> list[tuple[Any, list[int]]]:
+        """(tag, tokens generated so far) of every live row, a copy of each list (for streaming: a row's first
+        token is there once ``admit`` returns, the others after each ``step``)."""
+        return [(s.request.tag, list(s.tokens)) for s in self._rows if s is not None]
+
     @property
     def free(self) -> int:
         return self.slots - self.live

@@ -3,13 +3,15 @@
 Handlers only validate (``protocol.py``) and wait: the request becomes a ``Job`` for the engine's continuous
 scheduler (``continuous.py``, with ``batching="continuous"`` and a job it serves) or else the shared
 ``MicroBatcher``, whose thread decodes (``engine.py``) and builds the response (``outputs.py`` / ``sse.py``), so
-the event loop never blocks on JAX. Every error is OpenAI's JSON
+the event loop never blocks on JAX. A continuously batched stream sends its text as it is decoded
+(``live_stream.py``). Every error is OpenAI's JSON
 ``{"error": {"message", "type", "param", "code"}}``: 400 for a bad request, 404 for an unknown model or path,
 503 when the queue is full, 500 for a bug or a failed decode (only the requests of that batch fail).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 import uuid
@@ -26,6 +28,7 @@ from reclm_jax.service.http import HTTPError, guarded, json_response, read_json
 from reclm_jax.serve.config import ServeConfig
 from reclm_jax.serve.continuous import ContinuousQueue
 from reclm_jax.serve.engine import Engine, Row
+from reclm_jax.serve.live_stream import LiveStream
 from reclm_jax.serve.outputs import make_choices, response
 from reclm_jax.serve.protocol import parse_request
 from reclm_jax.serve.sse import chat_events, completion_events
@@ -82,6 +85,11 @@ def create_app(engine: Engine, cfg: ServeConfig) -> FastAPI:
 
         job = engine.make_job(req, finish)
         if slots is not None and engine.continuous_ok(job):
+            if req.params.stream and req.params.logprobs is None:  # text sent as it is decoded
+                live = LiveStream(req, tok, rid, created, req.model, openai_error)
+                job = dataclasses.replace(job, finish=lambda rows: make_choices(req, rows, tok),
+                                          progress=live.progress)
+                return await live.respond(slots.submit(job))
             result = await slots.submit(job)
         else:
             result = await batcher.submit(job)

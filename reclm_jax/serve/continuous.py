@@ -6,7 +6,8 @@ settings, adapter), first come first served. Each round visits every key with wa
 what fits into that key's SlotDecoder (created lazily; at most ``max_decoders`` hold a slot cache at a time, an
 idle one giving its cache up for another key), runs one chunk of decoding steps, and hands finished rows to their jobs. A job's ``finish`` builds its
 response on this thread once its last row is done; its result reaches the app's event loop through
-``loop.call_soon_threadsafe``. A failing chunk or admission fails the jobs with rows in that decoder only (the
+``loop.call_soon_threadsafe``. A job with a ``progress`` callback (a live stream) also gets each of its rows'
+new tokens after every admission and chunk. A failing chunk or admission fails the jobs with rows in that decoder only (the
 decoder starts empty again); a failing ``finish`` its own job. Decodes hold the engine's lock, so the static
 path (``Engine.run_batch``) and this loop never run the model at once.
 """
@@ -39,6 +40,7 @@ class _Ticket:
     waiting: int = 0  # rows not yet admitted
     remaining: int = 0  # rows not yet finished
     failed: bool = False
+    reported: dict = dataclasses.field(default_factory=dict)  # row -> tokens passed to ``job.progress``
 
 
 class ContinuousScheduler:
@@ -165,7 +167,10 @@ class ContinuousScheduler:
                         t.waiting -= 1
                         if t.waiting == 0:
                             t.admitted()
+                    if taken:
+                        self._report(dec)  # the admitted rows' first tokens, a chunk before the step's
                 finished = dec.step(waiting=bool(waiting))
+                self._report(dec)
         except Exception as e:  # this decoder's rows fail (its state is gone); the loop and other decoders go on
             tickets = {tag[0] for tag in dec.reset()}
             if admitting:
@@ -174,6 +179,16 @@ class ContinuousScheduler:
                 self._fail(t, e)
             return
         self._hand_back(finished)
+
+    def _report(self, dec) -> None:
+        """Passes the live rows' new tokens to the jobs that stream them (``Job.progress``)."""
+        for (t, r), tokens in dec.progress():
+            if t.job.progress is not None and not t.failed and len(tokens) > t.reported.get(r, 0):
+                t.reported[r] = len(tokens)
+                try:
+                    t.job.progress(r, tokens)
+                except Exception:  # a streaming bug must not stop the loop; the job still gets its result
+                    log.exception("continuous batching: a job's progress callback failed")
 
     def _hand_back(self, finished) -> None:
         from reclm_jax.serve.engine import Row

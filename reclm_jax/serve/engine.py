@@ -52,6 +52,9 @@ class Job:
     stop_ids: list[list[int]]
     finish: Callable[[list[Row]], Any]  # rows -> the response (runs on the worker thread)
     constraints: list | None = None  # one decoding.ListConstraint per row (constrained jobs), else None
+    # (row, its tokens so far) -> None, on the decode thread after each admission and chunk (continuous jobs
+    # only; a streamed response sends text as it is decoded), else None
+    progress: Callable[[int, list[int]], None] | None = None
 
     @property
     def size(self) -> int:

@@ -5,8 +5,10 @@ choice after choice, its finish reason on its last chunk (completions) or on a c
 delta (chat, as OpenAI). The usage goes on a last chunk with no choices when ``stream_options.include_usage``
 is set (OpenAI), and otherwise on the last choice chunk. Then ``data: [DONE]``.
 
-The Sampler decodes a whole batch in one compiled loop, so a streamed response starts when its batch is done:
-the chunks arrive together, not as they are generated (a difference from vLLM, see docs/differences.md).
+These are the streams of requests that are not continuously batched (``logprobs``, a constraint, ``--batching
+static``): the Sampler decodes a whole batch in one compiled loop, so such a response starts when its batch is
+done and its chunks arrive together (docs/differences.md). Continuously batched streams send their text as it is
+decoded (``live_stream.py``).
 """
 
 from __future__ import annotations

@@ -61,16 +61,24 @@ async def read_json(request: Request) -> Any:
         raise BadRequest(f"malformed JSON: {e}") from None
 
 
+def error_of(e: Exception) -> tuple[int, str, HTTPError | None]:
+    """(status, message, the HTTPError or None) of an exception: ``HTTPError`` its own status, ``UserError`` (a
+    check the model or data made) 400, ``QueueFullError`` 503, anything else (a bug) 500."""
+    if isinstance(e, HTTPError):
+        return e.status, e.message, e
+    if isinstance(e, UserError):
+        return 400, str(e), None
+    if isinstance(e, QueueFullError):
+        return 503, f"too busy: {e}; retry later", None
+    return 500, f"internal error: {type(e).__name__}: {e}", None
+
+
 async def guarded(handler: Callable[[], Awaitable[Response]], error_body: ErrorBody = plain_error) -> Response:
-    """Runs ``handler()``; maps ``HTTPError`` to its status, ``UserError`` (a check the model or data made) to
-    400, ``QueueFullError`` to 503 (with ``Retry-After``) and anything else to 500, each as ``error_body``."""
+    """Runs ``handler()``; any exception becomes the JSON error response of ``error_of`` (503 with
+    ``Retry-After``), shaped by ``error_body``."""
     try:
         return await handler()
-    except HTTPError as e:
-        return json_response(error_body(e.status, e.message, e), e.status)
-    except UserError as e:
-        return json_response(error_body(400, str(e), None), 400)
-    except QueueFullError as e:
-        return json_response(error_body(503, f"too busy: {e}; retry later", None), 503, {"Retry-After": "1"})
-    except Exception as e:  # a bug: report it, keep serving
-        return json_response(error_body(500, f"internal error: {type(e).__name__}: {e}", None), 500)
+    except Exception as e:  # a bug too: report it, keep serving
+        status, message, err = error_of(e)
+        return json_response(error_body(status, message, err), status,
+                             {"Retry-After": "1"} if status == 503 else None)

@@ -43,3 +43,34 @@ def model(tiny_llama_dir):
     from reclm_jax.models.hf_loading import load_llama
 
     return load_llama(tiny_llama_dir, progress=False)
+
+
+class StepHold:
+    """Holds the ``at``-th ``SlotDecoder.step`` call (1-based, counted from its making) until ``released`` is
+    set, or fails it with "device lost"; ``reached`` is set when that call comes."""
+
+    def __init__(self, monkeypatch, at: int = 1, fail: bool = False):
+        import threading
+
+        from reclm_jax.models.slot_decoder import SlotDecoder
+
+        self.calls, self.at, self.fail = 0, at, fail
+        self.reached, self.released = threading.Event(), threading.Event()
+        real, hold = SlotDecoder.step, self
+
+        def step(dec, waiting=False):
+            hold.calls += 1
+            if hold.calls == hold.at:
+                hold.reached.set()
+                if hold.fail:
+                    raise RuntimeError("device lost")
+                hold.released.wait(120)
+            return real(dec, waiting)
+
+        monkeypatch.setattr(SlotDecoder, "step", step)
+
+
+@pytest.fixture
+def step_hold(monkeypatch):
+    """``make(at=1, fail=False) -> StepHold`` (undone with the test's ``monkeypatch``)."""
+    return lambda at=1, fail=False: StepHold(monkeypatch, at, fail)

@@ -6,12 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
 
 import httpx
 
 from reclm_jax.models.generation import SamplingConfig, generate
-from reclm_jax.models.slot_decoder import SlotDecoder
 from reclm_jax.models.special_tokens import resolve_stop_ids
 from reclm_jax.serve.app import create_app
 from reclm_jax.serve.engine import row_seed
@@ -78,34 +76,16 @@ def test_stream_stop_strings_and_top_logprobs(server, engine, model):
     assert alts["choices"][0]["text"] == plain["text"]
 
 
-class _Gate:
-    """Wraps SlotDecoder.step: holds the first call at a gate, or fails the first call."""
-
-    def __init__(self, monkeypatch, fail=False):
-        self.entered, self.open, self.fail = threading.Event(), threading.Event(), fail
-        real = SlotDecoder.step
-        gate = self
-
-        def step(dec, waiting=False):
-            if not gate.entered.is_set():
-                gate.entered.set()
-                if gate.fail:
-                    raise RuntimeError("device lost")
-                gate.open.wait(60)
-            return real(dec, waiting)
-
-        monkeypatch.setattr(SlotDecoder, "step", step)
-
-
-def test_a_full_queue_gets_503_and_a_failed_chunk_fails_only_its_requests(engine, serve_config, monkeypatch):
+def test_a_full_queue_gets_503_and_a_failed_chunk_fails_only_its_requests(engine, serve_config, step_hold,
+                                                                          monkeypatch):
     body = {"prompt": "hi", "max_tokens": 3, "temperature": 0}
-    gate = _Gate(monkeypatch)
+    gate = step_hold()
     with BackgroundServer(create_app(engine, serve_config(max_queue=1))) as s:
         async def go():
             async with httpx.AsyncClient(base_url=s.url, timeout=600) as client:
                 running = asyncio.create_task(client.post("/v1/completions", json=body))
                 for _ in range(600):
-                    if gate.entered.is_set():
+                    if gate.reached.is_set():
                         break
                     await asyncio.sleep(0.05)
                 queued = asyncio.create_task(client.post("/v1/completions", json=body))
@@ -114,14 +94,14 @@ def test_a_full_queue_gets_503_and_a_failed_chunk_fails_only_its_requests(engine
                         break
                     await asyncio.sleep(0.05)
                 refused = await client.post("/v1/completions", json=body)
-                gate.open.set()
+                gate.released.set()
                 return refused, await running, await queued
 
         refused, running, queued = asyncio.run(go())
         assert refused.status_code == 503 and refused.json()["error"]["code"] == "overloaded"
         assert running.status_code == 200 and queued.status_code == 200
     monkeypatch.undo()
-    _Gate(monkeypatch, fail=True)
+    step_hold(fail=True)
     with BackgroundServer(create_app(engine, serve_config())) as s:
         r = httpx.post(s.url + "/v1/completions", json=body, timeout=600)
         assert r.status_code == 500 and "device lost" in r.json()["error"]["message"]
