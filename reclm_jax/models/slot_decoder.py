@@ -193,9 +193,10 @@ class SlotDecoder:
         return sum(s is not None for s in self._rows)
 
     def progress(self) -> list[tuple[Any, list[int]]]:
-        """(tag, tokens generated so far) of every live row, a copy of each list (for streaming: a row's first
-        token is there once ``admit`` returns, the others after each ``step``)."""
-        return [(s.request.tag, list(s.tokens)) for s in self._rows if s is not None]
+        """(tag, tokens generated so far) of every live row (for streaming: a row's first token is there once
+        ``admit`` returns, the others after each ``step``). The lists are the decoder's own, which later steps
+        extend: copy what you keep."""
+        return [(s.request.tag, s.tokens) for s in self._rows if s is not None]
 
     @property
     def free(self) -> int:

@@ -181,12 +181,13 @@ class ContinuousScheduler:
         self._hand_back(finished)
 
     def _report(self, dec) -> None:
-        """Passes the live rows' new tokens to the jobs that stream them (``Job.progress``)."""
+        """Passes the live rows' new tokens to the jobs that stream them (``Job.progress``); only those rows'
+        tokens are copied (this runs after every chunk)."""
         for (t, r), tokens in dec.progress():
             if t.job.progress is not None and not t.failed and len(tokens) > t.reported.get(r, 0):
                 t.reported[r] = len(tokens)
                 try:
-                    t.job.progress(r, tokens)
+                    t.job.progress(r, list(tokens))
                 except Exception:  # a streaming bug must not stop the loop; the job still gets its result
                     log.exception("continuous batching: a job's progress callback failed")
 

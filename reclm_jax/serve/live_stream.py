@@ -22,7 +22,7 @@ from starlette.responses import StreamingResponse
 from reclm_jax.serve.detok import REPLACEMENT
 from reclm_jax.serve.outputs import Choice, usage
 from reclm_jax.serve.protocol import ParsedRequest
-from reclm_jax.serve.sse import DONE, event
+from reclm_jax.serve.sse import DONE, chunk_head, event, role_event
 from reclm_jax.service.http import error_of
 
 log = logging.getLogger(__name__)
@@ -61,8 +61,7 @@ class LiveStream:
         self.loop = asyncio.get_running_loop()
         self.queue: asyncio.Queue = asyncio.Queue()
         self.chat = req.kind == "chat"
-        self.head = {"id": rid, "object": "chat.completion.chunk" if self.chat else "text_completion",
-                     "created": created, "model": model}
+        self.head = chunk_head(req, rid, created, model)
         self.rows = len(req.prompts) * req.params.n
         self.sent = [""] * self.rows
         self.cleanup = bool(getattr(tokenizer, "clean_up_tokenization_spaces", False))
@@ -104,8 +103,7 @@ class LiveStream:
     async def _events(self) -> AsyncIterator[str]:
         if self.chat:
             for r in range(self.rows):
-                yield event({**self.head, "choices": [{"index": r, "delta": {"role": "assistant", "content": ""},
-                                                       "logprobs": None, "finish_reason": None}]})
+                yield role_event(self.head, r)
         params = self.req.params
         pending, done = self._first, False
         while not done:

@@ -26,6 +26,18 @@ def event(obj: Any) -> str:
     return "data: " + json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False) + "\n\n"
 
 
+def chunk_head(req: ParsedRequest, rid: str, created: int, model: str) -> dict:
+    """The fields every chunk of a stream repeats."""
+    return {"id": rid, "object": "chat.completion.chunk" if req.kind == "chat" else "text_completion",
+            "created": created, "model": model}
+
+
+def role_event(head: dict, index: int) -> str:
+    """A chat choice's opening chunk (OpenAI's: the role, empty content)."""
+    return event({**head, "choices": [{"index": index, "delta": {"role": "assistant", "content": ""},
+                                       "logprobs": None, "finish_reason": None}]})
+
+
 def _token_steps(c: Choice, with_logprobs: bool) -> list[int]:
     """The tokens that get a chunk; at least one step (-1: an empty chunk) so the finish reason is sent."""
     steps = [t for t, p in enumerate(c.pieces) if p or with_logprobs]
@@ -34,7 +46,7 @@ def _token_steps(c: Choice, with_logprobs: bool) -> list[int]:
 
 def completion_events(req: ParsedRequest, choices: Sequence[Choice], tokenizer: Any, rid: str, created: int,
                       model: str) -> Iterator[str]:
-    head = {"id": rid, "object": "text_completion", "created": created, "model": model}
+    head = chunk_head(req, rid, created, model)
     with_lp = req.params.logprobs is not None
     for ci, c in enumerate(choices):
         steps = _token_steps(c, with_lp)
@@ -57,11 +69,10 @@ def completion_events(req: ParsedRequest, choices: Sequence[Choice], tokenizer: 
 
 def chat_events(req: ParsedRequest, choices: Sequence[Choice], tokenizer: Any, rid: str, created: int,
                 model: str) -> Iterator[str]:
-    head = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": model}
+    head = chunk_head(req, rid, created, model)
     with_lp = req.params.logprobs is not None
     for ci, c in enumerate(choices):
-        yield event({**head, "choices": [{"index": c.index, "delta": {"role": "assistant", "content": ""},
-                                          "logprobs": None, "finish_reason": None}]})
+        yield role_event(head, c.index)
         for t in _token_steps(c, with_lp):
             if t < 0:
                 continue
