@@ -53,17 +53,20 @@ log = logging.getLogger(__name__)
 MAX_ROWS = 128  # above this XLA's kernel is as fast (measured: 64 rows still 1.2x faster natively)
 NATIVE_DIR = Path(__file__).parent / "native"
 _TARGETS = ("reclm_dot_kn", "reclm_dot_nk", "reclm_dot_packed", "reclm_decode_attention")
+AMX_TARGETS = ("reclm_amx_kn", "reclm_amx_nk", "reclm_amx_packed")  # the amx build's, besides _TARGETS
 
 # The sources of each build: the AVX-512 kernels (both AVX-512 builds), or their 256-bit AVX2 forms, which export
 # the same four targets.
 AVX512_SOURCES = ("bf16_dot.cc", "packed_dot.cc", "decode_attention.cc")
 AVX2_SOURCES = ("avx2_dot.cc", "avx2_attention.cc")
-VARIANT_SOURCES = {"bf16": AVX512_SOURCES, "avx512": AVX512_SOURCES, "avx2": AVX2_SOURCES}
-SOURCES = tuple(dict.fromkeys(AVX512_SOURCES + AVX2_SOURCES))
+VARIANT_SOURCES = {"amx": AVX512_SOURCES + ("amx_dot.cc",), "bf16": AVX512_SOURCES, "avx512": AVX512_SOURCES,
+                   "avx2": AVX2_SOURCES}
+SOURCES = tuple(dict.fromkeys(AVX512_SOURCES + AVX2_SOURCES + ("amx_dot.cc",)))
 HEADERS = ("pool.h", "bf16_ops.h", "avx2_ops.h", "attention_entry.h")
 # The compiler flags of each build; the AVX-512 kernels need AVX512F/BW/VL either way (masked 16-bit loads,
 # permutes).
-VARIANT_FLAGS = {"bf16": ("-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512bf16", "-mfma"),
+VARIANT_FLAGS = {"amx": ("-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512bf16", "-mfma", "-mamx-tile", "-mamx-bf16"),
+                 "bf16": ("-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512bf16", "-mfma"),
                  "avx512": ("-mavx512f", "-mavx512bw", "-mavx512vl", "-mfma"),
                  "avx2": ("-mavx2", "-mfma", "-mf16c")}
 
@@ -78,12 +81,15 @@ def _cpu_flags() -> set[str]:
 
 
 def cpu_variant(flags: set[str] | None = None) -> str | None:
-    """The native build this CPU runs: "bf16" (AVX512-BF16), "avx512" (AVX512F/BW/VL and FMA, the pair products
+    """The native build this CPU runs: "amx" (AVX512-BF16 and AMX-BF16 tiles: the "bf16" build plus the many-row
+    tile products of ``amx_dot``), "bf16" (AVX512-BF16), "avx512" (AVX512F/BW/VL and FMA, the pair products
     emulated), "avx2" (AVX2 and FMA: 256-bit forms of the same products) or None (no build applies: the XLA
     path). ``flags``: /proc/cpuinfo's, by default this machine's."""
     flags = _cpu_flags() if flags is None else flags
     if {"avx512f", "avx512bw", "avx512vl", "fma"} <= flags:
-        return "bf16" if "avx512_bf16" in flags else "avx512"
+        if "avx512_bf16" in flags:
+            return "amx" if {"amx_tile", "amx_bf16"} <= flags else "bf16"
+        return "avx512"
     if {"avx2", "fma", "f16c"} <= flags:
         return "avx2"
     return None
@@ -135,7 +141,7 @@ def _open(variant: str, suffix: str) -> ctypes.CDLL | None:
     except (OSError, RuntimeError) as e:
         log.warning("native kernels (%s build) unavailable (%s); the XLA path is used", variant, e)
         return None
-    for name in _TARGETS:
+    for name in _TARGETS + (AMX_TARGETS if variant == "amx" else ()):
         jax.ffi.register_ffi_target(name + suffix, jax.ffi.pycapsule(getattr(lib, name)), platform="cpu")
     threads = int(os.environ.get("RECLM_JAX_NATIVE_THREADS", 0)) or len(os.sched_getaffinity(0))
     lib.reclm_set_threads(ctypes.c_int(threads))
@@ -156,8 +162,8 @@ def library() -> ctypes.CDLL | None:
 
 def other_builds(flags: set[str] | None = None) -> tuple[str, ...]:
     """Builds this CPU can run besides its own (``cpu_variant``): the AVX2 build on an AVX-512 CPU. Never used by
-    the model; the tests check them against XLA too, so an AVX-512 test machine also covers the AVX2 kernels.
-    ``flags``: as ``cpu_variant``'s."""
+    the model; the tests check them against XLA too, so an AVX-512 test machine also covers the AVX2 kernels (the
+    amx build's few-row kernels are the bf16 build's sources). ``flags``: as ``cpu_variant``'s."""
     flags = _cpu_flags() if flags is None else flags
     own = cpu_variant(flags)
     return ("avx2",) if own not in (None, "avx2") and cpu_variant(flags - {"avx512f"}) == "avx2" else ()
@@ -187,6 +193,49 @@ def native_dot(x: jnp.ndarray, w: jnp.ndarray, transposed: bool = False, build: 
     target = _target("reclm_dot_nk" if transposed else "reclm_dot_kn", build)
     return jax.ffi.ffi_call(target, jax.ShapeDtypeStruct((x.shape[0], n), jnp.float32),
                             vmap_method="sequential")(x, w)
+
+
+@functools.cache
+def has_amx() -> bool:
+    """Whether ``amx_dot`` runs here: the amx build loaded and the OS granted the tile state (``RECLM_JAX_AMX=0``
+    turns it off, for A/B measurements)."""
+    if os.environ.get("RECLM_JAX_AMX", "1") == "0" or cpu_variant() != "amx":
+        return False
+    lib = library()
+    if lib is None:
+        return False
+    if not lib.reclm_amx_ready():
+        log.warning("native kernels: the OS refused the AMX tile state; many-row products stay on XLA")
+        return False
+    return True
+
+
+AMX_MIN_ROWS = MAX_ROWS + 1  # fewer rows go to the few-row kernels, bit-identical to XLA's (decoding)
+
+
+def amx_applies(x: jnp.ndarray, w: jnp.ndarray) -> bool:
+    """Whether ``amx_dot`` serves this product: bf16 x bf16 with more rows than the few-row kernels take, on a
+    CPU with AMX tiles (``has_amx``)."""
+    return (x.ndim == 2 and w.ndim == 2 and x.shape[0] >= AMX_MIN_ROWS and x.dtype == jnp.bfloat16
+            and w.dtype == jnp.bfloat16 and library() is not None and has_amx())
+
+
+def amx_dot(x: jnp.ndarray, w: jnp.ndarray, transposed: bool = False) -> jnp.ndarray:
+    """bf16 x [M, K] @ w [K, N] (w [N, K] when ``transposed``) -> float32 [M, N] on AMX tiles: the exact bf16
+    products summed in f32 in order along K, within f32 rounding of XLA's bf16 dot. Needs ``has_amx``."""
+    if not has_amx():
+        raise RuntimeError("amx_dot: this machine has no usable AMX tiles (native_kernels.has_amx)")
+    n = w.shape[0] if transposed else w.shape[1]
+    return jax.ffi.ffi_call("reclm_amx_nk" if transposed else "reclm_amx_kn",
+                            jax.ShapeDtypeStruct((x.shape[0], n), jnp.float32), vmap_method="sequential")(x, w)
+
+
+def amx_packed_dot(x: jnp.ndarray, wp: jnp.ndarray, n: int) -> jnp.ndarray:
+    """``amx_dot`` against w [K, n] in its ``pack_kernel`` form (no packing per call) -> float32 [M, n]."""
+    if not has_amx():
+        raise RuntimeError("amx_packed_dot: this machine has no usable AMX tiles (native_kernels.has_amx)")
+    return jax.ffi.ffi_call("reclm_amx_packed", jax.ShapeDtypeStruct((x.shape[0], n), jnp.float32),
+                            vmap_method="sequential")(x, wp)
 
 
 STRIP = 64  # columns per packed strip (packed_dot.cc)

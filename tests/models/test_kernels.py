@@ -126,7 +126,9 @@ def test_the_native_build_follows_the_cpu_flags():
     from reclm_jax.models.native_kernels import cpu_variant, other_builds
 
     avx512 = {"avx512f", "avx512bw", "avx512vl", "fma", "avx2", "f16c"}
-    assert cpu_variant(avx512 | {"avx512_bf16"}) == "bf16"  # Zen 4, Sapphire Rapids: vdpbf16ps
+    assert cpu_variant(avx512 | {"avx512_bf16"}) == "bf16"  # Zen 4, Zen 5, Cooper Lake: vdpbf16ps
+    assert cpu_variant(avx512 | {"avx512_bf16", "amx_tile", "amx_bf16"}) == "amx"  # Sapphire Rapids: + tiles
+    assert cpu_variant(avx512 | {"amx_tile", "amx_bf16"}) == "avx512"  # the amx build needs vdpbf16ps too
     assert cpu_variant(avx512) == "avx512"  # Skylake-SP, Cascade Lake: the two-FMA form
     assert cpu_variant({"avx2", "fma", "f16c"}) == "avx2"  # Zen 2, Haswell: the 256-bit kernels
     # AVX-512 without BW (the kernels' 16-bit loads and permutes) falls back to the AVX2 build
@@ -135,4 +137,5 @@ def test_the_native_build_follows_the_cpu_flags():
     assert cpu_variant({"sse4_2", "avx"}) is None
     # the tests also check the AVX2 build on an AVX-512 machine (the model never uses it there)
     assert other_builds(avx512) == other_builds(avx512 | {"avx512_bf16"}) == ("avx2",)
+    assert other_builds(avx512 | {"avx512_bf16", "amx_tile", "amx_bf16"}) == ("avx2",)
     assert other_builds({"avx2", "fma", "f16c"}) == other_builds(avx512 - {"f16c"}) == ()

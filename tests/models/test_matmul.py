@@ -50,6 +50,7 @@ def test_every_bf16_dot_of_forward_and_backward_accumulates_in_f32(bf16_dot, mon
     # CPU without them the operands are widened to f32 first (native_kernels.has_bf16_dot), the sums f32 either way.
     # More rows than the native few-row kernel takes (native_kernels.MAX_ROWS), so every product is XLA's.
     monkeypatch.setattr(native_kernels, "has_bf16_dot", lambda: bf16_dot)
+    monkeypatch.setattr(native_kernels, "has_amx", lambda: False)  # AMX CPUs: the forward is a tile kernel's
     operand = "bf16" if bf16_dot else "f32"
     x, w, g = _operands(False)
     x = jnp.tile(x, (3, 1))

@@ -1,0 +1,287 @@
+// Many-row bf16 x bf16 -> f32 products on Intel AMX tiles (Sapphire Rapids and later; an XLA FFI custom call).
+//
+//   reclm_amx_kn:      out[M, N] = x[M, K] @ w[K, N]
+//   reclm_amx_nk:      out[M, N] = x[M, K] @ w[N, K]^T
+//   reclm_amx_packed:  out[M, N] = x[M, K] @ w[K, N], w in native_kernels.pack_kernel's form
+//                      wp[S, K2, 64, 2], wp[s, j, c, t] = w[2j + t, 64s + c] (zero past K and N)
+//
+// Why: prefill, training and evaluation multiply hundreds to thousands of rows by each weight matrix, where the
+// products are bound by arithmetic. XLA:CPU forms them with vdpbf16ps at 150-420 GFLOP/s on this project's
+// 2-core Sapphire Rapids machines, while one AMX tile product (TDPBF16PS: 16 x 16 outputs, 32 bf16 values deep)
+// does 16 K MACs in ~16 cycles on each core. torch's oneDNN reaches 2.4 TFLOP/s there with it.
+//
+// How: the packed layout is exactly the tiles' "VNNI" layout of the right operand: 16 (k, k+1) pair rows of a
+// strip are a B tile of 16 columns when read with a 256-byte stride. kn and nk products pack w into that layout
+// first (once per call, split over the pool; K2 rounded up to whole tiles). A unit of work is a block of 32 rows
+// by 32 columns: 2 x 2 accumulator tiles, 2 tiles of x and 2 of w, all eight tile registers, walking K 32 values
+// at a time. x is read in place where its rows are whole tiles (K a multiple of 32, M of 32), else from a
+// zero-padded copy; rows of w past K2 in the last tile come from a zero-padded copy too.
+//
+// Sums: each output is its K products summed in f32 in order along K (the tile's definition), within f32
+// rounding of XLA's (vdpbf16ps adds the odd product of a pair first; denormals are flushed to zero). Not
+// bit-identical: the few-row decoding products, which are, stay on packed_dot.cc (native_kernels.MAX_ROWS).
+//
+// The kernel needs the OS's permission to use the tiles' state (Linux: arch_prctl ARCH_REQ_XCOMP_PERM, once per
+// process): reclm_amx_ready() asks for it and says whether the tiles can run; Python checks it before routing a
+// product here.
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <mutex>
+
+#include "pool.h"
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+using reclm::Pool;
+
+constexpr long kArchReqXcompPerm = 0x1023;  // arch_prctl: request permission for an extended state component
+constexpr long kXfeatureXtiledata = 18;     // the tile data state
+
+struct TileConfig {  // the 64-byte operand of ldtilecfg (palette 1)
+  uint8_t palette = 1, start_row = 0;
+  uint8_t reserved[14] = {};
+  uint16_t colsb[16] = {};
+  uint8_t rows[16] = {};
+};
+
+// Every tile 16 rows of 64 bytes: C (0-3) 16 x 16 f32, A (4, 5) 16 rows x 32 bf16, B (6, 7) 16 pair rows x 16
+// columns x 2 bf16.
+inline void ConfigureTiles() {
+  TileConfig cfg;
+  for (int t = 0; t < 8; ++t) {
+    cfg.rows[t] = 16;
+    cfg.colsb[t] = 64;
+  }
+  _tile_loadconfig(&cfg);
+}
+
+struct Amx {
+  const uint16_t* x;   // [rows of x, xstride]: at least Mp = ceil(M / 32) * 32 rows, zero past M and K
+  int64_t xstride;     // elements per row of x (a multiple of 32)
+  const uint16_t* wp;  // [S, K2, 64, 2]
+  int64_t k2;          // pair rows per strip in wp
+  int64_t ktiles;      // ceil(K2 / 16)
+  const uint16_t* wtail = nullptr;  // where K2 % 16: [S, 16, 64, 2], the last tile's pair rows, zero-padded
+  float* out;          // [M, N]
+  int64_t m, n;
+  int64_t col_blocks;  // ceil(N / 32)
+};
+
+// One 32 x 32 block of out: rows [32 rb, +32), columns [32 cb, +32) (two 16-column halves of one strip).
+inline void Block(const Amx& d, int64_t rb, int64_t cb) {
+  const int64_t s = cb / 2, c0 = (cb % 2) * 32;  // strip, first column inside it
+  const uint16_t* x0 = d.x + rb * 32 * d.xstride;
+  const uint16_t* x1 = x0 + 16 * d.xstride;
+  const int64_t xbytes = d.xstride * 2;
+  const uint16_t* strip = d.wp + s * d.k2 * 128 + c0 * 2;
+  _tile_zero(0);
+  _tile_zero(1);
+  _tile_zero(2);
+  _tile_zero(3);
+  const int64_t whole = d.wtail ? d.ktiles - 1 : d.ktiles;
+  for (int64_t kt = 0; kt < d.ktiles; ++kt) {
+    // Each load just before the first product that needs it: the tiles have no renaming, so a load waits for
+    // the products still reading its register (measured: 1.3x the rate of all four loads first).
+    const uint16_t* b = kt < whole ? strip + kt * 16 * 128 : d.wtail + s * 16 * 128 + c0 * 2;
+    _tile_loadd(4, x0 + kt * 32, xbytes);
+    _tile_loadd(6, b, 256);
+    _tile_dpbf16ps(0, 4, 6);
+    _tile_loadd(7, b + 32, 256);
+    _tile_dpbf16ps(1, 4, 7);
+    _tile_loadd(5, x1 + kt * 32, xbytes);
+    _tile_dpbf16ps(2, 5, 6);
+    _tile_dpbf16ps(3, 5, 7);
+  }
+  const int64_t row0 = rb * 32, col0 = cb * 32;
+  const int64_t rows = std::min<int64_t>(32, d.m - row0), cols = std::min<int64_t>(32, d.n - col0);
+  if (rows == 32 && cols == 32) {  // straight into out
+    float* o = d.out + row0 * d.n + col0;
+    const int64_t obytes = d.n * 4;
+    _tile_stored(0, o, obytes);
+    _tile_stored(1, o + 16, obytes);
+    _tile_stored(2, o + 16 * d.n, obytes);
+    _tile_stored(3, o + 16 * d.n + 16, obytes);
+    return;
+  }
+  alignas(64) float buf[32 * 32];
+  _tile_stored(0, buf, 128);
+  _tile_stored(1, buf + 16, 128);
+  _tile_stored(2, buf + 16 * 32, 128);
+  _tile_stored(3, buf + 16 * 32 + 16, 128);
+  for (int64_t i = 0; i < rows; ++i) std::memcpy(d.out + (row0 + i) * d.n + col0, buf + i * 32, cols * 4);
+}
+
+// A unit is one row block against one group of kGroupBlocks column blocks, units ordered group-major: a
+// thread's consecutive units share the group's packed columns (576 x 256 bf16: 288 KB, held in L2), and each
+// unit's 32 rows of x (36 KB at K = 576) stay in L1 across the group's blocks.
+constexpr int64_t kGroupBlocks = 8;
+
+void Blocks(const void* ctx, int64_t begin, int64_t end) {
+  const Amx& d = *static_cast<const Amx*>(ctx);
+  ConfigureTiles();  // per call: the tile state belongs to the thread, and another library may have set its own
+  const int64_t row_blocks = (d.m + 31) / 32;
+  for (int64_t u = begin; u < end; ++u) {
+    const int64_t g = u / row_blocks, rb = u % row_blocks;
+    const int64_t cb_end = std::min(d.col_blocks, (g + 1) * kGroupBlocks);
+    for (int64_t cb = g * kGroupBlocks; cb < cb_end; ++cb) Block(d, rb, cb);
+  }
+  _tile_release();
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Packing w into [S, K2p, 64, 2] (K2p = whole tiles, zero past K and N), one strip per unit.
+
+struct Pack {
+  const uint16_t* w;  // [K, N] (kn) or [N, K] (nk)
+  uint16_t* wp;
+  int64_t k, n, k2p;
+};
+
+void PackKn(const void* ctx, int64_t begin, int64_t end) {
+  const Pack& p = *static_cast<const Pack*>(ctx);
+  const __m512i lo_idx = _mm512_set_epi16(47, 15, 46, 14, 45, 13, 44, 12, 43, 11, 42, 10, 41, 9, 40, 8,
+                                          39, 7, 38, 6, 37, 5, 36, 4, 35, 3, 34, 2, 33, 1, 32, 0);
+  const __m512i hi_idx = _mm512_set_epi16(63, 31, 62, 30, 61, 29, 60, 28, 59, 27, 58, 26, 57, 25, 56, 24,
+                                          55, 23, 54, 22, 53, 21, 52, 20, 51, 19, 50, 18, 49, 17, 48, 16);
+  for (int64_t s = begin; s < end; ++s) {
+    const int64_t col = s * 64, width = std::min<int64_t>(64, p.n - col);
+    const __mmask32 m0 = width >= 32 ? ~__mmask32(0) : static_cast<__mmask32>((uint64_t(1) << width) - 1);
+    const __mmask32 m1 = width >= 64 ? ~__mmask32(0)
+                         : width <= 32 ? __mmask32(0)
+                                       : static_cast<__mmask32>((uint64_t(1) << (width - 32)) - 1);
+    uint16_t* dst = p.wp + s * p.k2p * 128;
+    for (int64_t j = 0; j < p.k2p; ++j, dst += 128) {
+      const int64_t k = 2 * j;
+      const __m512i z = _mm512_setzero_si512();
+      const uint16_t* r0 = p.w + k * p.n + col;
+      const __m512i a0 = k < p.k ? _mm512_maskz_loadu_epi16(m0, r0) : z;
+      const __m512i a1 = k < p.k ? _mm512_maskz_loadu_epi16(m1, r0 + 32) : z;
+      const __m512i b0 = k + 1 < p.k ? _mm512_maskz_loadu_epi16(m0, r0 + p.n) : z;
+      const __m512i b1 = k + 1 < p.k ? _mm512_maskz_loadu_epi16(m1, r0 + p.n + 32) : z;
+      _mm512_storeu_si512(dst, _mm512_permutex2var_epi16(a0, lo_idx, b0));
+      _mm512_storeu_si512(dst + 32, _mm512_permutex2var_epi16(a0, hi_idx, b0));
+      _mm512_storeu_si512(dst + 64, _mm512_permutex2var_epi16(a1, lo_idx, b1));
+      _mm512_storeu_si512(dst + 96, _mm512_permutex2var_epi16(a1, hi_idx, b1));
+    }
+  }
+}
+
+// nk: the (k, k+1) pair of column c is one 32-bit word of w's row c, so a packed row of 16 columns is a gather
+// of 16 words a row of w apart.
+void PackNk(const void* ctx, int64_t begin, int64_t end) {
+  const Pack& p = *static_cast<const Pack*>(ctx);
+  const int64_t k2 = p.k / 2;  // whole pairs in a row of w
+  for (int64_t s = begin; s < end; ++s) {
+    uint16_t* dst = p.wp + s * p.k2p * 128;
+    std::memset(dst, 0, p.k2p * 128 * 2);
+    for (int64_t q = 0; q < 4; ++q) {
+      const int64_t c0 = s * 64 + q * 16;
+      if (c0 >= p.n) break;
+      const int64_t cols = std::min<int64_t>(16, p.n - c0);
+      const __mmask16 live = static_cast<__mmask16>((1u << cols) - 1);
+      const __m512i idx = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+                                             _mm512_set1_epi32(static_cast<int>(p.k)));
+      const uint16_t* base = p.w + c0 * p.k;
+      for (int64_t j = 0; j < k2; ++j) {
+        const __m512i v = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), live, idx, base + 2 * j, 2);
+        _mm512_storeu_si512(dst + j * 128 + q * 32, v);
+      }
+      if (p.k % 2) {  // odd K: the last value of each row pairs with zero
+        for (int64_t c = 0; c < cols; ++c) dst[k2 * 128 + (q * 16 + c) * 2] = base[c * p.k + p.k - 1];
+      }
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+
+bool RequestTiles() {
+  static std::once_flag once;
+  static bool ok = false;
+  std::call_once(once, [] { ok = syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) == 0; });
+  return ok;
+}
+
+// Runs the blocks of out = x @ (w packed as wp [S, k2, 64, 2]); x [M, K] bf16.
+ffi::Error Run(const uint16_t* x, int64_t m, int64_t k, const uint16_t* wp, int64_t k2, int64_t n, float* out) {
+  if (!RequestTiles()) return ffi::Error::Internal("amx: the OS refused the tile state (arch_prctl)");
+  if (!m || !n) return ffi::Error::Success();
+  Amx d{};
+  d.ktiles = (k2 + 15) / 16;
+  d.k2 = k2;
+  d.wp = wp;
+  d.out = out;
+  d.m = m;
+  d.n = n;
+  d.col_blocks = (n + 31) / 32;
+  const int64_t mp = (m + 31) / 32 * 32, kp = d.ktiles * 32;
+  // Scratch lives with the calling thread (XLA may run two products at once from two threads).
+  thread_local std::vector<uint16_t> xpad, wtail;
+  if (m == mp && k == kp) {
+    d.x = x;
+    d.xstride = k;
+  } else {
+    xpad.assign(mp * kp, 0);
+    for (int64_t i = 0; i < m; ++i) std::memcpy(&xpad[i * kp], x + i * k, k * 2);
+    d.x = xpad.data();
+    d.xstride = kp;
+  }
+  if (k2 % 16) {
+    const int64_t strips = (n + 63) / 64, first = (d.ktiles - 1) * 16, left = k2 - first;
+    wtail.assign(strips * 16 * 128, 0);
+    for (int64_t s = 0; s < strips; ++s)
+      std::memcpy(&wtail[s * 16 * 128], wp + (s * k2 + first) * 128, left * 128 * 2);
+    d.wtail = wtail.data();
+  }
+  Pool::Get().Run(Blocks, &d, (mp / 32) * ((d.col_blocks + kGroupBlocks - 1) / kGroupBlocks));
+  return ffi::Error::Success();
+}
+
+ffi::Error PackAndRun(const uint16_t* x, int64_t m, int64_t k, const uint16_t* w, int64_t n, bool nk, float* out) {
+  Pack p{w, nullptr, k, n, ((k + 1) / 2 + 15) / 16 * 16};
+  thread_local std::vector<uint16_t> wp;
+  const int64_t strips = (n + 63) / 64;
+  wp.resize(strips * p.k2p * 128);
+  p.wp = wp.data();
+  Pool::Get().Run(nk ? PackNk : PackKn, &p, strips);
+  return Run(x, m, k, p.wp, p.k2p, n, out);
+}
+
+ffi::Error AmxKnImpl(ffi::Buffer<ffi::BF16> x, ffi::Buffer<ffi::BF16> w, ffi::ResultBuffer<ffi::F32> out) {
+  const auto xd = x.dimensions(), wd = w.dimensions();
+  if (xd.size() != 2 || wd.size() != 2 || xd[1] != wd[0]) return ffi::Error::InvalidArgument("amx_kn: shapes");
+  return PackAndRun(reinterpret_cast<const uint16_t*>(x.untyped_data()), xd[0], xd[1],
+                    reinterpret_cast<const uint16_t*>(w.untyped_data()), wd[1], false, out->typed_data());
+}
+
+ffi::Error AmxNkImpl(ffi::Buffer<ffi::BF16> x, ffi::Buffer<ffi::BF16> w, ffi::ResultBuffer<ffi::F32> out) {
+  const auto xd = x.dimensions(), wd = w.dimensions();
+  if (xd.size() != 2 || wd.size() != 2 || xd[1] != wd[1]) return ffi::Error::InvalidArgument("amx_nk: shapes");
+  return PackAndRun(reinterpret_cast<const uint16_t*>(x.untyped_data()), xd[0], xd[1],
+                    reinterpret_cast<const uint16_t*>(w.untyped_data()), wd[0], true, out->typed_data());
+}
+
+ffi::Error AmxPackedImpl(ffi::Buffer<ffi::BF16> x, ffi::Buffer<ffi::BF16> wp, ffi::ResultBuffer<ffi::F32> out) {
+  const auto xd = x.dimensions(), wd = wp.dimensions(), od = out->dimensions();
+  if (xd.size() != 2 || wd.size() != 4 || od.size() != 2 || wd[2] != 64 || wd[3] != 2 || od[0] != xd[0] ||
+      wd[1] != (xd[1] + 1) / 2 || wd[0] != (od[1] + 63) / 64)
+    return ffi::Error::InvalidArgument("amx_packed: shapes");
+  return Run(reinterpret_cast<const uint16_t*>(x.untyped_data()), xd[0], xd[1],
+             reinterpret_cast<const uint16_t*>(wp.untyped_data()), wd[1], od[1], out->typed_data());
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(reclm_amx_kn, AmxKnImpl,
+                              ffi::Ffi::Bind().Arg<ffi::Buffer<ffi::BF16>>().Arg<ffi::Buffer<ffi::BF16>>().Ret<ffi::Buffer<ffi::F32>>());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(reclm_amx_nk, AmxNkImpl,
+                              ffi::Ffi::Bind().Arg<ffi::Buffer<ffi::BF16>>().Arg<ffi::Buffer<ffi::BF16>>().Ret<ffi::Buffer<ffi::F32>>());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(reclm_amx_packed, AmxPackedImpl,
+                              ffi::Ffi::Bind().Arg<ffi::Buffer<ffi::BF16>>().Arg<ffi::Buffer<ffi::BF16>>().Ret<ffi::Buffer<ffi::F32>>());
+
+extern "C" int reclm_amx_ready() { return RequestTiles() ? 1 : 0; }
