@@ -101,14 +101,15 @@ def linear_dot(x: jnp.ndarray, w: jnp.ndarray, kernels: str, transposed: bool = 
 
     ``transposed`` serves a tied LM head, which contracts the [vocab, hidden] embedding without
     materialising its transpose. ``packed``: w's ``pack_for_decoding`` form, used (on ``"cpu"``) for inputs
-    of few enough rows (the same bits either way) and, on CPUs with AMX tiles, for many-row inputs (a prefill:
-    ``native_kernels.amx_packed_dot``, within f32 rounding of the plain product).
+    of few enough rows (the same bits either way) and, on CPUs with AMX tiles, for inputs of 16 rows or more (a
+    prefill, a batched decoding step: ``native_kernels.amx_packed_dot``, within f32 rounding of the plain product).
     """
     if _resolved(kernels) == "cpu":
+        if packed is not None and native_kernels.amx_applies(x, w, native_kernels.AMX_PACKED_MIN_ROWS):
+            # a prefill, or a decoding step of 16 rows or more, on AMX tiles
+            return native_kernels.amx_packed_dot(x, packed, w.shape[1]).astype(x.dtype)
         if packed is not None and native_kernels.dot_applies(x, w):
             return native_kernels.packed_dot(x, packed, w.shape[1]).astype(x.dtype)
-        if packed is not None and native_kernels.amx_applies(x, w):  # a prefill's many rows, on AMX tiles
-            return native_kernels.amx_packed_dot(x, packed, w.shape[1]).astype(x.dtype)
         return matmul(x, w, transposed)
     return jax.lax.dot_general(x, w, (((1,), (1 if transposed else 0,)), ((), ())))
 

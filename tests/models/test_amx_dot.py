@@ -75,8 +75,9 @@ def test_many_row_forward_products_take_the_tiles_and_gradients_stay_xla():
     assert dx.shape == x.shape and dw.shape == w.shape and bool(jnp.all(jnp.isfinite(dw.astype(F32))))
 
 
-def test_a_long_prefill_decodes_the_same_tokens_with_and_without_the_tiles(monkeypatch):
-    # A prefill of 4 x 40 = 160 rows (> MAX_ROWS) runs every projection on the tiles against the packed kernels.
+def test_decoding_on_the_tiles_gives_the_same_tokens_as_without_them(monkeypatch):
+    # 16 prompts of 12 tokens: a prefill of at least 192 rows (> MAX_ROWS) and decoding steps of 16 rows
+    # (AMX_PACKED_MIN_ROWS) run every projection on the tiles against the packed kernels.
     from flax import nnx
 
     from reclm_jax.models.llama import LlamaForCausalLM
@@ -87,12 +88,13 @@ def test_a_long_prefill_decodes_the_same_tokens_with_and_without_the_tiles(monke
                       num_kv_heads=2, head_dim=32, tie_word_embeddings=False, param_dtype="bfloat16",
                       dtype="bfloat16", kernels="cpu")
     model = LlamaForCausalLM(cfg, nnx.Rngs(0))
-    prompts = np.random.default_rng(1).integers(1, 300, size=(4, 40)).tolist()
+    prompts = np.random.default_rng(1).integers(1, 300, size=(16, 12)).tolist()
     calls = []
     real = native_kernels.amx_packed_dot
     monkeypatch.setattr(native_kernels, "amx_packed_dot", lambda *a: calls.append(a[0].shape) or real(*a))
     tiles = Sampler(model, pad_id=0)(prompts, max_new_tokens=8)
-    assert calls and all(shape[0] > native_kernels.MAX_ROWS for shape in calls)
+    rows = {shape[0] for shape in calls}
+    assert 16 in rows and max(rows) >= 16 * 12 > native_kernels.MAX_ROWS  # steps, and the (bucketed) prefill
     monkeypatch.setattr(native_kernels, "has_amx", lambda: False)
     plain = Sampler(model, pad_id=0)(prompts, max_new_tokens=8)
     np.testing.assert_array_equal(tiles.tokens, plain.tokens)

@@ -116,19 +116,20 @@ inline void Block(const Amx& d, int64_t rb, int64_t cb) {
   for (int64_t i = 0; i < rows; ++i) std::memcpy(d.out + (row0 + i) * d.n + col0, buf + i * 32, cols * 4);
 }
 
-// A unit is one row block against one group of kGroupBlocks column blocks, units ordered group-major: a
-// thread's consecutive units share the group's packed columns (576 x 256 bf16: 288 KB, held in L2), and each
-// unit's 32 rows of x (36 KB at K = 576) stay in L1 across the group's blocks.
-constexpr int64_t kGroupBlocks = 8;
+// A unit is one row block against one group of `group` column blocks, units ordered group-major: a thread's
+// consecutive units share the group's packed columns (8 blocks at K = 576: 576 x 256 bf16, 288 KB, held in L2),
+// and each unit's 32 rows of x (36 KB) stay in L1 across the group's blocks. With one or two row blocks (a
+// decoding step's rows) a group is one block, so the units still spread over the pool.
+inline int64_t GroupBlocks(int64_t row_blocks) { return row_blocks >= 4 ? 8 : 1; }
 
 void Blocks(const void* ctx, int64_t begin, int64_t end) {
   const Amx& d = *static_cast<const Amx*>(ctx);
   ConfigureTiles();  // per call: the tile state belongs to the thread, and another library may have set its own
-  const int64_t row_blocks = (d.m + 31) / 32;
+  const int64_t row_blocks = (d.m + 31) / 32, group = GroupBlocks(row_blocks);
   for (int64_t u = begin; u < end; ++u) {
     const int64_t g = u / row_blocks, rb = u % row_blocks;
-    const int64_t cb_end = std::min(d.col_blocks, (g + 1) * kGroupBlocks);
-    for (int64_t cb = g * kGroupBlocks; cb < cb_end; ++cb) Block(d, rb, cb);
+    const int64_t cb_end = std::min(d.col_blocks, (g + 1) * group);
+    for (int64_t cb = g * group; cb < cb_end; ++cb) Block(d, rb, cb);
   }
   _tile_release();
 }
@@ -238,7 +239,8 @@ ffi::Error Run(const uint16_t* x, int64_t m, int64_t k, const uint16_t* wp, int6
       std::memcpy(&wtail[s * 16 * 128], wp + (s * k2 + first) * 128, left * 128 * 2);
     d.wtail = wtail.data();
   }
-  Pool::Get().Run(Blocks, &d, (mp / 32) * ((d.col_blocks + kGroupBlocks - 1) / kGroupBlocks));
+  const int64_t group = GroupBlocks(mp / 32);
+  Pool::Get().Run(Blocks, &d, (mp / 32) * ((d.col_blocks + group - 1) / group));
   return ffi::Error::Success();
 }
 
