@@ -145,10 +145,7 @@ struct Pack {
 
 void PackKn(const void* ctx, int64_t begin, int64_t end) {
   const Pack& p = *static_cast<const Pack*>(ctx);
-  const __m512i lo_idx = _mm512_set_epi16(47, 15, 46, 14, 45, 13, 44, 12, 43, 11, 42, 10, 41, 9, 40, 8,
-                                          39, 7, 38, 6, 37, 5, 36, 4, 35, 3, 34, 2, 33, 1, 32, 0);
-  const __m512i hi_idx = _mm512_set_epi16(63, 31, 62, 30, 61, 29, 60, 28, 59, 27, 58, 26, 57, 25, 56, 24,
-                                          55, 23, 54, 22, 53, 21, 52, 20, 51, 19, 50, 18, 49, 17, 48, 16);
+  const __m512i lo_idx = reclm::PairsLo(), hi_idx = reclm::PairsHi();
   for (int64_t s = begin; s < end; ++s) {
     const int64_t col = s * 64, width = std::min<int64_t>(64, p.n - col);
     const __mmask32 m0 = width >= 32 ? ~__mmask32(0) : static_cast<__mmask32>((uint64_t(1) << width) - 1);

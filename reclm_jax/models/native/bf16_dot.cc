@@ -39,10 +39,7 @@ struct Dot {
 
 template <int MB, bool kFull>
 inline void KnBlock(const Dot& d, int64_t col, __mmask32 lo_cols, __mmask32 hi_cols, int64_t m0) {
-  const __m512i lo_idx = _mm512_set_epi16(47, 15, 46, 14, 45, 13, 44, 12, 43, 11, 42, 10, 41, 9, 40, 8,
-                                          39, 7, 38, 6, 37, 5, 36, 4, 35, 3, 34, 2, 33, 1, 32, 0);
-  const __m512i hi_idx = _mm512_set_epi16(63, 31, 62, 30, 61, 29, 60, 28, 59, 27, 58, 26, 57, 25, 56, 24,
-                                          55, 23, 54, 22, 53, 21, 52, 20, 51, 19, 50, 18, 49, 17, 48, 16);
+  const __m512i lo_idx = reclm::PairsLo(), hi_idx = reclm::PairsHi();
   const int64_t K = d.k, N = d.n;
   const uint16_t* w = d.w + col;
   const uint16_t* x = d.x + m0 * K;
@@ -145,10 +142,7 @@ constexpr int64_t kPrefetchBytes = 4096;  // how far ahead of the loads each str
 
 void KnOneRow(const void* ctx, int64_t begin, int64_t end) {
   const Dot& d = *static_cast<const Dot*>(ctx);
-  const __m512i lo_idx = _mm512_set_epi16(47, 15, 46, 14, 45, 13, 44, 12, 43, 11, 42, 10, 41, 9, 40, 8,
-                                          39, 7, 38, 6, 37, 5, 36, 4, 35, 3, 34, 2, 33, 1, 32, 0);
-  const __m512i hi_idx = _mm512_set_epi16(63, 31, 62, 30, 61, 29, 60, 28, 59, 27, 58, 26, 57, 25, 56, 24,
-                                          55, 23, 54, 22, 53, 21, 52, 20, 51, 19, 50, 18, 49, 17, 48, 16);
+  const __m512i lo_idx = reclm::PairsLo(), hi_idx = reclm::PairsHi();
   const int64_t K = d.k, N = d.n;
   for (int64_t u = begin; u < end; ++u) {
     float* out = d.partial + u * N;

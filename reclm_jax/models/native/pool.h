@@ -137,6 +137,18 @@ class Pool {
 };
 
 #if defined(__AVX512F__)
+// The permutes that interleave two rows a and b of 32 bf16 values into (a[c], b[c]) pairs, the layout vdpbf16ps
+// and the AMX tiles multiply: _mm512_permutex2var_epi16(a, PairsLo(), b) holds the pairs of columns 0-15,
+// PairsHi() those of 16-31.
+inline __m512i PairsLo() {
+  return _mm512_set_epi16(47, 15, 46, 14, 45, 13, 44, 12, 43, 11, 42, 10, 41, 9, 40, 8,
+                          39, 7, 38, 6, 37, 5, 36, 4, 35, 3, 34, 2, 33, 1, 32, 0);
+}
+inline __m512i PairsHi() {
+  return _mm512_set_epi16(63, 31, 62, 30, 61, 29, 60, 28, 59, 27, 58, 26, 57, 25, 56, 24,
+                          55, 23, 54, 22, 53, 21, 52, 20, 51, 19, 50, 18, 49, 17, 48, 16);
+}
+
 // -> [sum(a), sum(b), sum(c), sum(e)]: four horizontal sums at once.
 inline __m128 Sum4(__m512 a, __m512 b, __m512 c, __m512 e) {
   const __m512 ab = _mm512_add_ps(_mm512_unpacklo_ps(a, b), _mm512_unpackhi_ps(a, b));
