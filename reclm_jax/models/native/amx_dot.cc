@@ -18,8 +18,8 @@
 // zero-padded copy; rows of w past K2 in the last tile come from a zero-padded copy too.
 //
 // Sums: each output is its K products summed in f32 in order along K (the tile's definition), within f32
-// rounding of XLA's (vdpbf16ps adds the odd product of a pair first; denormals are flushed to zero). Not
-// bit-identical: the few-row decoding products, which are, stay on packed_dot.cc (native_kernels.MAX_ROWS).
+// rounding of the pair order (vdpbf16ps adds the odd product of a pair first; denormals are flushed to zero).
+// Not the same bits: the few-row decoding products stay on packed_dot.cc (native_kernels.MAX_ROWS).
 //
 // The kernel needs the OS's permission to use the tiles' state (Linux: arch_prctl ARCH_REQ_XCOMP_PERM, once per
 // process): reclm_amx_ready() asks for it and says whether the tiles can run; Python checks it before routing a

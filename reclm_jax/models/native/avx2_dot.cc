@@ -8,8 +8,8 @@
 // Why: on these CPUs XLA:CPU has no fast bf16 product either, and its kernel leaves the second core idle at a few
 // rows. x is widened to f32 once per product; each weight value is widened where it is loaded and multiplied
 // with FMAs, eight columns per register. The (k, k+1) terms of each output are added high element first, along
-// K in order, as XLA:CPU's bf16 dot adds them: with two or more rows the kn and packed products are
-// bit-identical to XLA's (the tests check it), one row (split along K, as bf16_dot.cc's KnOneRow) and the
+// K in order, as vdpbf16ps adds them: with two or more rows the kn and packed products have the AVX-512
+// builds' bits (the tests emulate the order), one row (split along K, as bf16_dot.cc's KnOneRow) and the
 // transposed product are within f32 rounding of it.
 #include <algorithm>
 #include <vector>

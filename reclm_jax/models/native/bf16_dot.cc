@@ -4,9 +4,9 @@
 // Why it exists: a decoding step multiplies a handful of rows (one per sequence) by every weight matrix.
 // XLA:CPU's library kernel streams the weights at 5-7 GB/s there and keeps the second core idle; this kernel
 // splits each product's columns over a small pool of spinning worker threads and streams them near the
-// memory bandwidth. With two or more rows the products are formed with the same vdpbf16ps pairs, in the same
-// order along K, as XLA:CPU's bf16 kernel, so the untransposed results are bit-identical to XLA's (checked by
-// the tests); one row is split along K instead (KnOneRow), within f32 rounding of it.
+// memory bandwidth. With two or more rows the products are formed with vdpbf16ps pairs in order along K (the
+// order of XLA:CPU's bf16 kernel on most CPUs, not of its YNNPACK kernel on Sapphire Rapids; the tests emulate
+// it); one row is split along K instead (KnOneRow), within f32 rounding of it.
 //
 //   reclm_dot_kn:  out[M, N] = x[M, K] @ w[K, N]     (a Linear's [in, out] kernel)
 //   reclm_dot_nk:  out[M, N] = x[M, K] @ w[N, K]^T   (a tied LM head's [vocab, hidden] embedding)

@@ -10,8 +10,8 @@
 // the permutes go too: 14-15 ms at 16 rows, 9-10 ms at 1 to 8. The sampler packs each kernel once per call,
 // outside its decoding loop (models/linear.py, models/sampler.py).
 //
-// The sums are the strip kernel's: the same vdpbf16ps pairs in the same order along K, so the result is
-// bit-identical to XLA:CPU's bf16 product (checked by the tests), at every row count, one row included.
+// The sums are the strip kernel's: the same vdpbf16ps pairs in the same order along K, so the result has the
+// strip kernel's bits (the tests emulate the order), at every row count, one row included.
 #include "bf16_ops.h"
 #include "pool.h"
 #include "xla/ffi/api/ffi.h"
