@@ -33,8 +33,9 @@ Exactness: a row's tokens and log-probs depend on its prompt, seed and limits on
 ``fold_in(fold_in(key(seed), 0), t)`` for the row's token number t (the Sampler's with one int seed per
 prompt), and the attention sees the same keys and values at other slot numbers (sums over more masked slots
 round alike up to f32 summation order). One program per (admission rows bucket, prompt bucket; a server admits one
-row at a time, so per prompt bucket), two chunk programs (one row, B rows), the two copies of slot 0's state and a
-few compaction programs: nothing recompiles once those are warm. One device only.
+row at a time, so per prompt bucket), two chunk programs (one row, B rows), the two copies of slot 0's state, a
+few compaction programs and, once a row is first cancelled (``cancel``: its client left), the program that frees
+its slot: nothing recompiles once those are warm. One device only.
 """
 
 from __future__ import annotations
@@ -299,6 +300,20 @@ class SlotDecoder:
             else:
                 self._rows[int(rows[i])] = slot
 
+    def cancel(self, drop) -> int:
+        """Frees the slots of the rows whose tag ``drop(tag)`` accepts (a client that left), live or finished
+        but not handed back; nothing of them comes back from ``step``. Returns how many live rows it freed."""
+        self._finished = [f for f in self._finished if not drop(f.tag)]
+        gone = [i for i, s in enumerate(self._rows) if s is not None and drop(s.request.tag)]
+        if gone:
+            self._unsolo()  # the done flags live in the shared state
+            mask = np.zeros((self.slots,), bool)
+            mask[gone] = True
+            self._state = self._program("cancel")(self._state, mask)
+            for i in gone:
+                self._rows[i] = None
+        return len(gone)
+
     # -- decoding -----------------------------------------------------------------------------------------
     def step(self, waiting: bool = False) -> list[FinishedRow]:
         """Runs one chunk (if any row is live) and returns the rows finished since the last call, in no
@@ -379,10 +394,10 @@ class SlotDecoder:
         key = (kind, *shape)
         if key not in self._programs:
             build = {"admit": self._admit_fn, "chunk": self._chunk_fn, "compact": self._compact_fn,
-                     "solo_out": self._solo_out_fn, "solo_in": self._solo_in_fn}[kind]
+                     "solo_out": self._solo_out_fn, "solo_in": self._solo_in_fn, "cancel": self._cancel_fn}[kind]
             fn = build(*shape)
             # solo_out keeps the shared state (it is copied back into later), so it donates nothing.
-            donate = {"compact": (0,), "solo_in": (0,), "solo_out": ()}.get(kind, (2,))
+            donate = {"compact": (0,), "solo_in": (0,), "cancel": (0,), "solo_out": ()}.get(kind, (2,))
             self._programs[key] = jax.jit(fn, donate_argnums=donate)
         return self._programs[key]
 
@@ -485,6 +500,15 @@ class SlotDecoder:
             return self._pin(state._replace(cache=shift_slots(state.cache, start, width)))
 
         return compact
+
+
+    def _cancel_fn(self):
+        def cancel(state, mask):
+            """mask bool [B]: the rows to end now (done, limit 0: free slots, which the chunks skip)."""
+            self._traced()
+            return self._pin(state._replace(done=state.done | mask, limits=jnp.where(mask, 0, state.limits)))
+
+        return cancel
 
 
 def _map_rows(state: SlotState, fn) -> SlotState:

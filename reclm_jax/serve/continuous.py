@@ -7,7 +7,9 @@ what fits into that key's SlotDecoder (created lazily; at most ``max_decoders`` 
 idle one giving its cache up for another key), runs one chunk of decoding steps, and hands finished rows to their jobs. A job's ``finish`` builds its
 response on this thread once its last row is done; its result reaches the app's event loop through
 ``loop.call_soon_threadsafe``. A job with a ``progress`` callback (a live stream) also gets each of its rows'
-new tokens after every admission and chunk. A failing chunk or admission fails the jobs with rows in that decoder only (the
+new tokens after every admission and chunk. A job whose caller stops waiting (``ContinuousQueue.submit``
+cancelled: a streaming client disconnected) is cancelled between rounds: its waiting rows leave the queue and its
+live rows free their slots at once (``SlotDecoder.cancel``). A failing chunk or admission fails the jobs with rows in that decoder only (the
 decoder starts empty again); a failing ``finish`` its own job. Decodes hold the engine's lock, so the static
 path (``Engine.run_batch``) and this loop never run the model at once.
 """
@@ -43,6 +45,11 @@ class _Ticket:
     reported: dict = dataclasses.field(default_factory=dict)  # row -> tokens passed to ``job.progress``
 
 
+@dataclasses.dataclass(frozen=True)
+class _Cancel:
+    ticket: _Ticket
+
+
 class ContinuousScheduler:
     """The decode loop of one engine (see the module docstring); the thread starts with the first job."""
 
@@ -55,15 +62,23 @@ class ContinuousScheduler:
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
         self.jobs_done = self.rows_done = 0
+        self.jobs_cancelled = self.rows_cancelled = 0  # rows_cancelled: live rows whose slots were freed
         self.retired = {"steps": 0, "slot_steps": 0, "chunks": 0, "traces": 0}  # of decoders dropped
 
     # -- the app side (any thread) -------------------------------------------------------------------------
-    def submit(self, job, done: Callable[[Any], None], admitted: Callable[[], None]) -> None:
+    def submit(self, job, done: Callable[[Any], None], admitted: Callable[[], None]) -> _Ticket:
+        """Queues ``job``; returns its ticket (for ``cancel``)."""
         with self._start_lock:
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="continuous-decode", daemon=True)
                 self._thread.start()
-        self._inbox.put(_Ticket(job, done, admitted, [None] * job.size, job.size, job.size))
+        ticket = _Ticket(job, done, admitted, [None] * job.size, job.size, job.size)
+        self._inbox.put(ticket)
+        return ticket
+
+    def cancel(self, ticket: _Ticket) -> None:
+        """Drops a submitted job that nobody waits for any more (done on the loop thread, between rounds)."""
+        self._inbox.put(_Cancel(ticket))
 
     def _all(self) -> list:
         with self._dlock:
@@ -76,7 +91,8 @@ class ContinuousScheduler:
         return {"decode_steps": steps, "slot_steps": slot_steps,
                 "mean_active_slots": round(slot_steps / steps, 3) if steps else None,
                 "decode_chunks": self.retired["chunks"] + sum(d.chunks for d in decs),
-                "continuous_requests": self.jobs_done, "continuous_rows": self.rows_done}
+                "continuous_requests": self.jobs_done, "continuous_rows": self.rows_done,
+                "cancelled_requests": self.jobs_cancelled, "cancelled_rows": self.rows_cancelled}
 
     @property
     def traces(self) -> int:
@@ -118,8 +134,24 @@ class ContinuousScheduler:
             except queue.Empty:
                 break
         for t in items:
+            if isinstance(t, _Cancel):
+                self._cancel(t.ticket)
+                continue
             rows = self._waiting.setdefault(t.job.key, collections.deque())
             rows.extend((t, r) for r in range(t.job.size))
+
+    def _cancel(self, t: _Ticket) -> None:
+        if t.failed or t.remaining == 0:
+            return  # already over: nothing holds a slot
+        self._drop_waiting(t)
+        t.failed = True  # its rows' tokens are no longer reported or handed back
+        if t.waiting:
+            t.admitted()
+        for dec in self._all():
+            if dec.holds_cache:
+                with self.engine._lock:
+                    self.rows_cancelled += dec.cancel(lambda tag: tag[0] is t)
+        self.jobs_cancelled += 1
 
     def _decoder(self, key):
         """The key's decoder, holding a slot cache, or None while ``max_decoders`` busy ones hold theirs. Idle
@@ -212,12 +244,15 @@ class ContinuousScheduler:
     def _fail(self, t: _Ticket, e: Exception) -> None:
         if not t.failed:
             t.failed = True
-            rows = self._waiting.get(t.job.key)
-            if rows:
-                self._waiting[t.job.key] = collections.deque(x for x in rows if x[0] is not t)
+            self._drop_waiting(t)
             if t.waiting:
                 t.admitted()
             t.done(e)
+
+    def _drop_waiting(self, t: _Ticket) -> None:
+        rows = self._waiting.get(t.job.key)
+        if rows:
+            self._waiting[t.job.key] = collections.deque(x for x in rows if x[0] is not t)
 
 
 class ContinuousQueue:
@@ -243,8 +278,12 @@ class ContinuousQueue:
         def done(result):
             _call(loop, lambda: fut.done() or fut.set_result(result))
 
-        self.scheduler.submit(job, done, admitted)
-        result = await fut
+        ticket = self.scheduler.submit(job, done, admitted)
+        try:
+            result = await fut
+        except asyncio.CancelledError:  # the caller left (a live stream's client disconnected): free its slots
+            self.scheduler.cancel(ticket)
+            raise
         if isinstance(result, Exception):
             raise result
         return result

@@ -9,6 +9,8 @@ sent so far, and when the row is done its last chunk carries the rest of the non
 (``outputs.make_choice``), with the finish reason: the streamed text is the non-streamed text.
 
 Requests with ``logprobs`` stream from the finished rows (``sse.py``): their chunks carry per-token entries.
+A client that disconnects mid-stream cancels its job: its rows leave their slots at the next round
+(``continuous.ContinuousScheduler.cancel``), so nobody decodes for a reader that is gone.
 """
 
 from __future__ import annotations
@@ -101,6 +103,14 @@ class LiveStream:
         return {**self.head, "choices": [c]}
 
     async def _events(self) -> AsyncIterator[str]:
+        try:
+            async for e in self._stream():
+                yield e
+        finally:  # the client left before the end (Starlette cancels the stream): the job's rows stop decoding
+            if self._task is not None and not self._task.done():
+                self._task.cancel()
+
+    async def _stream(self) -> AsyncIterator[str]:
         if self.chat:
             for r in range(self.rows):
                 yield role_event(self.head, r)

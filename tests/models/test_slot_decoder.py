@@ -105,6 +105,35 @@ def test_compaction_keeps_rows_exact_and_a_too_long_row_is_refused(model, prompt
         dec.admit([SlotRequest(prompts[3], 50)])
 
 
+def test_cancelled_rows_free_their_slots_and_leave_the_others_exact(model, prompts):
+    if model.config.dtype != "float32":
+        pytest.skip("exactness: fp32")
+    dec = SlotDecoder(model, pad_id=PAD, slots=2, cache_len=256, chunk=4)
+    keep, gone = SlotRequest(prompts[1], 30, tag="keep"), SlotRequest(prompts[3], 60, tag="gone")
+    assert dec.admit([gone, keep]) == 2
+    assert dec.step() == []
+    assert dec.cancel(lambda tag: tag == "gone") == 1
+    assert dec.live == 1 and dec.free == 1
+    # A row waiting for the freed slot joins at once; neither it nor the kept row sees the cancelled one.
+    late = SlotRequest(prompts[2], 12, tag="late")
+    assert dec.admit([late]) == 1
+    got = {}
+    while dec.live:
+        got.update((r.tag, r) for r in dec.step())
+    assert sorted(got) == ["keep", "late"]
+    check(dec, model, got, [keep, late])
+    # The only live row (slot 0, decoded apart) cancelled: the decoder is empty, and the next row is exact.
+    assert dec.admit([gone]) == 1
+    dec.step()
+    assert dec.solo_copies > 0 and dec.cancel(lambda tag: tag == "gone") == 1 and dec.live == 0
+    assert dec.step() == [] and dec.cancel(lambda tag: True) == 0
+    assert dec.admit([keep]) == 1
+    got = {}
+    while dec.live:
+        got.update((r.tag, r) for r in dec.step())
+    check(dec, model, got, [keep])
+
+
 def test_many_admissions_compile_a_bounded_number_of_programs(model, prompts):
     if model.config.dtype != "float32":
         pytest.skip("one dtype is enough")

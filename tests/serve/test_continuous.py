@@ -128,3 +128,49 @@ def test_alternatives_are_not_continuous(engine, serve_config):
 
     req = parse_request({"prompt": "hi", "max_tokens": 2, "logprobs": 1}, "completion", engine, serve_config())
     assert not engine.continuous_ok(engine.make_job(req, lambda rows: rows))
+
+
+def test_a_cancelled_job_leaves_the_queue_and_never_takes_a_slot(engine, serve_config, step_hold):
+    """Four rows fill the four slots; a job that waits behind them is cancelled (its caller stopped waiting): it
+    leaves the queue, never decodes, and the running job still gets its whole answer."""
+    from reclm_jax.serve.continuous import ContinuousQueue
+    from reclm_jax.serve.protocol import parse_request
+
+    def job(n, max_tokens):
+        req = parse_request({"prompt": "hi", "max_tokens": max_tokens, "temperature": 0.8, "n": n, "seed": 3,
+                             "ignore_eos": True},
+                            "completion", engine, serve_config())
+        return engine.make_job(req, lambda rows: rows)
+
+    sched = engine.scheduler
+    gate = step_hold()
+    before = sched.stats()
+
+    async def go():
+        q = ContinuousQueue(sched, max_queue=4)
+        running = asyncio.ensure_future(q.submit(job(4, 20)))
+        for _ in range(1200):
+            if gate.reached.is_set():
+                break
+            await asyncio.sleep(0.05)
+        waiting = asyncio.ensure_future(q.submit(job(2, 20)))
+        await asyncio.sleep(0.2)
+        assert q.queued == 1  # behind the four live rows
+        waiting.cancel()
+        await asyncio.sleep(0.2)
+        gate.released.set()
+        rows = await running
+        for _ in range(100):
+            if sched.stats()["cancelled_requests"] > before["cancelled_requests"]:
+                break
+            await asyncio.sleep(0.05)
+        return q, rows, waiting
+
+    q, rows, waiting = asyncio.run(go())
+    after = sched.stats()
+    assert waiting.cancelled() and q.queued == 0
+    assert len(rows) == 4 and all(len(r.tokens) == 20 for r in rows)
+    assert after["cancelled_requests"] == before["cancelled_requests"] + 1
+    assert after["cancelled_rows"] == before["cancelled_rows"]  # it held no slot
+    assert after["continuous_rows"] == before["continuous_rows"] + 4
+    assert after["slot_steps"] - before["slot_steps"] == 4 * 19  # only the running job's rows decoded

@@ -132,3 +132,35 @@ def test_a_failure_before_any_token_is_an_http_error(server, engine, monkeypatch
     body = {"prompt": "hi", "max_tokens": 4, "temperature": 0.7, "top_k": 3, "stream": True}  # a fresh key
     r = httpx.post(server.url + "/v1/completions", json=body, timeout=600)
     assert r.status_code == 500 and "no memory" in r.json()["error"]["message"]
+
+
+def test_a_client_that_disconnects_mid_stream_frees_its_slot(server, step_hold):
+    """The client reads its first chunk and leaves: its row stops decoding at the next round (cancelled, far
+    short of its 200 tokens), and the server goes on serving."""
+    import time
+
+    def health():
+        return httpx.get(server.url + "/health", timeout=60).json()
+
+    body = {"prompt": "The quick brown fox", "max_tokens": 200, "temperature": 0, "ignore_eos": True, "stream": True}
+    before = health()
+    hold = step_hold(at=2)
+    with httpx.stream("POST", server.url + "/v1/completions", json=body, timeout=600) as r:
+        assert r.status_code == 200
+        assert any(line.startswith("data: ") for line in r.iter_lines())  # the first chunk came
+    # The server sees the closed connection while its decoder is held at its second chunk, or before that chunk
+    # (then the row is cancelled before it): either way the row cannot finish first.
+    time.sleep(0.5)
+    hold.released.set()
+    deadline = time.monotonic() + 60
+    while (now := health())["cancelled_rows"] == before["cancelled_rows"]:
+        assert time.monotonic() < deadline, "the disconnected stream's row was never cancelled"
+        time.sleep(0.1)
+    assert now["cancelled_requests"] == before["cancelled_requests"] + 1
+    assert now["cancelled_rows"] == before["cancelled_rows"] + 1
+    decoded = now["slot_steps"] - before["slot_steps"]
+    assert decoded < 100  # of 200: the row left within a chunk or two of the disconnect
+    time.sleep(0.5)
+    assert health()["slot_steps"] == now["slot_steps"]  # and nothing decodes for it any more
+    ok = httpx.post(server.url + "/v1/completions", json={**body, "stream": False, "max_tokens": 4}, timeout=600)
+    assert ok.status_code == 200 and ok.json()["choices"][0]["finish_reason"] == "length"
