@@ -88,7 +88,7 @@ def create_app(engine: Engine, cfg: ServeConfig) -> FastAPI:
             if req.params.stream and req.params.logprobs is None:  # text sent as it is decoded
                 live = LiveStream(req, tok, rid, created, req.model, openai_error)
                 job = dataclasses.replace(job, finish=lambda rows: make_choices(req, rows, tok),
-                                          progress=live.progress)
+                                          progress=live.progress, row_done=live.row_done)
                 return await live.respond(slots.submit(job))
             result = await slots.submit(job)
         else:

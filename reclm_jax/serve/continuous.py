@@ -7,9 +7,10 @@ what fits into that key's SlotDecoder (created lazily; at most ``max_decoders`` 
 idle one giving its cache up for another key), runs one chunk of decoding steps, and hands finished rows to their jobs. A job's ``finish`` builds its
 response on this thread once its last row is done; its result reaches the app's event loop through
 ``loop.call_soon_threadsafe``. A job with a ``progress`` callback (a live stream) also gets each of its rows'
-new tokens after every admission and chunk. A job whose caller stops waiting (``ContinuousQueue.submit``
-cancelled: a streaming client disconnected) is cancelled between rounds: its waiting rows leave the queue and its
-live rows free their slots at once (``SlotDecoder.cancel``). A failing chunk or admission fails the jobs with rows in that decoder only (the
+new tokens after every admission and chunk, and with a ``row_done`` callback each row as it finishes. A job
+whose caller stops waiting (``ContinuousQueue.submit`` cancelled: a streaming client disconnected) is cancelled
+between rounds: its waiting rows leave the queue and its live rows free their slots at once
+(``SlotDecoder.cancel``). A failing chunk or admission fails the jobs with rows in that decoder only (the
 decoder starts empty again); a failing ``finish`` its own job. Decodes hold the engine's lock, so the static
 path (``Engine.run_batch``) and this loop never run the model at once.
 """
@@ -232,6 +233,11 @@ class ContinuousScheduler:
                 continue
             t.rows[r] = Row(tokens=f.tokens, logprobs=f.logprobs, stopped=f.stopped)
             t.remaining -= 1
+            if t.job.row_done is not None:
+                try:
+                    t.job.row_done(r, t.rows[r])
+                except Exception:  # as a progress callback's: the job still gets its result
+                    log.exception("continuous batching: a job's row_done callback failed")
             if t.remaining == 0:
                 try:
                     result = t.job.finish(t.rows)

@@ -55,6 +55,9 @@ class Job:
     # (row, its tokens so far) -> None, on the decode thread after each admission and chunk (continuous jobs
     # only; a streamed response sends text as it is decoded), else None
     progress: Callable[[int, list[int]], None] | None = None
+    # (row, its Row) -> None, on the decode thread as each row finishes (continuous jobs only; a streamed
+    # response sends that row's last chunk then, not when the job's last row is done), else None
+    row_done: Callable[[int, Row], None] | None = None
 
     @property
     def size(self) -> int:

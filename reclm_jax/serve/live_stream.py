@@ -5,7 +5,8 @@ The decode thread hands each row's tokens so far to ``LiveStream.progress`` afte
 the text that no later token can change (``sendable``): the decoded text up to the earliest stop string, less a
 tail that may still become a stop string, less a trailing incomplete character (U+FFFD), and, for tokenizers
 that clean up spaces before punctuation, less the text from the last space on. So every chunk extends the text
-sent so far, and when the row is done its last chunk carries the rest of the non-streamed answer
+sent so far, and when the row is done (``Job.row_done``: as soon as that row ends, not when the request's last
+row does, for ``n`` > 1 or several prompts) its last chunk carries the rest of the non-streamed answer
 (``outputs.make_choice``), with the finish reason: the streamed text is the non-streamed text.
 
 Requests with ``logprobs`` stream from the finished rows (``sse.py``): their chunks carry per-token entries.
@@ -22,7 +23,8 @@ from typing import Any, AsyncIterator, Awaitable, Callable, Sequence
 from starlette.responses import StreamingResponse
 
 from reclm_jax.serve.detok import REPLACEMENT
-from reclm_jax.serve.outputs import Choice, usage
+from reclm_jax.serve.engine import Row
+from reclm_jax.serve.outputs import Choice, make_choice, usage
 from reclm_jax.serve.protocol import ParsedRequest
 from reclm_jax.serve.sse import DONE, chunk_head, event, role_event
 from reclm_jax.service.http import error_of
@@ -66,6 +68,7 @@ class LiveStream:
         self.head = chunk_head(req, rid, created, model)
         self.rows = len(req.prompts) * req.params.n
         self.sent = [""] * self.rows
+        self.closed: dict[int, Choice] = {}  # rows whose last chunk was sent -> their choice
         self.cleanup = bool(getattr(tokenizer, "clean_up_tokenization_spaces", False))
         self._task: asyncio.Future | None = None
         self._first: list = []
@@ -76,6 +79,10 @@ class LiveStream:
             self.loop.call_soon_threadsafe(self.queue.put_nowait, (row, tokens))
         except RuntimeError:  # the app's loop is closed: nobody reads this stream any more
             pass
+
+    def row_done(self, row: int, result: Row) -> None:
+        """On the decode thread: row ``row`` has finished (``Job.row_done``)."""
+        self.progress(row, result)  # type: ignore[arg-type]  # a Row, not tokens: the stream tells them apart
 
     async def respond(self, result: Awaitable[list[Choice]]) -> StreamingResponse:
         self._task = asyncio.ensure_future(result)
@@ -102,6 +109,23 @@ class LiveStream:
             c.update(finish_reason=finish.finish_reason, stop_reason=finish.stop_reason)
         return {**self.head, "choices": [c]}
 
+    def _close(self, c: Choice) -> list[str]:
+        """The events that end choice ``c``'s row: the rest of its text and its finish reason; the request's last
+        row to end also carries the usage (unless a usage chunk of its own follows)."""
+        self.closed[c.index] = c
+        rest = c.text[len(self.sent[c.index]):]
+        if not c.text.startswith(self.sent[c.index]):  # would be a bug in ``sendable``: say so, never hide it
+            log.error("streamed text %r is not a prefix of the answer %r", self.sent[c.index], c.text)
+            rest = ""
+        out = []
+        if self.chat and rest:
+            out.append(event(self._chunk(c.index, rest)))
+        final = self._chunk(c.index, "" if self.chat else rest, finish=c)
+        if len(self.closed) == self.rows and not self.req.params.include_usage:
+            final["usage"] = usage(self.req, [self.closed[r] for r in sorted(self.closed)])
+        out.append(event(final))
+        return out
+
     async def _events(self) -> AsyncIterator[str]:
         try:
             async for e in self._stream():
@@ -114,24 +138,31 @@ class LiveStream:
         if self.chat:
             for r in range(self.rows):
                 yield role_event(self.head, r)
-        params = self.req.params
+        params, n = self.req.params, self.req.params.n
         pending, done = self._first, False
         while not done:
             items = pending or [await self.queue.get()]
             while not self.queue.empty():  # send only the newest tokens of each row
                 items.append(self.queue.get_nowait())
-            pending, latest = [], {}
+            pending, latest, ended = [], {}, {}
             for item in items:
                 if item is _END:
                     done = True
+                elif isinstance(item[1], Row):
+                    ended[item[0]] = item[1]
                 else:
                     latest[item[0]] = item[1]
             for r, tokens in latest.items():
+                if r in ended or r in self.closed:
+                    continue  # its last chunk carries the rest
                 text = sendable(self.tokenizer.decode(tokens, skip_special_tokens=params.skip_special_tokens),
                                 params.stop, self.cleanup)
                 if len(text) > len(self.sent[r]) and text.startswith(self.sent[r]):
                     yield event(self._chunk(r, text[len(self.sent[r]):]))
                     self.sent[r] = text
+            for r, row in ended.items():
+                for e in self._close(make_choice(r, self.req.prompts[r // n], row, params, self.tokenizer)):
+                    yield e
         try:
             choices = self._task.result()
         except Exception as e:  # failed mid-stream: OpenAI's error object as the last event (as vLLM)
@@ -139,17 +170,10 @@ class LiveStream:
             yield event(self.error_body(status, message, err))
             yield DONE
             return
-        for i, c in enumerate(choices):
-            rest = c.text[len(self.sent[c.index]):]
-            if not c.text.startswith(self.sent[c.index]):  # would be a bug in ``sendable``: say so, never hide it
-                log.error("streamed text %r is not a prefix of the answer %r", self.sent[c.index], c.text)
-                rest = ""
-            if self.chat and rest:
-                yield event(self._chunk(c.index, rest))
-            final = self._chunk(c.index, "" if self.chat else rest, finish=c)
-            if i == len(choices) - 1 and not params.include_usage:  # usage on the last choice chunk
-                final["usage"] = usage(self.req, choices)
-            yield event(final)
+        for c in choices:
+            if c.index not in self.closed:
+                for e in self._close(c):
+                    yield e
         if params.include_usage:
             yield event({**self.head, "choices": [], "usage": usage(self.req, choices)})
         yield DONE

@@ -164,3 +164,48 @@ def test_a_client_that_disconnects_mid_stream_frees_its_slot(server, step_hold):
     assert health()["slot_steps"] == now["slot_steps"]  # and nothing decodes for it any more
     ok = httpx.post(server.url + "/v1/completions", json={**body, "stream": False, "max_tokens": 4}, timeout=600)
     assert ok.status_code == 200 and ok.json()["choices"][0]["finish_reason"] == "length"
+
+
+def test_each_row_of_an_n_2_stream_ends_when_it_is_done(server, step_hold):
+    """Two samples of one request, the first ending early on a stop token: its last chunk (rest of the text,
+    finish reason) arrives while the other row is still decoding, and each index's streamed text is its
+    non-streamed answer."""
+    url = server.url + "/v1/completions"
+    base = {"prompt": "The quick brown fox", "max_tokens": 40, "temperature": 1.0, "n": 2, "ignore_eos": True}
+    for seed in range(50):  # a token among row 0's first few that row 1 never draws
+        ids = [c["token_ids"] for c in sorted(httpx.post(url, json={**base, "seed": seed, "return_token_ids": True},
+                                                         timeout=600).json()["choices"], key=lambda c: c["index"])]
+        stop = next((t for p, t in enumerate(ids[0][1:4], 1) if t not in ids[1] and t not in ids[0][:p]), None)
+        if stop is not None:
+            break
+    assert stop is not None
+    body = {**base, "seed": seed, "stop_token_ids": [stop]}
+    answer = httpx.post(url, json=body, timeout=600).json()
+    whole = sorted(answer["choices"], key=lambda c: c["index"])
+    assert [c["finish_reason"] for c in whole] == ["stop", "length"]
+    hold = step_hold(at=2)  # row 0 ends within the first chunk; row 1 is held at the second
+    events: queue.Queue = queue.Queue()
+    client = threading.Thread(target=_read, args=(url, body, events), daemon=True)
+    client.start()
+    assert events.get(timeout=120) == 200
+    texts, finals = {0: "", 1: ""}, {}
+    while 0 not in finals:
+        e = events.get(timeout=120)
+        assert e is not None, "the stream ended before row 0's last chunk"
+        for c in e["choices"]:
+            texts[c["index"]] += c["text"]
+            if c["finish_reason"] is not None:
+                finals[c["index"]] = c["finish_reason"]
+    assert finals == {0: "stop"}  # row 1 has not finished: it is held at its second chunk
+    assert hold.reached.wait(60)
+    hold.released.set()
+    while (e := events.get(timeout=120)) is not None:
+        for c in e["choices"]:
+            texts[c["index"]] += c["text"]
+            if c["finish_reason"] is not None:
+                finals[c["index"]] = c["finish_reason"]
+        last = e
+    client.join(60)
+    assert finals == {0: "stop", 1: "length"}
+    assert [texts[0], texts[1]] == [c["text"] for c in whole]
+    assert last["usage"] == answer["usage"]
