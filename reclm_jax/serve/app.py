@@ -11,12 +11,13 @@ the event loop never blocks on JAX. A continuously batched stream sends its text
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import os
 import time
 import uuid
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, Awaitable
 
 import jax
 from fastapi import FastAPI, Request
@@ -42,6 +43,35 @@ def openai_error(status: int, message: str, err: HTTPError | None) -> dict:
                                                           "overloaded" if status == 503 else "internal_error")
     return {"error": {"message": message, "type": ERROR_TYPES.get(status, "invalid_request_error"),
                       "param": err.param if err is not None else None, "code": code}}
+
+
+class ClientLeft(HTTPError):
+    """The client closed its connection before its answer was ready: 499 (nginx's "client closed request"),
+    which nobody receives; not a server error."""
+
+    status = 499
+
+
+async def _unless_client_leaves(request: Request, job: Awaitable[Any]) -> Any:
+    """Awaits ``job``; if the client disconnects first, cancels it (a continuous job's rows then leave the queue
+    or their slots: ``ContinuousQueue.submit``) and raises ``ClientLeft``. The request's body is read already,
+    so its next ASGI message is the disconnect."""
+    task = asyncio.ensure_future(job)
+
+    async def disconnect():
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    watch = asyncio.ensure_future(disconnect())
+    try:
+        await asyncio.wait({task, watch}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watch.cancel()
+        if not task.done():
+            task.cancel()
+    if task.cancelled():
+        raise ClientLeft(f"{request.method} {request.url.path}: the client disconnected", code="client_closed")
+    return task.result()
 
 
 def create_app(engine: Engine, cfg: ServeConfig) -> FastAPI:
@@ -90,7 +120,7 @@ def create_app(engine: Engine, cfg: ServeConfig) -> FastAPI:
                 job = dataclasses.replace(job, finish=lambda rows: make_choices(req, rows, tok),
                                           progress=live.progress, row_done=live.row_done)
                 return await live.respond(slots.submit(job))
-            result = await slots.submit(job)
+            result = await _unless_client_leaves(request, slots.submit(job))
         else:
             result = await batcher.submit(job)
         if req.params.stream:
