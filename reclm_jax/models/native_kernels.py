@@ -7,10 +7,10 @@ spinning worker threads (``native/pool.h``) so every core works on each product:
 
 - ``native_dot`` (``bf16_dot.cc``): bf16 x bf16 -> f32 products with at most ``MAX_ROWS`` rows (training and
   prefill keep XLA's kernel). With two or more rows the untransposed product sums in vdpbf16ps' pair order
-  along K (the odd product of a pair first, every add rounded to f32), the same bits on every build. One row (batch-1 decoding, bound by streaming the weights) is split
-  along K into a fixed number of blocks whose partial sums are added in order, and the transposed product (a
-  tied LM head) sums in another order too: both within f32 rounding of XLA's, and independent of the thread
-  count.
+  along K (the odd product of a pair first, every add rounded to f32), the same bits on every build. One row
+  (batch-1 decoding, bound by streaming the weights) is split along K into a fixed number of blocks whose
+  partial sums are added in order, and the transposed product (a tied LM head) sums in another order too: both
+  within f32 rounding of XLA's, and independent of the thread count.
 - ``packed_dot`` (``packed_dot.cc``): the same products against a kernel packed once per decoding call
   (``pack_kernel``: each 64-column strip contiguous, in vdpbf16ps pairs). The strip kernel's strided reads of
   [K, N] bound it at a few rows; packed it streams, with the same bits as ``native_dot`` at every row count.
@@ -31,8 +31,8 @@ four targets in 256-bit registers (``avx2_ops.h``). Without AVX512-BF16 XLA:CPU 
 matter even more there. Products of bf16 values are exact in f32, so every build sums the same f32 terms in the
 same order, and the tests check those bits against an emulation of the order. XLA:CPU's own bf16 dot (a YNNPACK
 fusion in jax 0.10) sums in that order on Zen 4/5, Skylake-SP and Zen 2, so there the products are bit-identical
-to the XLA path's; on Sapphire Rapids its kernel sums in another order (f32 rounding apart, ~1e-6). The kernels are used only where a build applies, with a C++ compiler present, unless
-``RECLM_JAX_NATIVE=0``. Everywhere else (x86 CPUs without AVX2 and FMA, other architectures), and whenever the
+to the XLA path's; on Sapphire Rapids its kernel sums in another order (f32 rounding apart, ~1e-6). The kernels
+are used only where a build applies, with a C++ compiler present, unless ``RECLM_JAX_NATIVE=0``. Everywhere else (x86 CPUs without AVX2 and FMA, other architectures), and whenever the
 library cannot be built (the reason is logged), the XLA path runs. ``RECLM_JAX_NATIVE_THREADS`` sets the pool's
 threads (default: the cores this process may use).
 """
@@ -266,7 +266,7 @@ def pack_kernel(w: jnp.ndarray) -> jnp.ndarray:
 
 
 def packed_dot(x: jnp.ndarray, wp: jnp.ndarray, n: int, build: str | None = None) -> jnp.ndarray:
-    """bf16 x [M, K] @ w [K, n] from its ``pack_kernel`` form -> float32 [M, n], the bits of ``native_dot`` (pair order).
+    """bf16 x [M, K] @ w [K, n] from its ``pack_kernel`` form -> float32 [M, n], ``native_dot``'s bits.
     Needs ``dot_applies``-sized x (at most ``MAX_ROWS`` rows). ``build``: as ``native_dot``'s."""
     return jax.ffi.ffi_call(_target("reclm_dot_packed", build), jax.ShapeDtypeStruct((x.shape[0], n), jnp.float32),
                             vmap_method="sequential")(x, wp)

@@ -305,13 +305,16 @@ class SlotDecoder:
         but not handed back; nothing of them comes back from ``step``. Returns how many live rows it freed."""
         self._finished = [f for f in self._finished if not drop(f.tag)]
         gone = [i for i, s in enumerate(self._rows) if s is not None and drop(s.request.tag)]
-        if gone:
-            self._unsolo()  # the done flags live in the shared state
+        if self._solo is not None and gone:
+            # gone is slot 0, the only live row, decoded apart: its state is dropped, as when such a row
+            # finishes (the next admission rewrites slot 0 whole), without copying its cache back first.
+            self._solo = None
+        elif gone:
             mask = np.zeros((self.slots,), bool)
             mask[gone] = True
             self._state = self._program("cancel")(self._state, mask)
-            for i in gone:
-                self._rows[i] = None
+        for i in gone:
+            self._rows[i] = None
         return len(gone)
 
     # -- decoding -----------------------------------------------------------------------------------------
@@ -500,7 +503,6 @@ class SlotDecoder:
             return self._pin(state._replace(cache=shift_slots(state.cache, start, width)))
 
         return compact
-
 
     def _cancel_fn(self):
         def cancel(state, mask):
