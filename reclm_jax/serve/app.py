@@ -54,7 +54,8 @@ class ClientLeft(HTTPError):
 
 async def _unless_client_leaves(request: Request, job: Awaitable[Any]) -> Any:
     """Awaits ``job``; if the client disconnects first, cancels it (a continuous job's rows then leave the queue
-    or their slots: ``ContinuousQueue.submit``) and raises ``ClientLeft``. The request's body is read already,
+    or their slots: ``ContinuousQueue.submit``; a static one leaves the queue or skips its rows not yet decoded:
+    ``MicroBatcher.submit``, ``Engine.run_batch``) and raises ``ClientLeft``. The request's body is read already,
     so its next ASGI message is the disconnect."""
     task = asyncio.ensure_future(job)
 
@@ -121,8 +122,8 @@ def create_app(engine: Engine, cfg: ServeConfig) -> FastAPI:
                                           progress=live.progress, row_done=live.row_done)
                 return await live.respond(slots.submit(job))
             result = await _unless_client_leaves(request, slots.submit(job))
-        else:
-            result = await batcher.submit(job)
+        else:  # a client that leaves withdraws its job from the queue, or its rows not yet decoded
+            result = await _unless_client_leaves(request, batcher.submit(job))
         if req.params.stream:
             return StreamingResponse(iter(result), media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache"})
@@ -145,8 +146,15 @@ def create_app(engine: Engine, cfg: ServeConfig) -> FastAPI:
     @app.get("/health")
     async def health():
         stats = batcher.stats()
+        # Requests whose client left first, and the rows they never had decoded: this app's static ones (left
+        # in the queue or skipped by the engine, which apps share), plus the engine-wide continuous figures.
+        cancelled_rows = stats.pop("withdrawn_rows") + engine.skipped_rows
         if slots is not None:  # engine-wide decoding figures; this app's queue
-            stats.update(engine.scheduler.stats(), queued=stats["queued"] + slots.queued)
+            cont = engine.scheduler.stats()
+            stats.update(cont, queued=stats["queued"] + slots.queued,
+                         cancelled_requests=stats["cancelled_requests"] + cont["cancelled_requests"])
+            cancelled_rows += cont["cancelled_rows"]
+        stats["cancelled_rows"] = cancelled_rows
         return json_response({"status": "ok", "pid": os.getpid(), "jax": jax.__version__,
                               "model": cfg.served_model_name,
                               "adapter": engine.adapter, "max_model_len": engine.max_model_len,

@@ -58,10 +58,16 @@ class Job:
     # (row, its Row) -> None, on the decode thread as each row finishes (continuous jobs only; a streamed
     # response sends that row's last chunk then, not when the job's last row is done), else None
     row_done: Callable[[int, Row], None] | None = None
+    # Set when the request's client left (``MicroBatcher.submit`` cancelled): ``run_batch`` skips its rows not
+    # yet decoded. (A continuous job is withdrawn by ``ContinuousScheduler.cancel`` instead.)
+    cancelled: threading.Event = dataclasses.field(default_factory=threading.Event)
 
     @property
     def size(self) -> int:
         return len(self.prompts)
+
+    def cancel(self) -> None:
+        self.cancelled.set()
 
 
 def row_seed(seed: int, row: int) -> int:
@@ -96,6 +102,7 @@ class Engine:
         buckets = sorted({bucket(n) for n in range(1, max_batch + 1) if bucket(n) < max_batch} | {max_batch})
         self.sampler = Sampler(model, pad_id=self.pad_id, stop_ids=self.stop_ids, batch_buckets=buckets)
         self.decode_calls = 0  # Sampler calls (tests and /health read it)
+        self.skipped_rows = 0  # rows of static jobs never decoded because their client left (/health)
         self.decode_chunk = decode_chunk
         self.cache_len = cache_len or default_cache_len(model.config, max_batch, self.max_model_len)
         self._scheduler = None
@@ -203,12 +210,18 @@ class Engine:
 
     def run_batch(self, jobs: Sequence[Job]) -> list[Any]:
         """Decodes every row of ``jobs`` (one key), ``max_batch`` rows per Sampler call, then runs each job's
-        ``finish``; returns one response or exception per job."""
+        ``finish``; returns one response or exception per job. Before each call the rows of cancelled jobs are
+        dropped (a call under way runs to its end: the Sampler's decode is one program)."""
         sampling, adapter, keep, constrained = jobs[0].key
-        rows = [(j, r) for j, job in enumerate(jobs) for r in range(job.size)]
+        pending = [(j, r) for j, job in enumerate(jobs) for r in range(job.size)]
         out: list[list[Row]] = [[] for _ in jobs]
-        for start in range(0, len(rows), self.max_batch):
-            chunk = rows[start:start + self.max_batch]
+        while True:
+            kept = [(j, r) for j, r in pending if not jobs[j].cancelled.is_set()]
+            self.skipped_rows += len(pending) - len(kept)
+            pending = kept
+            if not pending:
+                break
+            chunk, pending = pending[:self.max_batch], pending[self.max_batch:]
             extra = {}
             if constrained:  # every job of a constrained key carries one constraint per row
                 extra = self.catalogue.sampler_kwargs([jobs[j].constraints[r] for j, r in chunk], self.sampler.runtime,
@@ -228,11 +241,18 @@ class Engine:
                                   top_logprobs=None if res.top_logprobs is None else res.top_logprobs[b, :n]))
         results: list[Any] = []
         for job, job_rows in zip(jobs, out):
+            if job.cancelled.is_set():  # nobody waits for it
+                results.append(Cancelled("the client left"))
+                continue
             try:
                 results.append(job.finish(job_rows))
             except Exception as e:  # this job's response failed; its neighbours still get theirs
                 results.append(e)
         return results
+
+
+class Cancelled(Exception):
+    """The result of a job whose client left before it was decoded (nobody receives it)."""
 
 
 CACHE_BUDGET_BYTES = 2 << 30  # the default slot cache of one SlotDecoder (K and V, all layers and slots)

@@ -11,6 +11,10 @@ A job is any object with ``size`` (its rows); ``key`` (hashable, default None) a
 False) are optional attributes. ``run(jobs) -> results`` is called on the worker thread with one batch and
 returns one result per job, in order; a result that is an ``Exception`` is raised to that job's caller only,
 and an exception raised by ``run`` itself fails that batch's jobs and nothing else.
+
+A caller that stops waiting (its ``submit`` is cancelled: a server's client disconnected) withdraws its job: a
+job still queued is dropped before any batch takes it; a job in the running batch gets its ``cancel()`` called,
+if it has one, so ``run`` can skip the rows it has not started yet.
 """
 
 from __future__ import annotations
@@ -41,11 +45,14 @@ class MicroBatcher:
         self.batches = 0  # run() calls made (for /health and the benchmarks)
         self.jobs_done = 0
         self.rows_done = 0
+        self.cancelled = 0  # jobs whose caller stopped waiting before their batch finished
+        self.withdrawn_rows = 0  # rows of those jobs dropped from the queue (never given to ``run``)
         self._queue: asyncio.Queue | None = None
         # Jobs of another key than the batch being built, as (arrival number, job, future) in arrival order: all
         # of them arrived before anything still in the queue, so the oldest job always heads the next batch.
         self._aside: list[tuple[int, Any, asyncio.Future]] = []
         self._arrivals = itertools.count()
+        self._waiting: set[int] = set()  # arrival numbers of the jobs queued or set aside, still awaited
         self._task: asyncio.Task | None = None
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=thread_name)
 
@@ -66,10 +73,11 @@ class MicroBatcher:
     @property
     def queued(self) -> int:
         """Jobs waiting for a batch (not counting the batch running now)."""
-        return (self._queue.qsize() if self._queue is not None else 0) + len(self._aside)
+        return len(self._waiting)
 
     def stats(self) -> dict:
-        return {"queued": self.queued, "batches": self.batches, "requests": self.jobs_done, "rows": self.rows_done}
+        return {"queued": self.queued, "batches": self.batches, "requests": self.jobs_done, "rows": self.rows_done,
+                "cancelled_requests": self.cancelled, "withdrawn_rows": self.withdrawn_rows}
 
     async def submit(self, job) -> Any:
         """Queues ``job`` and waits for its result; raises ``QueueFullError`` at once when the queue is full."""
@@ -77,18 +85,40 @@ class MicroBatcher:
         if self.queued >= self.max_queue:
             raise QueueFullError(f"the request queue is full ({self.max_queue} requests)")
         fut = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait((next(self._arrivals), job, fut))
-        result = await fut
+        arrival = next(self._arrivals)
+        self._waiting.add(arrival)
+        self._queue.put_nowait((arrival, job, fut))
+        try:
+            result = await fut
+        except asyncio.CancelledError:  # the caller left (its future is cancelled with it)
+            self.cancelled += 1
+            if arrival in self._waiting:  # still queued: no batch will take it
+                self._waiting.discard(arrival)
+                self.withdrawn_rows += job.size
+            else:  # in the running batch: told, so its rows not yet decoded are not
+                cancel = getattr(job, "cancel", None)
+                if cancel is not None:
+                    cancel()
+            raise
         if isinstance(result, Exception):
             raise result
         return result
 
+    async def _next(self) -> tuple[int, Any, asyncio.Future]:
+        """The oldest job still awaited (set aside first: those arrived before anything queued)."""
+        while True:
+            item = self._aside.pop(0) if self._aside else await self._queue.get()
+            if not item[2].done():
+                return item
+
     async def _collect(self) -> list[tuple[int, Any, asyncio.Future]]:
         q = self._queue
-        first = self._aside.pop(0) if self._aside else await q.get()
+        first = await self._next()
         key, batch, rows = _key(first[1]), [first], first[1].size
         kept = []  # jobs set aside earlier with this key join first, in their order, while they fit
         for item in self._aside:
+            if item[2].done():  # withdrawn while set aside
+                continue
             if _key(item[1]) == key and rows + item[1].size <= self.max_batch:
                 batch.append(item)
                 rows += item[1].size
@@ -107,6 +137,8 @@ class MicroBatcher:
                     item = await asyncio.wait_for(q.get(), remaining)
                 except asyncio.TimeoutError:
                     break
+            if item[2].done():  # withdrawn while queued
+                continue
             if _key(item[1]) != key:
                 bisect.insort(self._aside, item, key=lambda it: it[0])
             elif rows + item[1].size > self.max_batch:
@@ -115,12 +147,16 @@ class MicroBatcher:
             else:
                 batch.append(item)
                 rows += item[1].size
+        batch = [item for item in batch if not item[2].done()]  # withdrawn while the batch waited for company
+        self._waiting.difference_update(arrival for arrival, _, _ in batch)
         return batch
 
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
             batch = await self._collect()
+            if not batch:
+                continue
             jobs = [j for _, j, _ in batch]
             try:
                 results = await loop.run_in_executor(self._pool, self.run, jobs)

@@ -1,12 +1,13 @@
 """Static batching (``batching="static"``): concurrent requests that can compile together share one decode call
 and each gets what it gets alone; other sampling settings form their own batch; a full queue is 503; a failed
-decode fails only its batch. The apps here share the session's engine (and its compiled programs) with their
+decode fails only its batch; a client that leaves withdraws its rows not yet decoded. The apps here share the session's engine (and its compiled programs) with their
 own batcher settings. Continuous batching: test_continuous.py."""
 
 from __future__ import annotations
 
 import asyncio
 import threading
+import time
 
 import httpx
 
@@ -123,3 +124,54 @@ def test_a_failed_decode_fails_only_its_batch(engine, serve_config):
         r = httpx.post(s.url + "/v1/completions", json=body, timeout=600)
         assert r.status_code == 500 and "device lost" in r.json()["error"]["message"]
         assert httpx.post(s.url + "/v1/completions", json=body, timeout=600).status_code == 200
+
+
+def test_clients_that_leave_withdraw_their_rows_not_yet_decoded(engine, serve_config, monkeypatch):
+    """Static batching (also the path of constrained and logprobs requests): client A (6 rows, so 2 decode
+    calls of max_batch 4) gives up while its first call runs, client B while queued behind it. A's second call
+    and B are never decoded; the server then serves on."""
+    reached, gate, real = threading.Event(), threading.Event(), engine.sampler
+
+    class Held:  # the engine's Sampler, its first call held at the gate
+        def __getattr__(self, name):
+            return getattr(real, name)
+
+        def __call__(self, *args, **kw):
+            reached.set()
+            gate.wait(60)
+            return real(*args, **kw)
+
+    monkeypatch.setattr(engine, "sampler", Held())
+    body = {"prompt": PROMPTS[:3], "n": 2, "max_tokens": 5, "temperature": 1.0, "seed": 1}
+
+    def gives_up(b):
+        try:
+            httpx.post(s.url + "/v1/completions", json=b, timeout=httpx.Timeout(60, read=1.0))
+            raise AssertionError("an answer came while the decode was held")
+        except httpx.ReadTimeout:
+            pass
+
+    def health():
+        return httpx.get(s.url + "/health", timeout=60).json()
+
+    def wait_for(cond, what):
+        deadline = time.monotonic() + 60
+        while not cond():
+            assert time.monotonic() < deadline, f"timed out waiting for {what}"
+            time.sleep(0.05)
+
+    with BackgroundServer(create_app(engine, serve_config(batching="static"))) as s:
+        before, calls = health(), engine.decode_calls
+        a = threading.Thread(target=gives_up, args=(body,))
+        a.start()
+        wait_for(reached.is_set, "A's first decode call")
+        gives_up({**body, "n": 1})  # B: queued, 3 rows
+        a.join()
+        wait_for(lambda: health()["cancelled_requests"] == before["cancelled_requests"] + 2, "both to be cancelled")
+        gate.set()
+        wait_for(lambda: health()["requests"] == before["requests"] + 1, "A's batch to end")
+        now = health()
+        assert engine.decode_calls - calls == 1  # A's first 4 rows only
+        assert now["cancelled_rows"] - before["cancelled_rows"] == 2 + 3 and now["queued"] == 0
+        ok = httpx.post(s.url + "/v1/completions", json={**body, "n": 1, "max_tokens": 2}, timeout=600)
+        assert ok.status_code == 200 and len(ok.json()["choices"]) == 3 and engine.decode_calls - calls == 2

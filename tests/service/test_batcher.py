@@ -1,5 +1,6 @@
 """The shared micro-batcher on its own: batches hold one key, in arrival order, up to max_batch rows; an
-immediate job does not wait; results and errors reach their own callers; a full queue refuses at once."""
+immediate job does not wait; results and errors reach their own callers; a full queue refuses at once; a caller
+that stops waiting withdraws its job."""
 
 from __future__ import annotations
 
@@ -53,7 +54,8 @@ def test_batches_hold_one_key_in_arrival_order_up_to_max_batch():
     assert out == ["A1", "B1", "A2", "A3", "B2", "A4"]
     # a1 waits for company until a2 (2 rows) fills it to 3; b1, older than a3, heads the next batch and takes b2
     assert batches == [["a1", "a2"], ["b1", "b2"], ["a3", "a4"]]
-    assert b.stats() == {"queued": 0, "batches": 3, "requests": 6, "rows": 7}
+    assert b.stats() == {"queued": 0, "batches": 3, "requests": 6, "rows": 7, "cancelled_requests": 0,
+                         "withdrawn_rows": 0}
 
 
 def test_an_immediate_job_does_not_wait_and_errors_reach_their_own_caller():
@@ -94,3 +96,51 @@ def test_a_full_queue_refuses_at_once():
         return done
 
     assert asyncio.run(go()) == ["1", "2", "3"]
+
+
+@dataclasses.dataclass
+class Cancellable(J):
+    told: bool = False
+
+    def cancel(self):
+        self.told = True
+
+
+def test_a_caller_that_stops_waiting_withdraws_its_job():
+    """While "run" holds the batch of "1": "2" and "4" (another key), queued, are cancelled and never run, nor
+    count as queued; "1" is cancelled in its batch and told (so a server can skip its rows
+    not yet decoded); "3" and "5" still run, together and in order."""
+    batches, entered, gate = [], threading.Event(), threading.Event()
+
+    def run(jobs):
+        batches.append([j.name for j in jobs])
+        entered.set()
+        gate.wait(10)
+        return [j.name for j in jobs]
+
+    async def go():
+        b = MicroBatcher(run, max_batch=2, max_wait_s=0.0, max_queue=8)
+        b.start()
+        first = Cancellable("1", size=2)
+        running = asyncio.create_task(b.submit(first))
+        while not entered.is_set():
+            await asyncio.sleep(0.01)
+        tasks = {n: asyncio.create_task(b.submit(J(n, key="b" if n == "4" else "a", size=s)))
+                 for n, s in (("2", 2), ("3", 1), ("4", 1), ("5", 1))}
+        await asyncio.sleep(0.05)
+        assert b.queued == 4
+        for t in (running, tasks["2"], tasks["4"]):
+            t.cancel()
+        await asyncio.sleep(0.05)
+        assert b.queued == 2 and first.told
+        gate.set()
+        out = await asyncio.gather(tasks["3"], tasks["5"])
+        stats = b.stats()
+        await b.stop()
+        return out, stats, [t.cancelled() for t in (running, tasks["2"], tasks["4"])]
+
+    out, stats, cancelled = asyncio.run(go())
+    assert out == ["3", "5"] and cancelled == [True, True, True]
+    assert batches == [["1"], ["3", "5"]]
+    assert stats["cancelled_requests"] == 3 and stats["withdrawn_rows"] == 3  # "2" (2 rows) and "4" (1)
+    assert stats["requests"] == 3 and stats["queued"] == 0
