@@ -32,9 +32,10 @@ matter even more there. Products of bf16 values are exact in f32, so every build
 same order, and the tests check those bits against an emulation of the order. XLA:CPU's own bf16 dot (a YNNPACK
 fusion in jax 0.10) sums in that order on Zen 4/5, Skylake-SP and Zen 2, so there the products are bit-identical
 to the XLA path's; on Sapphire Rapids its kernel sums in another order (f32 rounding apart, ~1e-6). The kernels
-are used only where a build applies, with a C++ compiler present, unless ``RECLM_JAX_NATIVE=0``. Everywhere else (x86 CPUs without AVX2 and FMA, other architectures), and whenever the
-library cannot be built (the reason is logged), the XLA path runs. ``RECLM_JAX_NATIVE_THREADS`` sets the pool's
-threads (default: the cores this process may use).
+are used only where a build applies, with a C++ compiler present, unless ``RECLM_JAX_NATIVE=0``. Everywhere
+else (x86 CPUs without AVX2 and FMA, other architectures), and whenever the library cannot be built (the
+reason is logged), the XLA path runs. ``RECLM_JAX_NATIVE_THREADS`` sets the pool's threads (default: the cores
+this process may use).
 """
 
 from __future__ import annotations

@@ -146,15 +146,13 @@ def create_app(engine: Engine, cfg: ServeConfig) -> FastAPI:
     @app.get("/health")
     async def health():
         stats = batcher.stats()
-        # Requests whose client left first, and the rows they never had decoded: this app's static ones (left
-        # in the queue or skipped by the engine, which apps share), plus the engine-wide continuous figures.
-        cancelled_rows = stats.pop("withdrawn_rows") + engine.skipped_rows
+        # Requests whose client left first and their rows never decoded: this app's static ones (dropped from its
+        # queue, or skipped by the engine, which apps share), plus the engine-wide continuous ones (rows freed).
+        stats["cancelled_rows"] += engine.skipped_rows
         if slots is not None:  # engine-wide decoding figures; this app's queue
             cont = engine.scheduler.stats()
             stats.update(cont, queued=stats["queued"] + slots.queued,
-                         cancelled_requests=stats["cancelled_requests"] + cont["cancelled_requests"])
-            cancelled_rows += cont["cancelled_rows"]
-        stats["cancelled_rows"] = cancelled_rows
+                         **{k: stats[k] + cont[k] for k in ("cancelled_requests", "cancelled_rows")})
         return json_response({"status": "ok", "pid": os.getpid(), "jax": jax.__version__,
                               "model": cfg.served_model_name,
                               "adapter": engine.adapter, "max_model_len": engine.max_model_len,

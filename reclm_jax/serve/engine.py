@@ -241,18 +241,14 @@ class Engine:
                                   top_logprobs=None if res.top_logprobs is None else res.top_logprobs[b, :n]))
         results: list[Any] = []
         for job, job_rows in zip(jobs, out):
-            if job.cancelled.is_set():  # nobody waits for it
-                results.append(Cancelled("the client left"))
+            if job.cancelled.is_set():  # nobody waits for it (the batcher drops results of cancelled jobs)
+                results.append(None)
                 continue
             try:
                 results.append(job.finish(job_rows))
             except Exception as e:  # this job's response failed; its neighbours still get theirs
                 results.append(e)
         return results
-
-
-class Cancelled(Exception):
-    """The result of a job whose client left before it was decoded (nobody receives it)."""
 
 
 CACHE_BUDGET_BYTES = 2 << 30  # the default slot cache of one SlotDecoder (K and V, all layers and slots)

@@ -46,7 +46,7 @@ class MicroBatcher:
         self.jobs_done = 0
         self.rows_done = 0
         self.cancelled = 0  # jobs whose caller stopped waiting before their batch finished
-        self.withdrawn_rows = 0  # rows of those jobs dropped from the queue (never given to ``run``)
+        self.cancelled_rows = 0  # rows of those jobs dropped from the queue (never given to ``run``)
         self._queue: asyncio.Queue | None = None
         # Jobs of another key than the batch being built, as (arrival number, job, future) in arrival order: all
         # of them arrived before anything still in the queue, so the oldest job always heads the next batch.
@@ -77,7 +77,7 @@ class MicroBatcher:
 
     def stats(self) -> dict:
         return {"queued": self.queued, "batches": self.batches, "requests": self.jobs_done, "rows": self.rows_done,
-                "cancelled_requests": self.cancelled, "withdrawn_rows": self.withdrawn_rows}
+                "cancelled_requests": self.cancelled, "cancelled_rows": self.cancelled_rows}
 
     async def submit(self, job) -> Any:
         """Queues ``job`` and waits for its result; raises ``QueueFullError`` at once when the queue is full."""
@@ -94,7 +94,7 @@ class MicroBatcher:
             self.cancelled += 1
             if arrival in self._waiting:  # still queued: no batch will take it
                 self._waiting.discard(arrival)
-                self.withdrawn_rows += job.size
+                self.cancelled_rows += job.size
             else:  # in the running batch: told, so its rows not yet decoded are not
                 cancel = getattr(job, "cancel", None)
                 if cancel is not None:

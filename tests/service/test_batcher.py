@@ -55,7 +55,7 @@ def test_batches_hold_one_key_in_arrival_order_up_to_max_batch():
     # a1 waits for company until a2 (2 rows) fills it to 3; b1, older than a3, heads the next batch and takes b2
     assert batches == [["a1", "a2"], ["b1", "b2"], ["a3", "a4"]]
     assert b.stats() == {"queued": 0, "batches": 3, "requests": 6, "rows": 7, "cancelled_requests": 0,
-                         "withdrawn_rows": 0}
+                         "cancelled_rows": 0}
 
 
 def test_an_immediate_job_does_not_wait_and_errors_reach_their_own_caller():
@@ -142,5 +142,5 @@ def test_a_caller_that_stops_waiting_withdraws_its_job():
     out, stats, cancelled = asyncio.run(go())
     assert out == ["3", "5"] and cancelled == [True, True, True]
     assert batches == [["1"], ["3", "5"]]
-    assert stats["cancelled_requests"] == 3 and stats["withdrawn_rows"] == 3  # "2" (2 rows) and "4" (1)
+    assert stats["cancelled_requests"] == 3 and stats["cancelled_rows"] == 3  # "2" (2 rows) and "4" (1)
     assert stats["requests"] == 3 and stats["queued"] == 0
