@@ -16,9 +16,10 @@ spinning worker threads (``native/pool.h``) so every core works on each product:
   [K, N] bound it at a few rows; packed it streams, with the same bits as ``native_dot`` at every row count.
 - ``decode_attention`` (``decode_attention.cc``): one new token's attention over a bf16 cache, writing its key
   and value into the cache in place; the XLA path's numbers to f32 rounding.
-- ``amx_dot`` / ``amx_packed_dot`` (``amx_dot.cc``, the ``amx`` build only): products of more than ``MAX_ROWS``
-  rows (prefill, training forwards) on Intel AMX tiles, the exact bf16 products summed in f32 in order along K
-  (within f32 rounding of XLA's). Routed by ``amx_applies`` / ``has_amx``.
+- ``amx_dot`` / ``amx_packed_dot`` / ``amx_tn_dot`` (``amx_dot.cc``, the ``amx`` build only): products of more
+  than ``MAX_ROWS`` rows (prefill, training forwards, the SASRec teacher's whole step) on Intel AMX tiles, the
+  exact bf16 products summed in f32 in order along K (within f32 rounding of XLA's); ``amx_tn_dot`` is a weight
+  gradient (a^T b, the rows contracted) that transposes a itself. Routed by ``amx_applies`` / ``has_amx``.
 
 The library is compiled with the system's C++ compiler the first time it is needed, into
 ``$RECLM_JAX_CACHE/native/<hash>/`` (default ``~/.cache/reclm_jax``), in one of four builds (``cpu_variant``):
@@ -59,7 +60,7 @@ log = logging.getLogger(__name__)
 MAX_ROWS = 128  # above this XLA's kernel is as fast (measured: 64 rows still 1.2x faster natively)
 NATIVE_DIR = Path(__file__).parent / "native"
 _TARGETS = ("reclm_dot_kn", "reclm_dot_nk", "reclm_dot_packed", "reclm_decode_attention")
-AMX_TARGETS = ("reclm_amx_kn", "reclm_amx_nk", "reclm_amx_packed")  # the amx build's, besides _TARGETS
+AMX_TARGETS = ("reclm_amx_kn", "reclm_amx_nk", "reclm_amx_packed", "reclm_amx_tn")  # the amx build's, besides _TARGETS
 
 # The sources of each build: the AVX-512 kernels (both AVX-512 builds), or their 256-bit AVX2 forms, which export
 # the same four targets.
@@ -239,6 +240,16 @@ def amx_dot(x: jnp.ndarray, w: jnp.ndarray, transposed: bool = False) -> jnp.nda
     n = w.shape[0] if transposed else w.shape[1]
     return jax.ffi.ffi_call("reclm_amx_nk" if transposed else "reclm_amx_kn",
                             jax.ShapeDtypeStruct((x.shape[0], n), jnp.float32), vmap_method="sequential")(x, w)
+
+
+def amx_tn_dot(a: jnp.ndarray, b: jnp.ndarray, ones_row: bool = False) -> jnp.ndarray:
+    """bf16 a [M, K]^T @ b [M, N] -> float32 [K, N] on AMX tiles, the rows of both contracted (a weight
+    gradient), with no transpose of ``a`` in XLA; ``ones_row``: one more row, [K + 1, N], the column sums of b (a
+    bias gradient from the same products). Sums as ``amx_dot``'s. Needs ``has_amx``."""
+    if not has_amx():
+        raise RuntimeError("amx_tn_dot: this machine has no usable AMX tiles (native_kernels.has_amx)")
+    out = jax.ShapeDtypeStruct((a.shape[1] + int(ones_row), b.shape[1]), jnp.float32)
+    return jax.ffi.ffi_call("reclm_amx_tn", out, vmap_method="sequential")(a, b, ones_row=bool(ones_row))
 
 
 def amx_packed_dot(x: jnp.ndarray, wp: jnp.ndarray, n: int) -> jnp.ndarray:

@@ -7,7 +7,9 @@ final hidden state is the user representation. Scores are dot products with the 
 Only the last position's final state is ever scored, so ``user_state`` runs the last layer for that one query
 (its keys and values still come from every position): the same function as the full stack, with over a quarter
 fewer FLOPs per training step. ``SASRecConfig.matmul_dtype`` chooses the dense layers' products: float32, or bfloat16
-products accumulated in float32 (activations, parameters and the optimiser stay float32).
+products accumulated in float32 (activations, parameters and the optimiser stay float32). The bfloat16 products
+(forward and both gradients) run on AMX tiles where the CPU has them (``native_kernels.has_amx``), else on
+XLA's bf16 dot.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from reclm_jax.models import native_kernels
 from reclm_jax.teacher.config import SASRecConfig, resolve_matmul_dtype
 
 F32, BF16 = jnp.float32, jnp.bfloat16
@@ -70,6 +73,33 @@ def _contract(transposed: bool):
     return ((1,), (1 if transposed else 0,)), ((), ())
 
 
+def _bf16_product(a: jax.Array, b: jax.Array, transposed: bool) -> jax.Array:
+    """bf16 a [M, K] @ b [K, N] (b [N, K] when ``transposed``) -> f32 [M, N], exact products summed in f32.
+
+    On a CPU with AMX tiles (Sapphire Rapids and later) on the tiles (``native_kernels.amx_dot``): XLA:CPU forms
+    these products with vdpbf16ps at a fraction of the tiles' rate. The sums are in order along K there, so
+    the bits differ from XLA's within f32 rounding. ``RECLM_JAX_AMX=0`` keeps XLA's dot (A/B measurements).
+    """
+    if native_kernels.amx_applies(a, b):
+        return native_kernels.amx_dot(a, b, transposed)
+    return jax.lax.dot_general(a, b, _contract(transposed), preferred_element_type=F32)
+
+
+def _bf16_weight_gradient(a: jax.Array, b: jax.Array, ones_row: bool = False) -> jax.Array:
+    """bf16 a [M, K], b [M, N] -> f32 a^T b [K, N], the M rows contracted; ``ones_row``: [K + 1, N], the last row
+    the column sums of b (a bias gradient as one more row of the same product: XLA:CPU sums the M rows far
+    faster there than in a reduction of its own).
+
+    On AMX tiles ``native_kernels.amx_tn_dot`` transposes a itself. XLA:CPU's bf16 library dot only takes this
+    product with the rows as the left operand's minor axis ([K, M] @ [M, N]); written as a^T b, XLA folds the
+    transpose into the dot and runs it as an f32 one at about half the speed, so a is transposed in memory first.
+    """
+    if native_kernels.amx_applies(a, b):
+        return native_kernels.amx_tn_dot(a, b, ones_row)
+    return jax.lax.dot_general(_materialised_t(a, ones_row), b, (((1,), (0,)), ((), ())),
+                               preferred_element_type=F32)
+
+
 @partial(jax.custom_vjp, nondiff_argnums=(2,))
 def bf16_dot(x: jax.Array, w: jax.Array, transposed: bool) -> jax.Array:
     """f32 x [M, K] @ f32 w [K, N] (w [N, K] when ``transposed``) -> f32 [M, N]: products in bf16, sums in f32.
@@ -78,25 +108,21 @@ def bf16_dot(x: jax.Array, w: jax.Array, transposed: bool) -> jax.Array:
     rate, but autodiff of it would feed f32 cotangents into the gradient dots, so the gradient is written here:
     both gradient dots are bf16 x bf16 -> f32 too (what TPUs do to f32 matmuls by default).
     """
-    return jax.lax.dot_general(x.astype(BF16), w.astype(BF16), _contract(transposed), preferred_element_type=F32)
+    return _bf16_product(x.astype(BF16), w.astype(BF16), transposed)
 
 
 def _bf16_dot_fwd(x, w, transposed):
     x16, w16 = x.astype(BF16), w.astype(BF16)
-    return jax.lax.dot_general(x16, w16, _contract(transposed), preferred_element_type=F32), (x16, w16)
+    return _bf16_product(x16, w16, transposed), (x16, w16)
 
 
 def _bf16_dot_bwd(transposed, res, g):
     x16, w16 = res
     g16 = g.astype(BF16)
-    dx = jax.lax.dot_general(g16, w16, (((1,), (0 if transposed else 1,)), ((), ())), preferred_element_type=F32)
-    # The weight gradient contracts the M rows. XLA:CPU's bf16 library dot only takes that with the rows as the
-    # left operand's minor axis ([K, M] @ [M, N]); written as x^T g, XLA folds the transpose into the dot and
-    # runs it as an f32 one at about half the speed, so the left operand is transposed in memory first. (A
-    # transposed result, e.g. (g^T x)^T, is folded the same way, into a bf16 dot XLA:CPU cannot run.)
+    dx = _bf16_product(g16, w16, not transposed)
+    # (A transposed result, e.g. (g^T x)^T, would be folded by XLA into a bf16 dot XLA:CPU cannot run.)
     a, b = (g16, x16) if transposed else (x16, g16)  # dw = a^T b
-    dw = jax.lax.dot_general(_materialised_t(a), b, (((1,), (0,)), ((), ())), preferred_element_type=F32)
-    return dx, dw
+    return dx, _bf16_weight_gradient(a, b)
 
 
 def _materialised_t(a: jax.Array, ones_row: bool = False) -> jax.Array:
@@ -115,22 +141,20 @@ bf16_dot.defvjp(_bf16_dot_fwd, _bf16_dot_bwd)
 @jax.custom_vjp
 def bf16_affine(x: jax.Array, w: jax.Array, b: jax.Array) -> jax.Array:
     """``bf16_dot(x, w) + b`` for f32 x [M, K], w [K, N], b [N]. Its gradient gets db from the weight-gradient
-    dot, as one more row of it (a row of ones under x^T): XLA:CPU sums the M rows far faster there than in a
-    reduction of its own."""
+    product, as one more row of it (``_bf16_weight_gradient``'s ``ones_row``)."""
     return bf16_dot(x, w, False) + b
 
 
 def _bf16_affine_fwd(x, w, b):
     x16, w16 = x.astype(BF16), w.astype(BF16)
-    return jax.lax.dot_general(x16, w16, _contract(False), preferred_element_type=F32) + b, (x16, w16)
+    return _bf16_product(x16, w16, False) + b, (x16, w16)
 
 
 def _bf16_affine_bwd(res, g):
     x16, w16 = res
     g16 = g.astype(BF16)
-    dx = jax.lax.dot_general(g16, w16, (((1,), (1,)), ((), ())), preferred_element_type=F32)
-    dwb = jax.lax.dot_general(_materialised_t(x16, ones_row=True), g16, (((1,), (0,)), ((), ())),
-                              preferred_element_type=F32)  # [K + 1, N]: dw, then db
+    dx = _bf16_product(g16, w16, True)
+    dwb = _bf16_weight_gradient(x16, g16, ones_row=True)  # [K + 1, N]: dw, then db
     return dx, dwb[:-1], dwb[-1]
 
 

@@ -60,6 +60,23 @@ def test_packed_amx_product_equals_the_unpacked_one(m, k, n):
     _check_exact_within_f32(packed, x, w, False)
 
 
+# Weight gradients: M (the contracted rows) long and not a multiple of 32, K odd (a last column without a pair
+# partner) or below one block, N off the tiles.
+TN_SHAPES = [(10240, 128, 384), (1024, 3707, 128), (300, 17, 50), (33, 1, 3), (129, 64, 16), (5, 40, 70)]
+
+
+@pytest.mark.parametrize("ones_row", [False, True], ids=["plain", "ones_row"])
+@pytest.mark.parametrize("m,k,n", TN_SHAPES)
+def test_transposed_amx_product_within_f32_rounding_of_the_exact_one(m, k, n, ones_row):
+    rng = np.random.default_rng(m + 5 * k + n)
+    a, b = _bf16(rng, (m, k)), _bf16(rng, (m, n), 0.05)
+    tn = jax.jit(native_kernels.amx_tn_dot, static_argnums=2)
+    out = np.asarray(tn(a, b, ones_row))
+    ones = jnp.ones((m, 1), BF16)
+    _check_exact_within_f32(out, jnp.concatenate([a, ones], 1).T if ones_row else a.T, b, False)
+    np.testing.assert_array_equal(out, np.asarray(tn(a, b, ones_row)))  # no state left from the first call
+
+
 def test_many_row_forward_products_take_the_tiles_and_gradients_stay_xla():
     from reclm_jax.models.matmul import matmul
 

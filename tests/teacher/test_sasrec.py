@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from reclm_jax.models import native_kernels
 from reclm_jax.teacher.config import SASRecConfig
 from reclm_jax.teacher.sasrec import SASRec, Dropout, dropout_bits, layer_norm, matmul
 
@@ -122,3 +123,28 @@ def test_bf16_affine_gradient_includes_the_bias():
     for a, c in zip(g32, g16):
         assert a.shape == c.shape
         assert np.abs(np.asarray(a - c)).max() < 0.02 * np.abs(np.asarray(a)).max()
+
+
+@pytest.mark.skipif(not native_kernels.has_amx(), reason="no AMX tiles here")
+@pytest.mark.parametrize("form", ["plain", "transposed", "bias"])
+def test_bf16_products_and_their_gradients_on_the_tiles_follow_xlas(form, monkeypatch):
+    # 300 rows (> native_kernels.MAX_ROWS): the forward, input-gradient and weight-gradient products all take the
+    # tiles, the weight gradient (and the bias's, as its last row) without a transpose in XLA.
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.standard_normal((300, 40)), jnp.float32)
+    w = jnp.asarray(rng.standard_normal((70, 40) if form == "transposed" else (40, 70)), jnp.float32)
+    b = jnp.asarray(rng.standard_normal(70), jnp.float32)
+
+    def loss(x, w, b):
+        y = matmul(x, w, "bfloat16", transposed=form == "transposed", bias=b if form == "bias" else None)
+        return 0.5 * jnp.sum(y ** 2)
+
+    grad = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)))
+    text = grad.lower(x, w, b).as_text()
+    assert "reclm_amx_tn" in text and "dot_general" not in text
+    tiles = grad(x, w, b)
+    monkeypatch.setattr(native_kernels, "has_amx", lambda: False)
+    plain = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)))(x, w, b)
+    for a, c in zip(jax.tree.leaves(plain), jax.tree.leaves(tiles)):
+        np.testing.assert_allclose(np.asarray(c), np.asarray(a), rtol=2e-5, atol=1e-4 * np.abs(np.asarray(a)).max())
+    assert (np.abs(np.asarray(tiles[1][2])).max() > 0) == (form == "bias")  # db: the tn product's ones row

@@ -4,6 +4,8 @@
 //   reclm_amx_nk:      out[M, N] = x[M, K] @ w[N, K]^T
 //   reclm_amx_packed:  out[M, N] = x[M, K] @ w[K, N], w in native_kernels.pack_kernel's form
 //                      wp[S, K2, 64, 2], wp[s, j, c, t] = w[2j + t, 64s + c] (zero past K and N)
+//   reclm_amx_tn:      out[K, N] = a[M, K]^T @ b[M, N] (a weight gradient: both operands' rows contracted),
+//                      with the attribute ones_row one more row out[K] = the column sums of b (a bias gradient)
 //
 // Why: prefill, training and evaluation multiply hundreds to thousands of rows by each weight matrix, where the
 // products are bound by arithmetic. XLA:CPU forms them with vdpbf16ps at 150-420 GFLOP/s on this project's
@@ -141,7 +143,16 @@ struct Pack {
   const uint16_t* w;  // [K, N] (kn) or [N, K] (nk)
   uint16_t* wp;
   int64_t k, n, k2p;
+  float* colsum = nullptr;  // kn only, where set: [N], the sums over K of w's columns, in f32 in row order
 };
+
+// 32 bf16 -> the f32 values of the low (first) and high 16.
+inline __m512 Bf16Lo(__m512i v) {
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_castsi512_si256(v)), 16));
+}
+inline __m512 Bf16Hi(__m512i v) {
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64(v, 1)), 16));
+}
 
 void PackKn(const void* ctx, int64_t begin, int64_t end) {
   const Pack& p = *static_cast<const Pack*>(ctx);
@@ -153,6 +164,7 @@ void PackKn(const void* ctx, int64_t begin, int64_t end) {
                          : width <= 32 ? __mmask32(0)
                                        : static_cast<__mmask32>((uint64_t(1) << (width - 32)) - 1);
     uint16_t* dst = p.wp + s * p.k2p * 128;
+    __m512 sum[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
     for (int64_t j = 0; j < p.k2p; ++j, dst += 128) {
       const int64_t k = 2 * j;
       const __m512i z = _mm512_setzero_si512();
@@ -161,10 +173,22 @@ void PackKn(const void* ctx, int64_t begin, int64_t end) {
       const __m512i a1 = k < p.k ? _mm512_maskz_loadu_epi16(m1, r0 + 32) : z;
       const __m512i b0 = k + 1 < p.k ? _mm512_maskz_loadu_epi16(m0, r0 + p.n) : z;
       const __m512i b1 = k + 1 < p.k ? _mm512_maskz_loadu_epi16(m1, r0 + p.n + 32) : z;
+      if (p.colsum && k < p.k) {  // row k, then row k + 1 (zero past K)
+        sum[0] = _mm512_add_ps(_mm512_add_ps(sum[0], Bf16Lo(a0)), Bf16Lo(b0));
+        sum[1] = _mm512_add_ps(_mm512_add_ps(sum[1], Bf16Hi(a0)), Bf16Hi(b0));
+        sum[2] = _mm512_add_ps(_mm512_add_ps(sum[2], Bf16Lo(a1)), Bf16Lo(b1));
+        sum[3] = _mm512_add_ps(_mm512_add_ps(sum[3], Bf16Hi(a1)), Bf16Hi(b1));
+      }
       _mm512_storeu_si512(dst, _mm512_permutex2var_epi16(a0, lo_idx, b0));
       _mm512_storeu_si512(dst + 32, _mm512_permutex2var_epi16(a0, hi_idx, b0));
       _mm512_storeu_si512(dst + 64, _mm512_permutex2var_epi16(a1, lo_idx, b1));
       _mm512_storeu_si512(dst + 96, _mm512_permutex2var_epi16(a1, hi_idx, b1));
+    }
+    if (p.colsum) {
+      for (int q = 0; q < 4; ++q) {
+        const int64_t c = q * 16, live = std::max<int64_t>(0, std::min<int64_t>(16, width - c));
+        _mm512_mask_storeu_ps(p.colsum + col + c, static_cast<__mmask16>((1u << live) - 1), sum[q]);
+      }
     }
   }
 }
@@ -205,8 +229,11 @@ bool RequestTiles() {
   return ok;
 }
 
-// Runs the blocks of out = x @ (w packed as wp [S, k2, 64, 2]); x [M, K] bf16.
-ffi::Error Run(const uint16_t* x, int64_t m, int64_t k, const uint16_t* wp, int64_t k2, int64_t n, float* out) {
+// Runs the blocks of out = x @ (w packed as wp [S, k2, 64, 2]); x [M, K] bf16. `xstride` > 0: x is already in
+// the tiles' form, rows padded with zeros to a multiple of 32 and `xstride` (a multiple of 32, at least K
+// rounded up to 32) elements per row.
+ffi::Error Run(const uint16_t* x, int64_t m, int64_t k, const uint16_t* wp, int64_t k2, int64_t n, float* out,
+               int64_t xstride = 0) {
   if (!RequestTiles()) return ffi::Error::Internal("amx: the OS refused the tile state (arch_prctl)");
   if (!m || !n) return ffi::Error::Success();
   Amx d{};
@@ -220,7 +247,10 @@ ffi::Error Run(const uint16_t* x, int64_t m, int64_t k, const uint16_t* wp, int6
   const int64_t mp = (m + 31) / 32 * 32, kp = d.ktiles * 32;
   // Scratch lives with the calling thread (XLA may run two products at once from two threads).
   thread_local std::vector<uint16_t> xpad, wtail;
-  if (m == mp && k == kp) {
+  if (xstride) {
+    d.x = x;
+    d.xstride = xstride;
+  } else if (m == mp && k == kp) {
     d.x = x;
     d.xstride = k;
   } else {
@@ -249,6 +279,86 @@ ffi::Error PackAndRun(const uint16_t* x, int64_t m, int64_t k, const uint16_t* w
   p.wp = wp.data();
   Pool::Get().Run(nk ? PackNk : PackKn, &p, strips);
   return Run(x, m, k, p.wp, p.k2p, n, out);
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// tn: the tiles take the contracted axis as the minor one of their left operand, so a^T is written out first,
+// in the tiles' form: at[Kr, Mp] (Kr = K rounded up to 32 rows, Mp = M rounded up to 32, zeros past them).
+// XLA:CPU's own transposes of these shapes ran several times slower than this copy. The right operand b [M, N]
+// is packed as a kn product's w, and the pack sums its columns for the ones row on the way (a row of ones in at
+// would cost a block of 32 rows of tile products for one row of output).
+
+struct Transpose {
+  const uint16_t* a;  // [M, K]
+  uint16_t* at;       // [Kr, Mp]
+  int64_t m, k, mp;
+};
+
+// The 16-bit halves of 32 gathered words (g0: words 0-15, g1: 16-31): the even ones, then the odd ones.
+inline __m512i Evens() {
+  return _mm512_set_epi16(62, 60, 58, 56, 54, 52, 50, 48, 46, 44, 42, 40, 38, 36, 34, 32,
+                          30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
+}
+inline __m512i Odds() { return _mm512_add_epi16(Evens(), _mm512_set1_epi16(1)); }
+
+// One unit: 32 rows of at (32 columns of a). A pair of columns (kk, kk + 1) of 32 rows of a is 32 gathered
+// 32-bit words; their halves are rows kk and kk + 1 of at. A last odd column and the padding
+// are written one value at a time.
+void TransposeRows(const void* ctx, int64_t begin, int64_t end) {
+  const Transpose& t = *static_cast<const Transpose*>(ctx);
+  const __m512i rows16 = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+                                            _mm512_set1_epi32(static_cast<int>(t.k)));
+  const __m512i evens = Evens(), odds = Odds(), zero = _mm512_setzero_si512();
+  for (int64_t u = begin; u < end; ++u) {
+    const int64_t k0 = u * 32;
+    for (int64_t m0 = 0; m0 < t.mp; m0 += 32) {
+      const int64_t rows = std::max<int64_t>(0, std::min<int64_t>(32, t.m - m0));
+      const __mmask16 live0 = rows >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << rows) - 1);
+      const __mmask16 live1 = rows >= 32 ? 0xFFFF : rows <= 16 ? 0 : static_cast<__mmask16>((1u << (rows - 16)) - 1);
+      int64_t kk = k0;
+      for (; kk + 1 < std::min<int64_t>(k0 + 32, t.k); kk += 2) {
+        const uint16_t* src = t.a + m0 * t.k + kk;
+        const __m512i g0 = _mm512_mask_i32gather_epi32(zero, live0, rows16, src, 2);
+        const __m512i g1 = live1 ? _mm512_mask_i32gather_epi32(zero, live1, rows16, src + 16 * t.k, 2) : zero;
+        _mm512_storeu_si512(t.at + kk * t.mp + m0, _mm512_permutex2var_epi16(g0, evens, g1));
+        _mm512_storeu_si512(t.at + (kk + 1) * t.mp + m0, _mm512_permutex2var_epi16(g0, odds, g1));
+      }
+      for (; kk < k0 + 32; ++kk) {
+        uint16_t* dst = t.at + kk * t.mp + m0;
+        if (kk < t.k) {
+          const uint16_t* src = t.a + m0 * t.k + kk;
+          for (int64_t i = 0; i < 32; ++i) dst[i] = i < rows ? src[i * t.k] : 0;
+        } else {
+          std::memset(dst, 0, 64);
+        }
+      }
+    }
+  }
+}
+
+ffi::Error AmxTnImpl(ffi::Buffer<ffi::BF16> a, ffi::Buffer<ffi::BF16> b, ffi::ResultBuffer<ffi::F32> out,
+                     bool ones_row) {
+  const auto ad = a.dimensions(), bd = b.dimensions(), od = out->dimensions();
+  if (ad.size() != 2 || bd.size() != 2 || ad[0] != bd[0] || od.size() != 2 ||
+      od[0] != ad[1] + (ones_row ? 1 : 0) || od[1] != bd[1])
+    return ffi::Error::InvalidArgument("amx_tn: shapes");
+  const int64_t m = ad[0], k = ad[1], rows = od[0];
+  if (!rows || !od[1]) return ffi::Error::Success();
+  const int64_t mp = std::max<int64_t>(32, (m + 31) / 32 * 32), kr = std::max<int64_t>(32, (k + 31) / 32 * 32);
+  thread_local std::vector<uint16_t> at;
+  at.resize(kr * mp);
+  Transpose t{reinterpret_cast<const uint16_t*>(a.untyped_data()), at.data(), m, k, mp};
+  Pool::Get().Run(TransposeRows, &t, kr / 32);
+  // b packed as the w of a kn product with m rows (M contracted), then at's rows as x.
+  float* o = out->typed_data();
+  Pack p{reinterpret_cast<const uint16_t*>(b.untyped_data()), nullptr, m, bd[1], ((m + 1) / 2 + 15) / 16 * 16,
+         ones_row ? o + k * bd[1] : nullptr};
+  thread_local std::vector<uint16_t> wp;
+  const int64_t strips = (bd[1] + 63) / 64;
+  wp.resize(strips * p.k2p * 128);
+  p.wp = wp.data();
+  Pool::Get().Run(PackKn, &p, strips);
+  return Run(at.data(), k, mp, p.wp, p.k2p, bd[1], o, mp);
 }
 
 ffi::Error AmxKnImpl(ffi::Buffer<ffi::BF16> x, ffi::Buffer<ffi::BF16> w, ffi::ResultBuffer<ffi::F32> out) {
@@ -282,5 +392,12 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(reclm_amx_nk, AmxNkImpl,
                               ffi::Ffi::Bind().Arg<ffi::Buffer<ffi::BF16>>().Arg<ffi::Buffer<ffi::BF16>>().Ret<ffi::Buffer<ffi::F32>>());
 XLA_FFI_DEFINE_HANDLER_SYMBOL(reclm_amx_packed, AmxPackedImpl,
                               ffi::Ffi::Bind().Arg<ffi::Buffer<ffi::BF16>>().Arg<ffi::Buffer<ffi::BF16>>().Ret<ffi::Buffer<ffi::F32>>());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(reclm_amx_tn, AmxTnImpl,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::BF16>>()
+                                  .Arg<ffi::Buffer<ffi::BF16>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<bool>("ones_row"));
 
 extern "C" int reclm_amx_ready() { return RequestTiles() ? 1 : 0; }
