@@ -1,7 +1,8 @@
 """Static batching (``batching="static"``): concurrent requests that can compile together share one decode call
 and each gets what it gets alone; other sampling settings form their own batch; a full queue is 503; a failed
-decode fails only its batch; a client that leaves withdraws its rows not yet decoded. The apps here share the session's engine (and its compiled programs) with their
-own batcher settings. Continuous batching: test_continuous.py."""
+decode fails only its batch; a client that leaves withdraws its rows not yet decoded. The apps here share the
+session's engine (and its compiled programs) with their own batcher settings. Continuous batching:
+test_continuous.py."""
 
 from __future__ import annotations
 
