@@ -33,7 +33,7 @@ import collections
 import contextlib
 import functools
 import weakref
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -41,6 +41,7 @@ import numpy as np
 from flax import nnx
 
 from reclm_jax.errors import UserError
+from reclm_jax.models.cancellation import cancelled_rows, registered
 from reclm_jax.models.generation import (MAX_STOP_IDS, GenerationResult, LogitsProcessor, SamplingConfig, bucket,
                                          advance, chosen_logprobs, left_pad, prefill, sample_tokens, seed_keys,
                                          step_keys)
@@ -250,7 +251,8 @@ class Sampler:
     def __call__(self, prompts: Sequence[Sequence[int]], *, max_new_tokens: int | Sequence[int],
                  seeds: int | Sequence[int] | jax.Array = 0, sampling: SamplingConfig = SamplingConfig(),
                  adapter: str | None = None, stop_ids=None, logits_processor: LogitsProcessor | None = None,
-                 processor_data: Any = None, rows: int | None = None, top_logprobs: int = 0) -> GenerationResult:
+                 processor_data: Any = None, rows: int | None = None, top_logprobs: int = 0,
+                 cancelled: Callable[[], Sequence[bool]] | None = None) -> GenerationResult:
         """Continues each prompt (a non-empty list of token ids) by up to ``max_new_tokens`` tokens.
 
         max_new_tokens: an int or one per prompt (each >= 1). seeds: an int or a JAX key (typed or raw
@@ -264,6 +266,10 @@ class Sampler:
         Returns this process's rows: tokens int32 and logprobs float32 [n, max(max_new_tokens)], lengths int32
         [n], stopped bool [n]; with top_logprobs = k > 0 also top_ids int32 and top_logprobs float32
         [n, max(max_new_tokens), k] (most likely first).
+
+        cancelled: a host function polled while the call decodes (every ``cancellation.POLL_STEPS`` steps), one
+        bool per prompt: a row it flags stops there, unstopped, with the tokens it has (a server's departed client);
+        the call ends once every row has. One process only; another program than calls without it.
 
         With more than one process this is a collective: every process calls it, with its own prompts.
         """
@@ -282,6 +288,8 @@ class Sampler:
         if rows is not None and rows < n:
             raise UserError(f"generate: {n} prompts do not fit in rows={rows}")
         rt = self.runtime
+        if cancelled is not None and rt is not None and rt.process_count > 1:
+            raise UserError("generate: cancelled= needs a single process (each process would poll its own host)")
         n_rows, longest, top = rows or n, max(len(q) for q in prompts), int(limits.max())
         if rt is not None and rt.process_count > 1:  # every process must compile the same global shapes
             agree = getattr(rt, "agree_max", None)
@@ -305,11 +313,13 @@ class Sampler:
         shared, per_row = _split_processor_data(logits_processor, processor_data, n, b)
 
         batch = (tokens, mask, lim, stop_arr, seed_arr, per_row)
-        program = self._program(sampling, adapter, logits_processor, length, int(top_logprobs))
+        program = self._program(sampling, adapter, logits_processor, length, int(top_logprobs),
+                                cancelled is not None)
         if rt is not None:
             batch, shared = rt.place_tree(batch), rt.replicate(shared)
-        with rt.activate() if rt is not None else contextlib.nullcontext():
-            out = program(self.trainable, self.frozen, self.packed_kernels(), *batch, shared)
+        with rt.activate() if rt is not None else contextlib.nullcontext(), \
+                registered(cancelled, n) if cancelled is not None else contextlib.nullcontext(0) as call_id:
+            out = program(self.trainable, self.frozen, self.packed_kernels(), *batch, shared, np.int32(call_id))
         toks, logp, lens, stopped, *top = (read_rows(x, mine[:n]) for x in out)
         width = int(limits.max())
         top_ids, top_lp = (top[0][:, :width], top[1][:, :width]) if top else (None, None)
@@ -317,19 +327,19 @@ class Sampler:
                                 top_ids=top_ids, top_logprobs=top_lp)
 
     def _program(self, sampling: SamplingConfig, adapter: str | None, processor: LogitsProcessor | None,
-                 length: int, top_logprobs: int = 0):
-        key = (sampling, adapter, processor, top_logprobs, length)  # the length last (tests read it)
+                 length: int, top_logprobs: int = 0, cancellable: bool = False):
+        key = (sampling, adapter, processor, top_logprobs, cancellable, length)  # the length last (tests read it)
         if key not in self._programs:
             graphdef, pad_id, cache_dtype = self.graphdef, self.pad_id, self.cache_dtype
 
-            def program(trainable, frozen, packed, tokens, mask, limits, stops, seeds, per_row, shared):
+            def program(trainable, frozen, packed, tokens, mask, limits, stops, seeds, per_row, shared, call_id):
                 self.traces += 1  # runs only while tracing
                 note_trace()
                 model = nnx.merge(graphdef, trainable, frozen)
                 data = {**shared, **per_row} if per_row else shared
                 return _decode(model, packed, tokens, mask, limits, stops, seeds, data, length=length, sampling=sampling,
                                adapter=adapter, processor=processor, pad_id=pad_id, cache_dtype=cache_dtype,
-                               top_logprobs=top_logprobs)
+                               top_logprobs=top_logprobs, call_id=call_id if cancellable else None)
 
             self._programs[key] = jax.jit(program)
         return self._programs[key]
@@ -392,10 +402,11 @@ def _split_processor_data(processor, data, n: int, rows: int) -> tuple[Any, dict
 
 
 def _decode(model, packed, tokens, mask, limits, stops, seeds, data, *, length, sampling, adapter, processor, pad_id,
-            cache_dtype, top_logprobs=0):
+            cache_dtype, top_logprobs=0, call_id=None):
     """tokens int32 [B, P] (left-padded), mask bool [B, P], limits int32 [B] (0 = idle row), stops int32
     [B, 8], seeds uint32 [B, 2] -> (tokens int32 [B, length], logprobs f32 [B, length], lengths int32 [B],
-    stopped bool [B]), then with top_logprobs = k > 0 (top ids int32 [B, length, k], their logprobs f32)."""
+    stopped bool [B]), then with top_logprobs = k > 0 (top ids int32 [B, length, k], their logprobs f32).
+    call_id: int32 scalar of ``cancellation.registered``, or None (nothing polled)."""
     b, p = tokens.shape
     # ``packed``: Sampler.packed_kernels(), the kernels in the native few-row product's layout (or {}).
     with packed_weights(packed):
@@ -442,6 +453,8 @@ def _decode(model, packed, tokens, mask, limits, stops, seeds, data, *, length, 
 
     def body(carry):
         step, cache, tok, done, stopped, lengths, out_tokens, out_logp, proc_state, out_top = carry
+        if call_id is not None:  # rows the host stopped (their client left) end here, as if at their limit
+            done = done | cancelled_rows(call_id, step, b)
         with packed_weights(packed):
             out = model(tok[:, None], cache=cache, adapter=adapter)
         new, lp, top = choose(out.logits[:, 0], step, proc_state)

@@ -146,8 +146,9 @@ def create_app(engine: Engine, cfg: ServeConfig) -> FastAPI:
     @app.get("/health")
     async def health():
         stats = batcher.stats()
-        # Requests whose client left first and their rows never decoded: this app's static ones (dropped from its
-        # queue, or skipped by the engine, which apps share), plus the engine-wide continuous ones (rows freed).
+        # Requests whose client left first and their rows not decoded to their end: this app's static ones
+        # (dropped from its queue, or skipped or stopped by the engine, which apps share), plus the engine-wide
+        # continuous ones (rows freed).
         stats["cancelled_rows"] += engine.skipped_rows
         if slots is not None:  # engine-wide decoding figures; this app's queue
             cont = engine.scheduler.stats()

@@ -102,7 +102,7 @@ class Engine:
         buckets = sorted({bucket(n) for n in range(1, max_batch + 1) if bucket(n) < max_batch} | {max_batch})
         self.sampler = Sampler(model, pad_id=self.pad_id, stop_ids=self.stop_ids, batch_buckets=buckets)
         self.decode_calls = 0  # Sampler calls (tests and /health read it)
-        self.skipped_rows = 0  # rows of static jobs never decoded because their client left (/health)
+        self.skipped_rows = 0  # rows of static jobs not decoded to their end because their client left (/health)
         self.decode_chunk = decode_chunk
         self.cache_len = cache_len or default_cache_len(model.config, max_batch, self.max_model_len)
         self._scheduler = None
@@ -211,7 +211,8 @@ class Engine:
     def run_batch(self, jobs: Sequence[Job]) -> list[Any]:
         """Decodes every row of ``jobs`` (one key), ``max_batch`` rows per Sampler call, then runs each job's
         ``finish``; returns one response or exception per job. Before each call the rows of cancelled jobs are
-        dropped (a call under way runs to its end: the Sampler's decode is one program)."""
+        dropped; during a call the Sampler polls the jobs (``cancelled=``), so the rows of a job cancelled then
+        stop within a few steps, and the call ends early once none of its rows is wanted."""
         sampling, adapter, keep, constrained = jobs[0].key
         pending = [(j, r) for j, job in enumerate(jobs) for r in range(job.size)]
         out: list[list[Row]] = [[] for _ in jobs]
@@ -231,10 +232,14 @@ class Engine:
                                    max_new_tokens=[jobs[j].limits[r] for j, r in chunk],
                                    seeds=np.asarray([jobs[j].seeds[r] for j, r in chunk], np.int64),
                                    stop_ids=[jobs[j].stop_ids[r] for j, r in chunk], sampling=sampling,
-                                   adapter=adapter, top_logprobs=keep, **extra)
+                                   adapter=adapter, top_logprobs=keep,
+                                   cancelled=lambda rows=chunk: [jobs[j].cancelled.is_set() for j, _ in rows],
+                                   **extra)
                 self.decode_calls += 1
-            for b, (j, _) in enumerate(chunk):
+            for b, (j, r) in enumerate(chunk):
                 n = int(res.lengths[b])
+                if jobs[j].cancelled.is_set() and not res.stopped[b] and n < jobs[j].limits[r]:
+                    self.skipped_rows += 1  # stopped in the call by its poll
                 out[j].append(Row(tokens=res.tokens[b, :n].tolist(), logprobs=res.logprobs[b, :n].tolist(),
                                   stopped=bool(res.stopped[b]),
                                   top_ids=None if res.top_ids is None else res.top_ids[b, :n],
