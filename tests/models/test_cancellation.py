@@ -5,15 +5,9 @@ import pytest
 
 from reclm_jax.models import cancellation
 from reclm_jax.models.cancellation import POLL_STEPS
-from reclm_jax.models.hf_loading import load_llama
 from reclm_jax.models.sampler import Sampler
 
 LIMIT = 5 * POLL_STEPS  # rows run to this limit unless stopped (the tiny model has no stop ids)
-
-
-@pytest.fixture(scope="module")
-def model(tiny_llama_factory):
-    return load_llama(tiny_llama_factory("llama3"), progress=False)
 
 
 @pytest.fixture(scope="module")

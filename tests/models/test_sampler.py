@@ -16,11 +16,6 @@ from reclm_jax.models.sampler import Sampler
 
 
 @pytest.fixture(scope="module")
-def model(tiny_llama_factory):
-    return load_llama(tiny_llama_factory("llama3"), progress=False)
-
-
-@pytest.fixture(scope="module")
 def prompts():
     rng = np.random.default_rng(5)
     return [rng.integers(4, 500, n).tolist() for n in (3, 11, 6)]

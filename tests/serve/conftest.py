@@ -74,3 +74,32 @@ class StepHold:
 def step_hold(monkeypatch):
     """``make(at=1, fail=False) -> StepHold`` (undone with the test's ``monkeypatch``)."""
     return lambda at=1, fail=False: StepHold(monkeypatch, at, fail)
+
+
+def _client_leaves(url: str, body: dict, read_s: float) -> tuple[dict, dict]:
+    """POSTs ``body`` to ``url``'s /v1/completions as a client that gives up after ``read_s`` s without an answer,
+    then waits until /health counts a cancelled row; returns (/health before, /health then)."""
+    import time
+
+    import httpx
+
+    def health():
+        return httpx.get(url + "/health", timeout=60).json()
+
+    before = health()
+    try:
+        httpx.post(url + "/v1/completions", json=body, timeout=httpx.Timeout(60, read=read_s))
+        raise AssertionError("the answer came before the client gave up: the test needs a slower decode")
+    except httpx.ReadTimeout:
+        pass
+    deadline = time.monotonic() + 60
+    while (now := health())["cancelled_rows"] == before["cancelled_rows"]:
+        assert time.monotonic() < deadline, "the row of the client that left was never cancelled"
+        time.sleep(0.05)
+    return before, now
+
+
+@pytest.fixture(scope="session")
+def client_leaves():
+    """``leave(url, body, read_s) -> (health before, health after)``: a client that gives up (``_client_leaves``)."""
+    return _client_leaves

@@ -178,7 +178,8 @@ def test_clients_that_leave_withdraw_their_rows_not_yet_decoded(engine, serve_co
         assert ok.status_code == 200 and len(ok.json()["choices"]) == 3 and engine.decode_calls - calls == 2
 
 
-def test_a_client_that_leaves_stops_its_rows_inside_the_running_decode(engine, serve_config, monkeypatch):
+def test_a_client_that_leaves_stops_its_rows_inside_the_running_decode(engine, serve_config, monkeypatch,
+                                                                       client_leaves):
     """Static path, one Sampler call under way: the decoding loop asks every ``POLL_STEPS`` steps which rows are
     still wanted. The call's first question is held until the client has given up; its row then stops there,
     far before its ``max_tokens``, and the server serves on."""
@@ -203,16 +204,7 @@ def test_a_client_that_leaves_stops_its_rows_inside_the_running_decode(engine, s
     monkeypatch.setattr(engine, "sampler", Polled())
     body = {"prompt": PROMPTS[1], "max_tokens": 6 * POLL_STEPS, "temperature": 0, "ignore_eos": True}
     with BackgroundServer(create_app(engine, serve_config(batching="static"))) as s:
-        before = httpx.get(s.url + "/health", timeout=60).json()
-        try:
-            httpx.post(s.url + "/v1/completions", json=body, timeout=httpx.Timeout(60, read=1.0))
-            raise AssertionError("an answer came while the decode waited for its client to leave")
-        except httpx.ReadTimeout:
-            pass
-        deadline = time.monotonic() + 60
-        while (now := httpx.get(s.url + "/health", timeout=60).json())["cancelled_rows"] == before["cancelled_rows"]:
-            assert time.monotonic() < deadline, "the row was never stopped"
-            time.sleep(0.05)
+        before, now = client_leaves(s.url, body, 1.0)
         assert now["cancelled_rows"] == before["cancelled_rows"] + 1
         assert calls[0].lengths.tolist() == [POLL_STEPS] and not calls[0].stopped.any()
         monkeypatch.setattr(engine, "sampler", real)
