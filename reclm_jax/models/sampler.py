@@ -320,7 +320,8 @@ class Sampler:
         with rt.activate() if rt is not None else contextlib.nullcontext(), \
                 registered(cancelled, n) if cancelled is not None else contextlib.nullcontext(0) as call_id:
             out = program(self.trainable, self.frozen, self.packed_kernels(), *batch, shared, np.int32(call_id))
-        toks, logp, lens, stopped, *top = (read_rows(x, mine[:n]) for x in out)
+            # Read inside: dispatch is asynchronous, and the check must stay registered until the decode ends.
+            toks, logp, lens, stopped, *top = (read_rows(x, mine[:n]) for x in out)
         width = int(limits.max())
         top_ids, top_lp = (top[0][:, :width], top[1][:, :width]) if top else (None, None)
         return GenerationResult(tokens=toks[:, :width], logprobs=logp[:, :width], lengths=lens, stopped=stopped,
