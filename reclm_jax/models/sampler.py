@@ -269,7 +269,7 @@ class Sampler:
 
         cancelled: a host function polled while the call decodes (every ``cancellation.POLL_STEPS`` steps), one
         bool per prompt: a row it flags stops there, unstopped, with the tokens it has (a server's departed client);
-        the call ends once every row has. One process only; another program than calls without it.
+        the call ends once every row has. One process only; such calls share a program of their own.
 
         With more than one process this is a collective: every process calls it, with its own prompts.
         """
