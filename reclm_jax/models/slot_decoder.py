@@ -55,7 +55,8 @@ from reclm_jax.models.generation import (MAX_STOP_IDS, SamplingConfig, advance, 
 from reclm_jax.models.kv_cache import KVCache, init_cache, put_rows, shift_slots, update_slice
 from reclm_jax.models.lora import mesh_of
 from reclm_jax.models.kernels import packed_weights
-from reclm_jax.models.sampler import PackedKernels, note_trace, row_seeds, split_model
+from reclm_jax.models.packed_kernels import PackedKernels
+from reclm_jax.models.sampler import note_trace, row_seeds, split_model
 
 
 def slot_fits(prompt_len: int, limit: int, cache_len: int, prompt_buckets: Sequence[int] | None = None,
@@ -119,7 +120,7 @@ class SlotDecoder:
     model: as the Sampler's. slots: B, rows decoded together. cache_len: S, cache slots per row. chunk: decoding
     steps per ``step`` call (the trade-off: a new row waits up to a chunk to join, and each chunk costs one
     dispatch and one host round trip). batch_buckets: admission row counts (default powers of two up to B, and
-    B); prompt buckets as the Sampler's. packer: the ``sampler.PackedKernels`` to take the native products' packed
+    B); prompt buckets as the Sampler's. packer: the ``packed_kernels.PackedKernels`` to take the native products' packed
     kernels from (a server passes its Sampler's, so the weights are packed once); default its own.
     """
 

@@ -10,6 +10,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from reclm_jax.errors import UserError
 from reclm_jax.eval import run_dir as rd
 from reclm_jax.eval.client import EvalSettings, HttpAnswerer, evaluate
 from reclm_jax.eval.completions import CompletionsClient, CompletionsConfig, ServerDown
-from reclm_jax.eval.test_samples import TEST_TASKS
+from reclm_jax.eval.test_samples import TEST_TASKS, build_task_samples, needs_seqrec
 
 REPO = Path(__file__).resolve().parents[2]
 HIST = re.compile(r"(?:provided as follows: |Here is user's historical interactions: )(.*?)"
@@ -75,6 +76,35 @@ def run(ctx, server, s, **cfg):
         client.close()
 
 
+def test_a_tasks_requests_overlap_the_slow_end_of_another_task(tmp_path, tiny_eval_ctx, fake_openai):
+    """SeqRec's slowest answer does not hold up ItemCount (one wave of requests), but it does hold up I1+ and the
+    other tasks built from SeqRec's lists."""
+    ctx = tiny_eval_ctx
+    table = user_table(ctx, 8)
+    count_prompts = {x["input_text"] for x in build_task_samples(ctx, "SFTTestItemCount", max_users=8,
+                                                                 progress=False)}
+    first_user = ctx.users[0]
+    count_seen, overlapped, seqrec_done = threading.Event(), [], threading.Event()
+    late = []
+
+    def override(prompt, user, attempt):
+        if prompt in count_prompts:
+            count_seen.set()
+        elif "intention" not in prompt and "10 different items" in prompt and user == first_user:
+            # SeqRec's answer for the first user waits until some ItemCount request has come in (10 s at most).
+            overlapped.append(count_seen.wait(10))
+            seqrec_done.set()
+        elif prompt not in count_prompts and "intention" in prompt:
+            late.append(seqrec_done.is_set())
+        return None
+
+    server = fake_openai(correct_server(ctx, table, override=override))
+    s = settings(tmp_path)
+    run(ctx, server, s, concurrency=2)
+    assert overlapped == [True]
+    assert late and all(late)
+
+
 def test_seven_tasks_with_right_answers_score_perfectly_and_read_the_models_seqrec(tmp_path, tiny_eval_ctx,
                                                                                       fake_openai):
     ctx = tiny_eval_ctx
@@ -91,10 +121,14 @@ def test_seven_tasks_with_right_answers_score_perfectly_and_read_the_models_seqr
     p = server.payloads[0]
     assert p["temperature"] == 0.0 and p["n"] == 1 and p["max_tokens"] == 77 and p["model"] == "fake"
     assert "stop" not in p
-    # SeqRec is asked first, then the tasks in the original's order.
-    first_task_prompt = server.prompts[:8]
-    assert all("Please generate a recommendation list with 10 different items" in q for q in first_task_prompt)
-    assert all("intention" not in q for q in first_task_prompt)
+    # SeqRec (with ItemCount, which does not read its answers) is asked before every task that reads them.
+    task_of = {r["input_text"]: t for t in TEST_TASKS for r in rd.load_run(s.run_dir).outputs(t)}
+    asked = [task_of[q] for q in server.prompts]
+    assert sorted(asked[:16]) == sorted(["SFTTestSeqRec"] * 8 + ["SFTTestItemCount"] * 8)
+    assert all(needs_seqrec(t) for t in asked[16:]) and len(asked) == 7 * 8
+    seqrec_prompts = [q for q, t in zip(server.prompts, asked) if t == "SFTTestSeqRec"]
+    assert all("Please generate a recommendation list with 10 different items" in q for q in seqrec_prompts)
+    assert all("intention" not in q for q in seqrec_prompts)
     # I1+ compares with the model's own SeqRec list: the fake's list for each user (target first + fillers).
     raw = ctx.raw
     expected_sr = 0
