@@ -189,13 +189,12 @@ class HttpAnswerer:
 def answer_tasks(answer: Answerer, batch: Sequence[tuple[str, Sequence[dict], dict]]) -> list[tuple[dict, dict]]:
     """``[(task, samples, cached)] -> [(texts, errors)]`` through ``answer``: all at once where it can
     (``HttpAnswerer.answer_tasks``), else task after task; a task whose every sample is cached is not asked."""
-    out: list = [None] * len(batch)
+    out: list = [(dict(cached), {}) for _, _, cached in batch]
     open_ = [i for i, (_, samples, cached) in enumerate(batch) if len(cached) < len(samples)]
-    for i, (_, _, cached) in enumerate(batch):
-        if i not in open_:
-            out[i] = (dict(cached), {})
+    if not open_:
+        return out
     if hasattr(answer, "answer_tasks"):
-        answers = answer.answer_tasks([batch[i] for i in open_]) if open_ else []
+        answers = answer.answer_tasks([batch[i] for i in open_])
     else:
         answers = [answer(*batch[i]) for i in open_]
     for i, a in zip(open_, answers):

@@ -262,8 +262,10 @@ def test_general_llm_flattened_prompt_and_parser(tmp_path, tiny_eval_ctx, fake_o
 
     server = fake_openai(correct_server(ctx, table, general=True, override=override))
     tasks = ["SFTTestSeqRec", "SFT+TestPersonalControlRec", "SFTTestItemCount"]
-    scores = run(ctx, server, settings(tmp_path, tasks, n=5, kind="general_llm"))
-    first = server.prompts[0]
+    s = settings(tmp_path, tasks, n=5, kind="general_llm")
+    scores = run(ctx, server, s)
+    seqrec = {r["input_text"] for r in rd.load_run(s.run_dir).outputs("SFTTestSeqRec")}
+    first = next(q for q in server.prompts if q in seqrec)  # ItemCount's requests are sent alongside
     assert first.startswith("You are an expert recommender engine. You need to generate a recommendation list")
     assert first.endswith(" \nNotice! Do not explain the reason or include any other words.")
     assert "[INST]" not in first and "  " not in first.split(" \n")[0]
@@ -347,7 +349,9 @@ def test_constrained_requests_carry_each_samples_constraint(tmp_path, tiny_eval_
     run(ctx, server, s)
     sent = [p["reclm_constraint"] for p in server.payloads]
     assert [json.loads(p["vllm_xargs"]["reclm_constraint"]) for p in server.payloads] == sent  # vLLM's plugin
-    assert len(sent) == 9 and [c["task"] for c in sent] == [t for t in tasks for _ in range(3)]
+    # SeqRec first; the two tasks built from its lists are asked together (their requests interleave).
+    assert len(sent) == 9 and [c["task"] for c in sent[:3]] == ["SFTTestSeqRec"] * 3
+    assert sorted(c["task"] for c in sent[3:]) == sorted(t for t in tasks[1:] for _ in range(3))
     for c in sent:  # the sample's fields as JSON: they give the rule the metrics score
         rule = constraint_for_sample(c["task"], c["input_field_data"])
         assert (rule.k_min, rule.k_max) == (10, 10) and rule.exclude == tuple(c["input_field_data"]["sub_sequential"])
