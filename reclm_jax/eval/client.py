@@ -10,7 +10,8 @@ The baselines (``eval.baselines``) pass their own answerer: any ``(task, samples
 Tasks are scored in the original's order (``test_samples.order_tasks``) and asked in two waves
 (``task_waves``): SFTTestSeqRec with every task that does not read its answers, then the tasks that do, each
 wave's requests through one pool of workers. Asked task by task, each task's last few long answers left the
-server's batch half empty (the base model's pass on 60 users: 16.5 live rows of 32 on average). Answers are appended to
+server's batch half empty (the base model's pass on 60 users: 16.3 live rows of 32 on average
+against 24.1 in waves, docs/performance.md). Answers are appended to
 ``RUN/outputs/<task>.jsonl`` as they arrive (``run_dir.OutputAppender``), so an interrupted run (Ctrl-C,
 SIGKILL, a server that died) resumes by asking only for the samples without an answer; a cached answer is
 used only for the identical prompt. When a task is done its file is rewritten in sample order with the scored
@@ -186,20 +187,14 @@ class HttpAnswerer:
         return out
 
 
-def answer_tasks(answer: Answerer, batch: Sequence[tuple[str, Sequence[dict], dict]]) -> list[tuple[dict, dict]]:
+def answer_tasks(answer: Answerer | None, batch: Sequence[tuple[str, Sequence[dict], dict]]) -> list[tuple[dict, dict]]:
     """``[(task, samples, cached)] -> [(texts, errors)]`` through ``answer``: all at once where it can
-    (``HttpAnswerer.answer_tasks``), else task after task; a task whose every sample is cached is not asked."""
-    out: list = [(dict(cached), {}) for _, _, cached in batch]
-    open_ = [i for i, (_, samples, cached) in enumerate(batch) if len(cached) < len(samples)]
-    if not open_:
-        return out
-    if hasattr(answer, "answer_tasks"):
-        answers = answer.answer_tasks([batch[i] for i in open_])
-    else:
-        answers = [answer(*batch[i]) for i in open_]
-    for i, a in zip(open_, answers):
-        out[i] = a
-    return out
+    (``HttpAnswerer.answer_tasks``), else task after task, a task whose every sample is cached not asked;
+    ``answer`` None: the cached answers only."""
+    if answer is not None and hasattr(answer, "answer_tasks"):
+        return answer.answer_tasks(batch)
+    return [answer(task, samples, cached) if answer is not None and len(cached) < len(samples) else (dict(cached), {})
+            for task, samples, cached in batch]
 
 
 def task_waves(tasks: Sequence[str]) -> list[list[str]]:
@@ -245,8 +240,7 @@ def evaluate(ctx: TaskContext, answer: Answerer | None, s: EvalSettings, teacher
             samples = build_task_samples(ctx, task, max_users=s.max_users, seqrec_titles=seqrec, teacher=teacher,
                                          general_llm=s.general_llm, progress=s.progress)
             batch.append((task, samples, cached_answers(s.run_dir, task, samples)))
-        for (task, samples, _), (texts, errors) in zip(batch, answer_tasks(answer, batch) if answer is not None
-                                                        else [(cached, {}) for _, _, cached in batch]):
+        for (task, samples, _), (texts, errors) in zip(batch, answer_tasks(answer, batch)):
             answered += len(texts)
             rows = [scorer.add(x, texts.get(x["position"]), errors.get(x["position"]), index=x["position"])
                     for x in samples]
